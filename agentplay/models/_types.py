@@ -1,0 +1,113 @@
+"""Data that crosses the model boundary, shared by every backend.
+
+Messages stay OpenAI-shaped dicts (role/content/tool_calls/tool_call_id) because
+that is the lingua franca of LangChain, vLLM and every API we talk to; what we
+add is the token-level record that training needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, Any]
+"""An OpenAI-style chat message: {"role": ..., "content": ..., optional "tool_calls", "tool_call_id", "name"}."""
+
+FinishReason = Literal["stop", "length", "tool_calls", "error"]
+
+
+class SamplingParams(BaseModel):
+    """Sampling knobs accepted by every backend (OpenAI names and meanings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    """0 means greedy."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+    """Upper bound on completion tokens per choice."""
+    stop: list[str] | None = None
+    n: int = Field(1, ge=1, le=64)
+    """Number of independent choices for the same prompt (one GRPO group)."""
+    seed: int | None = None
+    logprobs: bool = True
+    """Ask for per-token logprobs of the sampled tokens (training needs them)."""
+    top_logprobs: int = Field(0, ge=0, le=20)
+
+
+class ToolCall(BaseModel):
+    """A tool call the model wrote, already parsed."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw: str = ""
+    """The exact text the model wrote for this call (for traces and re-rendering)."""
+
+
+class ToolCallParseFailure(BaseModel):
+    """Text that looked like a tool call but could not be parsed: data, not an exception."""
+
+    raw: str
+    error: str
+
+
+class TopLogprob(BaseModel):
+    token_id: int
+    token: str
+    logprob: float
+
+
+class Choice(BaseModel):
+    """One sampled completion."""
+
+    index: int = 0
+    text: str
+    """Everything the model wrote, tool-call markup included (the raw completion)."""
+    content: str | None = None
+    """The text without tool-call markup: what a chat client shows."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_failures: list[ToolCallParseFailure] = Field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    completion_token_ids: list[int] | None = None
+    """Exact ids the model sampled; decoding them gives `text`. None when the backend cannot say."""
+    logprobs: list[float] | None = None
+    """Logprob of each sampled token under the weights that sampled it."""
+    top_logprobs: list[list[TopLogprob]] | None = None
+
+    def assistant_message(self) -> Message:
+        """The message to append to the conversation; carries the raw text so a
+        re-render reproduces the exact tokens the model wrote."""
+        msg: Message = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in self.tool_calls
+            ]
+        return msg
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatResult(BaseModel):
+    """The answer to one chat request (one prompt, `n` choices)."""
+
+    model: str
+    choices: list[Choice]
+    prompt_token_ids: list[int] | None = None
+    """The exact prompt ids the model conditioned on (chat template applied)."""
+    weight_version: int | None = None
+    """Version of the weights that produced every choice; increments on each update."""
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def choice(self) -> Choice:
+        return self.choices[0]

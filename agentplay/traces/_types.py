@@ -1,0 +1,110 @@
+"""What one episode leaves behind: enough to train on, to debug, and to resume.
+
+A `RoleTurn` is one role's part of an episode (possibly many model calls with
+tool calls in between). Its `token_ids` are the whole multi-turn sequence after
+the first prompt, and `mask` says which of those tokens the model wrote (1) and
+which came from tools or the chat template (0): the trainer puts loss only on 1s.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agentplay.models._types import Message
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ToolCallRecord(BaseModel):
+    """One tool call as executed: what was asked, what came back, how long it took."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | None = None
+    """Parsed arguments; None when they could not be parsed (see `error`)."""
+    raw_arguments: str = ""
+    result: str = ""
+    """What the model saw (truncated to the tool's limit)."""
+    truncated: bool = False
+    error: str | None = None
+    """Structured error text shown to the model (unknown tool, bad arguments, timeout...)."""
+    latency_s: float = 0.0
+    sandboxed: bool = False
+
+
+class Generation(BaseModel):
+    """One model call inside a role turn."""
+
+    prompt_token_ids: list[int] | None = None
+    completion_token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    text: str = ""
+    finish_reason: str = "stop"
+    weight_version: int | None = None
+    model: str = ""
+
+
+class RewardRecord(BaseModel):
+    """A reward for one role turn, with the reason a human can read."""
+
+    value: float
+    reason: str = ""
+    components: dict[str, float] = Field(default_factory=dict)
+
+
+class RoleTurn(BaseModel):
+    """One role's contribution to an episode: the unit GRPO trains on."""
+
+    turn_id: str = Field(default_factory=new_id)
+    role: str
+    node: str = ""
+    """The graph node that produced it."""
+    group_id: str | None = None
+    """Samples with the same group id are normalised against each other."""
+    messages: list[Message] = Field(default_factory=list)
+    prompt_token_ids: list[int] | None = None
+    """Ids of the first prompt (system + user), rendered by the chat template."""
+    token_ids: list[int] | None = None
+    """Everything after the first prompt: model tokens, tool outputs, template glue."""
+    mask: list[int] | None = None
+    """1 where the model wrote the token, 0 for tool output / template tokens."""
+    logprobs: list[float] | None = None
+    """Sampling logprob per token in `token_ids` (0.0 where mask is 0)."""
+    token_exact: bool = True
+    """False when a re-rendered prompt did not extend the previous tokens exactly."""
+    generations: list[Generation] = Field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    weight_version: int | None = None
+    output: Any = None
+    """The role's parsed result (e.g. a question, an answer, a verdict)."""
+    parse_error: str | None = None
+    reward: RewardRecord | None = None
+    started_at: float = Field(default_factory=time.time)
+    latency_s: float = 0.0
+
+
+EpisodeStatus = Literal["ok", "invalid", "error"]
+
+
+class Episode(BaseModel):
+    """A finished episode: written to the store at once, never updated after."""
+
+    episode_id: str = Field(default_factory=new_id)
+    run_id: str = ""
+    index: int = 0
+    """Position in the run (0..N-1); resume skips indexes already stored."""
+    recipe: str = ""
+    seed: int | None = None
+    status: EpisodeStatus = "ok"
+    error: str | None = None
+    turns: list[RoleTurn] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Episode-level figures (valid proposal, solve rate...) for progress and charts."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)

