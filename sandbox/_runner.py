@@ -87,6 +87,11 @@ def _rlimits(lim: dict):
             pairs.append((resource.RLIMIT_NPROC, lim["nproc"]))
         for res, value in pairs:
             resource.setrlimit(res, (value, value))
+        try:  # make the job, not the runner, the OOM killer's first choice
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write("1000")
+        except OSError:
+            pass
 
     return apply
 
@@ -99,24 +104,29 @@ def _write_files(workdir: str, files: dict) -> None:
             fh.write(base64.b64decode(b64))
 
 
-def _wipe(dirs: list) -> bool:
-    """Empty each dir; True when everything went (a False discards the container)."""
-
-    def fix(func, path, _exc):
-        try:  # code may chmod 000 its own dirs; we own them, so open them up and retry
-            os.chmod(os.path.dirname(path), 0o700)
+def _unlock(top: str) -> None:
+    """Give us back rwx on every dir under `top` (code may chmod 000 its own dirs)."""
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        try:
             os.chmod(path, 0o700)
-            func(path)
+            with os.scandir(path) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
         except OSError:
             pass
 
+
+def _wipe(dirs: list) -> bool:
+    """Empty each dir; True when everything went (a False discards the container)."""
     clean = True
     for d in dirs:
         try:
             for name in os.listdir(d):
                 p = os.path.join(d, name)
                 if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, onerror=fix)
+                    _unlock(p)
+                    shutil.rmtree(p, ignore_errors=True)
                 else:
                     os.unlink(p)
             clean = clean and not os.listdir(d)
@@ -189,8 +199,10 @@ class _Capped:
 
 def _pump(proc, stdin: bytes, lim: dict, deadline: float):
     """Feed stdin, read both pipes and wait for exit; return (outs, reason)."""
-    outs = {proc.stdout.fileno(): _Capped(lim["output_bytes"]),
-            proc.stderr.fileno(): _Capped(lim["output_bytes"])}
+    outs = {
+        proc.stdout.fileno(): _Capped(lim["output_bytes"]),
+        proc.stderr.fileno(): _Capped(lim["output_bytes"]),
+    }
     sel = selectors.DefaultSelector()
     for fd in outs:
         os.set_blocking(fd, False)
@@ -216,7 +228,7 @@ def _pump(proc, stdin: bytes, lim: dict, deadline: float):
                     reason = "exited"
                 elif fd == wfd:
                     try:
-                        view = view[os.write(wfd, view[:_CHUNK]):]
+                        view = view[os.write(wfd, view[:_CHUNK]) :]
                     except BlockingIOError:
                         continue
                     except BrokenPipeError:  # the code stopped reading: fine
@@ -271,15 +283,15 @@ def _argv(job: dict) -> list:
 
 
 def _classify(reason, returncode: int, stderr: bytes, oom_killed: bool) -> str:
+    if oom_killed:
+        return "oom"  # the container's cgroup OOM killer fired during this run: say so first
     if reason in ("timeout", "output_limit"):
         return reason
-    if oom_killed or returncode == -signal.SIGKILL:
-        return "oom"  # nobody but the kernel's OOM killer sends SIGKILL before our kill
     if returncode == -signal.SIGXCPU:
         return "timeout"  # RLIMIT_CPU: the code burnt its time budget on several cores
     tail = stderr.rstrip().rsplit(b"\n", 1)[-1]
     if returncode != 0 and tail.startswith(b"MemoryError"):
-        return "oom"  # allocation only fails here because RLIMIT_AS/cgroup said so
+        return "oom"  # allocation only fails here because RLIMIT_AS said so
     return "ok" if returncode == 0 else "error"
 
 
@@ -293,15 +305,31 @@ def run_job(job: dict) -> dict:
     env = dict(job.get("env") or {})
     try:
         proc = subprocess.Popen(
-            _argv(job), cwd=job["workdir"], env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            close_fds=True, preexec_fn=_rlimits(lim))
-    except OSError as exc:  # command not found / not executable: the caller's error
+            _argv(job),
+            cwd=job["workdir"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_rlimits(lim),  # noqa: PLW1509 - the runner has one thread
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        # Like a shell: a missing (127) or unrunnable (126) program is the caller's error.
+        # Any other OSError (fork failed, out of memory) propagates: a sandbox_error.
         clean = _wipe(job["wipe"])
-        return {"status": "error", "exit_code": 127, "stdout": "", "wall_time_s": 0.0,
-                "stderr": base64.b64encode(f"{exc}\n".encode()).decode(),
-                "stdout_truncated": False, "stderr_truncated": False,
-                "strays": 0, "dirty": not clean}
+        return {
+            "status": "error",
+            "exit_code": 127 if isinstance(exc, FileNotFoundError) else 126,
+            "stdout": "",
+            "wall_time_s": 0.0,
+            "stderr": base64.b64encode(f"{exc}\n".encode()).decode(),
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "strays": 0,
+            "dirty": not clean,
+        }
     outs, reason = _pump(proc, base64.b64decode(job.get("stdin") or ""), lim, deadline)
     wall = time.monotonic() - started
     returncode, strays = _kill_everything(proc, pid1)
@@ -342,8 +370,9 @@ def main() -> None:
     if os.getpid() == 1:
         _harden_self()
     rin, rout = sys.stdin.buffer, sys.stdout.buffer
-    _write_frame(rout, {"ready": True, "python": sys.executable,
-                        "version": list(sys.version_info[:3])})
+    _write_frame(
+        rout, {"ready": True, "python": sys.executable, "version": list(sys.version_info[:3])}
+    )
     while True:
         job = _read_frame(rin)
         if job is None:

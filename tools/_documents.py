@@ -47,7 +47,7 @@ def split_contents(contents: str) -> tuple[str, str]:
 def document_from_row(row: dict, line_no: int) -> Document:
     """Read one JSONL row in either accepted shape; errors name the line and the field."""
     if not isinstance(row, dict):
-        raise ValueError(f"line {line_no}: expected a JSON object, got {type(row).__name__}")
+        raise ValueError(f"line {line_no}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
     doc_id = row.get("id", row.get("doc_id", row.get("_id")))
     if doc_id is None:
         raise ValueError(f"line {line_no}: missing field 'id'")

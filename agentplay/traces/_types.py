@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -108,3 +108,39 @@ class Episode(BaseModel):
     """Episode-level figures (valid proposal, solve rate...) for progress and charts."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
+    seq: int | None = None
+    """Store position, strictly increasing in commit order; set by the store when read back
+    (None before the episode is stored). Readers poll with `episodes(since_seq=last_seq)`."""
+
+
+RunStatus = Literal["running", "finished", "failed"]
+
+
+class RunInfo(BaseModel):
+    """A run as the store sees it: identity, configuration and progress counts."""
+
+    run_id: str
+    recipe: str
+    """Recipe name the run was created with; resume refuses a different one."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The configuration the run was started with (as given to `create_run`)."""
+    status: RunStatus = "running"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    """Last write to the run (episode stored, status changed): "is it still alive?"."""
+    episodes: int = 0
+    """Stored episodes, whatever their status."""
+    status_counts: dict[str, int] = Field(default_factory=dict)
+    """Episodes per status ("ok", "invalid", "error")."""
+    mean_reward: float | None = None
+    """Mean reward over all rewarded role turns of the run; None when none is rewarded yet."""
+    last_seq: int | None = None
+    """Highest episode `seq` of the run (poll from here for new episodes)."""
+
+
+class MetricPoint(NamedTuple):
+    """One logged figure: a plain tuple (iteration, name, value) so charts and SQL agree."""
+
+    iteration: int
+    name: str
+    value: float

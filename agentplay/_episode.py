@@ -1,0 +1,124 @@
+"""One episode, start to stored record: the single code path every executor shares.
+
+Graph first, rewards after: reward functions see the final state and every
+turn, and a failing reward function becomes a recorded zero with its reason
+instead of losing the episode.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import defaultdict
+from typing import Any
+
+from agentplay._lc_capture import TraceCallback
+from agentplay._recorder import _CURRENT, EpisodeContext, EpisodeRecorder, derive_seed
+from agentplay.recipe import CompiledRecipe, EpisodeView, Recipe, call_maybe_async
+from agentplay.traces import Episode, RewardRecord, RoleTurn
+
+__all__ = ["run_episode"]
+
+
+async def run_episode(
+    recipe: CompiledRecipe | Recipe,
+    *,
+    index: int = 0,
+    seed: int | None = None,
+    run_id: str = "",
+    group_seed: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Episode:
+    """Run the graph once, then rewards and metrics; never raises for a failing episode.
+
+    `seed` defaults to one derived from `index`; `group_seed` to one derived
+    from the episode's block (so k episodes of a `GroupBy.seed(k)` block share it).
+    """
+    compiled = recipe.compile() if isinstance(recipe, Recipe) else recipe
+    seed = derive_seed("episode", index) if seed is None else seed
+    block = index // compiled.block_size
+    if group_seed is None:
+        group_seed = derive_seed("group", run_id, block)
+    ctx = EpisodeContext(index=index, seed=seed, run_id=run_id, recipe=compiled.name,
+                         group_seed=group_seed, group_block=block)
+    recorder = EpisodeRecorder(ctx)
+    episode = Episode(run_id=run_id, index=index, recipe=compiled.name, seed=seed,
+                      metadata={"group_seed": group_seed, "group_block": block, **(metadata or {})})
+    token = _CURRENT.set(recorder)
+    try:
+        state = compiled.recipe.initial_state(ctx)
+        config = {
+            "callbacks": [TraceCallback(compiled, recorder)],
+            "recursion_limit": compiled.recipe.recursion_limit,
+            "metadata": {"agentplay_episode": index, "agentplay_run": run_id},
+        }
+        final = await compiled.graph.ainvoke(state, config=config)
+        final = dict(final) if isinstance(final, dict) else {"output": final}
+        turns = list(recorder.turns)
+        await _assign_groups(compiled, turns, final, ctx)
+        await _reward(compiled, final, ctx, recorder)
+        episode.turns = list(recorder.turns)
+        if compiled.recipe.metrics is not None:
+            episode.metrics = {k: float(v) for k, v in compiled.recipe.metrics(final, episode.turns).items()}
+    except Exception as exc:  # noqa: BLE001 - one broken episode must not stop the run
+        episode.status = "error"
+        episode.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:]
+        episode.turns = list(recorder.turns)
+    finally:
+        _CURRENT.reset(token)
+    return episode
+
+
+async def _assign_groups(compiled: CompiledRecipe, turns: list[RoleTurn], state: dict[str, Any],
+                         ctx: EpisodeContext) -> None:
+    for turn in turns:
+        rule = compiled.recipe.groups.get(turn.role)
+        if turn.group_id is None and rule is not None:
+            turn.group_id = rule.group_id(turn, state, ctx)
+
+
+async def _reward(compiled: CompiledRecipe, state: dict[str, Any], ctx: EpisodeContext,
+                  recorder: EpisodeRecorder) -> None:
+    recipe = compiled.recipe
+    turns = list(recorder.turns)  # reward fns may run roles (judges); those turns are recorded, not rewarded
+    view = EpisodeView(turns=turns, state=state, ctx=ctx)
+    for turn in turns:
+        fn = recipe.rewards.get(turn.role)
+        if fn is None:
+            continue
+        if turn.parse_error and recipe.zero_on_parse_error:
+            turn.reward = RewardRecord(value=0.0, reason=f"parse error: {turn.parse_error}")
+            continue
+        try:
+            turn.reward = as_reward(await call_maybe_async(fn, turn, state, view))
+        except Exception as exc:  # noqa: BLE001 - recorded as the reason, not raised
+            turn.reward = RewardRecord(value=0.0, reason=f"reward fn failed: {type(exc).__name__}: {exc}")
+    by_group: dict[tuple[str, str], list[RoleTurn]] = defaultdict(list)
+    for turn in turns:
+        if turn.role in recipe.group_rewards and turn.reward is not None:
+            by_group[(turn.role, turn.group_id or "")].append(turn)
+    for (role, _), members in by_group.items():
+        try:
+            deltas = list(await call_maybe_async(recipe.group_rewards[role], members))
+            if len(deltas) != len(members):
+                raise ValueError(f"returned {len(deltas)} deltas for {len(members)} turns")
+        except Exception as exc:  # noqa: BLE001
+            for t in members:
+                assert t.reward is not None
+                t.reward.components["group_reward_error"] = 0.0
+                t.reward.reason += f"; group reward failed: {type(exc).__name__}: {exc}"
+            continue
+        for t, delta in zip(members, deltas):
+            assert t.reward is not None
+            t.reward.value += float(delta)
+            t.reward.components["group"] = float(delta)
+
+
+def as_reward(value: Any) -> RewardRecord:
+    """Accept what reward fns naturally return: a RewardRecord, a number, or (number, reason)."""
+    if isinstance(value, RewardRecord):
+        return value
+    if isinstance(value, bool | int | float):
+        return RewardRecord(value=float(value))
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], bool | int | float):
+        return RewardRecord(value=float(value[0]), reason=str(value[1]))
+    raise TypeError(f"reward fn must return RewardRecord, float or (float, reason), got {type(value).__name__}")

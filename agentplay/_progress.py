@@ -1,0 +1,105 @@
+"""Live figures of a run: the numbers that say whether self-play is working.
+
+Episodes/s says whether the engine is busy; the valid-proposal rate says
+whether the proposer still writes usable tasks; per-role mean reward shows one
+role running away from the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentplay.traces import Episode
+
+if TYPE_CHECKING:
+    from agentplay.runner import RunSummary
+
+
+class RunStats:
+    """Running sums over the episodes finished so far."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors = 0
+        self.started = time.perf_counter()
+        self._reward_sum: dict[str, float] = defaultdict(float)
+        self._reward_n: dict[str, int] = defaultdict(int)
+        self._metric_sum: dict[str, float] = defaultdict(float)
+        self._metric_n: dict[str, int] = defaultdict(int)
+
+    def add(self, episode: Episode) -> None:
+        self.count += 1
+        self.errors += episode.status == "error"
+        for turn in episode.turns:
+            if turn.reward is not None:
+                self._reward_sum[turn.role] += turn.reward.value
+                self._reward_n[turn.role] += 1
+        for name, value in episode.metrics.items():
+            self._metric_sum[name] += value
+            self._metric_n[name] += 1
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.count / elapsed if elapsed > 0 else 0.0
+
+    def valid_rate(self) -> float | None:
+        n = self._metric_n.get("valid_proposal", 0)
+        return self._metric_sum["valid_proposal"] / n if n else None
+
+    def mean_rewards(self) -> dict[str, float]:
+        return {r: self._reward_sum[r] / n for r, n in sorted(self._reward_n.items()) if n}
+
+    def mean_metrics(self) -> dict[str, float]:
+        return {m: self._metric_sum[m] / n for m, n in sorted(self._metric_n.items()) if n}
+
+    def line(self) -> str:
+        parts = [f"{self.rate():.2f} ep/s"]
+        valid = self.valid_rate()
+        if valid is not None:
+            parts.append(f"valid {valid:.0%}")
+        parts += [f"{role} {value:+.2f}" for role, value in self.mean_rewards().items()]
+        if self.errors:
+            parts.append(f"[red]{self.errors} errors[/]")
+        return "  ".join(parts)
+
+
+class RunProgress:
+    """A rich progress bar with the run's figures; silent when disabled."""
+
+    def __init__(self, *, total: int, recipe: str, enabled: bool, console: Console | None) -> None:
+        self._enabled = enabled
+        self._console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn(f"[bold]{recipe}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[figures]}"), console=self._console, disable=not enabled,
+        )
+        self._task = self._progress.add_task("episodes", total=total, figures="")
+
+    def __enter__(self) -> "RunProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, stats: RunStats) -> None:
+        self._progress.update(self._task, advance=1, figures=stats.line())
+
+    def print_summary(self, summary: "RunSummary") -> None:
+        table = Table(title=f"run {summary.run_id} ({summary.recipe})", show_header=False)
+        table.add_row("episodes", f"{summary.completed} this run, {summary.skipped} resumed, {summary.requested} requested")
+        table.add_row("errors", str(summary.errors))
+        table.add_row("episodes/s", f"{summary.episodes_per_s:.3f}")
+        if summary.valid_proposal_rate is not None:
+            table.add_row("valid proposals", f"{summary.valid_proposal_rate:.1%}")
+        for role, value in summary.mean_reward.items():
+            table.add_row(f"mean reward: {role}", f"{value:.3f}")
+        for name, value in summary.metrics.items():
+            table.add_row(f"metric: {name}", f"{value:.3f}")
+        self._console.print(table)

@@ -1,0 +1,123 @@
+"""The multi-turn tool loop of one role sample, recorded token-exactly.
+
+Written by hand because no library builds the training view we need: one
+sequence (first prompt, then model tokens with mask 1 interleaved with tool
+output and template glue with mask 0) checked call by call against the ids the
+engine actually conditioned on. LangGraph's prebuilt agent runs the same loop
+but only keeps messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams
+from agentplay.traces import Generation, RoleTurn, ToolCallRecord
+
+
+class TokenTrace:
+    """Accumulates (prompt, completion) ids of successive calls into ids/mask/logprobs."""
+
+    def __init__(self) -> None:
+        self.prompt_ids: list[int] | None = None
+        self.ids: list[int] = []
+        self.mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.exact = True
+        self.available = True
+        self.breaks: list[str] = []
+
+    def add(self, prompt_ids: list[int] | None, completion_ids: list[int] | None,
+            logprobs: list[float] | None) -> None:
+        if not self.available or prompt_ids is None or completion_ids is None:
+            self.available = False  # an API without token ids: text-only trace
+            return
+        if self.prompt_ids is None:
+            self.prompt_ids = list(prompt_ids)
+        else:
+            seen = self.prompt_ids + self.ids
+            if prompt_ids[: len(seen)] != seen:
+                # The re-rendered prompt does not extend what the model saw: keep going, but say so.
+                self.exact = False
+                self.breaks.append(f"call {len(self.breaks) + 2}: prompt does not extend previous ids")
+            glue = list(prompt_ids[len(seen):])
+            self.ids += glue
+            self.mask += [0] * len(glue)
+            self.logprobs += [0.0] * len(glue)
+        self.ids += completion_ids
+        self.mask += [1] * len(completion_ids)
+        lp = list(logprobs) if logprobs is not None and len(logprobs) == len(completion_ids) else None
+        self.logprobs += lp if lp is not None else [0.0] * len(completion_ids)
+
+    def fill(self, turn: RoleTurn) -> None:
+        if not self.available or self.prompt_ids is None:
+            return
+        turn.prompt_token_ids = self.prompt_ids
+        turn.token_ids = self.ids
+        turn.mask = self.mask
+        turn.logprobs = self.logprobs
+        turn.token_exact = self.exact
+
+
+def generation_record(result: ChatResult, choice: Choice) -> Generation:
+    return Generation(
+        prompt_token_ids=result.prompt_token_ids,
+        completion_token_ids=choice.completion_token_ids,
+        logprobs=choice.logprobs,
+        text=choice.text,
+        finish_reason=choice.finish_reason,
+        weight_version=result.weight_version,
+        model=result.model,
+    )
+
+
+async def execute_tool_calls(toolbox: Any, choice: Choice) -> tuple[list[ToolCallRecord], list[Message]]:
+    """Run every call the model wrote and build the tool messages it will see.
+
+    The Toolbox never raises: a call that could not be parsed, an unknown tool or
+    a crash comes back as a record whose error the model reads and the trace keeps.
+    """
+    records: list[ToolCallRecord] = await toolbox.execute([*choice.tool_calls, *choice.tool_call_failures])
+    return records, [toolbox.tool_message(r) for r in records]
+
+
+async def continue_loop(
+    *,
+    model: ChatModel,
+    messages: list[Message],
+    first: ChatResult,
+    choice: Choice,
+    toolbox: Any | None,
+    tool_schemas: list[dict[str, Any]] | None,
+    sampling: SamplingParams,
+    max_tool_turns: int,
+    turn: RoleTurn,
+) -> Choice:
+    """Carry one sampled choice through tool calls until a final answer; fills `turn`.
+
+    Returns the last choice (whose content is the role's answer). The call after
+    the last allowed tool round is final: calls it still writes are recorded
+    but not executed.
+    """
+    trace = TokenTrace()
+    result = first
+    conversation = list(messages)
+    tool_rounds = 0
+    while True:
+        trace.add(result.prompt_token_ids, choice.completion_token_ids, choice.logprobs)
+        turn.generations.append(generation_record(result, choice))
+        if result.weight_version is not None:
+            turn.weight_version = result.weight_version
+        conversation.append(choice.assistant_message())
+        wants_tools = bool(choice.tool_calls or choice.tool_call_failures)
+        if not wants_tools or toolbox is None or tool_rounds >= max_tool_turns:
+            break
+        records, tool_messages = await execute_tool_calls(toolbox, choice)
+        turn.tool_calls += records
+        conversation += tool_messages
+        tool_rounds += 1
+        result = await model.chat(conversation, tools=tool_schemas, sampling=sampling)
+        choice = result.choice
+    trace.fill(turn)
+    turn.messages = conversation
+    return choice

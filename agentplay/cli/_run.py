@@ -1,0 +1,68 @@
+"""`agentplay run RECIPE`: run self-play episodes into a trace store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["run"]
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"expected name=value, got {pair!r}", param_hint="--set")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw  # plain strings need no quotes
+    return out
+
+
+def run(
+    recipe: Annotated[str, typer.Argument(help="Built-in recipe (search-selfplay, code-selfplay, "
+                                               "propose-solve-judge) or path/to/file.py:attr.")],
+    model: Annotated[str | None, typer.Option(help="Model spec for every role (local:..., openai:...).")] = None,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes the run holds in total.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 4,
+    store: Annotated[str, typer.Option(help="SQLite trace store file.")] = "traces.db",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run (--run-id, else the latest "
+                                                           "run of this recipe), skipping stored episodes.")] = False,
+    seed: Annotated[int, typer.Option(help="Run seed; episode seeds derive from it.")] = 0,
+    run_id: Annotated[str | None, typer.Option(help="Run name in the store (default: generated).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe build option name=value "
+                                                                  "(JSON values), repeatable.")] = None,
+    progress: Annotated[bool, typer.Option(help="Live progress bar and summary table.")] = True,
+) -> None:
+    """Run RECIPE for --episodes episodes, storing each one as it finishes."""
+    from agentplay._loading import load_recipe
+    from agentplay._registry import close_models, override_models
+    from agentplay.recipe import RecipeError
+    from agentplay.runner import RunConfig, run_recipe
+
+    console = Console(stderr=True)
+    options = _parse_sets(set_ or [])
+    try:
+        built, model_applied = load_recipe(recipe, model=model, options=options)
+        compiled = built.compile()
+    except (ValueError, TypeError, KeyError, FileNotFoundError, AttributeError, RecipeError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    config = RunConfig(episodes=episodes, concurrency=concurrency, store=store, resume=resume,
+                       seed=seed, run_id=run_id, progress=progress)
+
+    async def main() -> Any:
+        try:
+            with override_models(None if model_applied else model):
+                return await run_recipe(compiled, config, console=console)
+        finally:
+            await close_models()
+
+    summary = asyncio.run(main())
+    typer.echo(summary.model_dump_json())

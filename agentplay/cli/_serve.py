@@ -1,0 +1,40 @@
+"""`agentplay serve`: the OpenAI-compatible server over a local model."""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["serve"]
+
+
+def serve(
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model spec, e.g. local:smollm2-135m-instruct or hf:<folder>."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps the server private."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    served_model_name: str = typer.Option(
+        None, help="Name clients send as `model` (default: the name part of the spec)."
+    ),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve a model over /v1/chat/completions, with vLLM's LoRA-loading endpoints for weight updates."""
+    import uvicorn
+
+    from agentplay.models import DEFAULT_MODEL_SPEC, ModelSpecError, load_model
+    from agentplay.models._server import create_app
+
+    try:
+        chat_model = load_model(model or DEFAULT_MODEL_SPEC)
+    except ModelSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    if chat_model.spec.startswith("openai:"):
+        raise typer.BadParameter(
+            "serve runs an in-process engine; an openai: model is already a server", param_hint="--model"
+        )
+    app = create_app(chat_model, served_model_name=served_model_name)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+if __name__ == "__main__":  # `python -m agentplay.cli._serve`, for a server without the console script
+    typer.run(serve)

@@ -1,0 +1,199 @@
+"""The in-process engine: concurrent chat requests batched into `model.generate`.
+
+Why a micro-batcher over `generate` and not transformers' continuous batching
+(`generate_batch` / `ContinuousBatchingManager`, present in the installed
+transformers 5.x): its sampling settings are per manager, not per request, and
+it samples every request from one global RNG, so a request's `seed` could not
+make its own samples reproducible, and requests with different temperatures
+could not share a batch. Here concurrent requests are collected for a few
+milliseconds, left-padded into one batch and decoded by `generate` (its KV
+cache, attention masks, kernels); `RowSampler` gives each row its own
+temperature, top_p, seed, stop strings and max_tokens. Measured figures are in
+bench/serving.py.
+
+One worker thread runs every batch and every weight change, in arrival order:
+a weight swap waits for the batch in flight, so each result was produced by
+exactly one weight version, and the event loop never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from ._sampler import RowControl, RowSampler
+from ._types import SamplingParams
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    future: asyncio.Future[tuple[list[RowControl], int]]
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        logprobs_mode: str,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.version = 0
+        self.batch_sizes: list[int] = []
+        """Rows in each batch run so far, most recent last (bounded; for tests and stats)."""
+        self._max_rows = max_batch_size
+        self._wait = batch_wait_ms / 1000.0
+        self._mode = logprobs_mode
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="agentplay-engine")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._task: asyncio.Task[None] | None = None
+        gen_eos = model.generation_config.eos_token_id
+        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_ids = eos
+        pad = tokenizer.pad_token_id
+        self._pad = pad if pad is not None else min(eos)
+        self._context = getattr(model.config, "max_position_embeddings", None)
+
+    async def generate(
+        self, prompt_ids: list[int], sampling: SamplingParams
+    ) -> tuple[list[RowControl], int]:
+        """Sample `sampling.n` completions of one prompt; returns rows and the weight version."""
+        if self._context is not None and len(prompt_ids) >= self._context:
+            raise ValueError(
+                f"messages: the prompt has {len(prompt_ids)} tokens, the model's context is {self._context}"
+            )
+        queue = self._ensure_batcher()
+        future: asyncio.Future[tuple[list[RowControl], int]] = asyncio.get_running_loop().create_future()
+        await queue.put(_Request(prompt_ids, sampling, future))
+        return await future
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread between batches (weight changes)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def close(self) -> None:
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._worker.shutdown(wait=True)
+
+    def _ensure_batcher(self) -> asyncio.Queue[_Request]:
+        # Each event loop gets its own queue and batcher task (tests and notebooks
+        # create several loops over one model); the worker thread is shared.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._batch_forever(self._queue), name="agentplay-batcher")
+        assert self._queue is not None
+        return self._queue
+
+    async def _batch_forever(self, queue: asyncio.Queue[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            rows = batch[0].sampling.n
+            deadline = loop.time() + self._wait
+            while rows < self._max_rows:
+                try:
+                    if queue.empty():
+                        timeout = deadline - loop.time()
+                        if timeout <= 0:
+                            break
+                        item = await asyncio.wait_for(queue.get(), timeout)
+                    else:
+                        item = queue.get_nowait()
+                except asyncio.TimeoutError:
+                    break
+                if rows + item.sampling.n > self._max_rows:
+                    batch.append(item)  # over the cap by one request: cheaper than waiting
+                    break
+                batch.append(item)
+                rows += item.sampling.n
+            live = [r for r in batch if not r.future.done()]
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(self._worker, self._generate_batch, live)
+            except Exception as exc:  # noqa: BLE001 - the error belongs to the callers
+                for req in live:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                continue
+            for req, res in zip(live, results):
+                if not req.future.done():
+                    req.future.set_result(res)
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[_Request]) -> list[tuple[list[RowControl], int]]:
+        version = self.version
+        rows: list[RowControl] = []
+        prompts: list[list[int]] = []
+        for req in batch:
+            sp = req.sampling
+            base_seed = sp.seed if sp.seed is not None else random.getrandbits(62)
+            room = (self._context - len(req.prompt_ids)) if self._context else sp.max_tokens
+            for k in range(sp.n):
+                rows.append(
+                    RowControl(
+                        temperature=sp.temperature,
+                        top_p=sp.top_p,
+                        max_tokens=max(1, min(sp.max_tokens, room)),
+                        seed=base_seed + k,
+                        stop=list(sp.stop or []),
+                        top_logprobs=sp.top_logprobs,
+                    )
+                )
+                prompts.append(req.prompt_ids)
+        self.batch_sizes = self.batch_sizes[-999:] + [len(rows)]
+        device = self.model.device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        sampler = RowSampler(
+            rows, eos_ids=self.eos_ids, tokenizer=self.tokenizer, device=device, logprobs_mode=self._mode
+        )
+        self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max(r.max_tokens for r in rows),
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            logits_processor=[sampler],
+            stopping_criteria=[sampler.stopping_criteria()],
+            pad_token_id=self._pad,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        for row in rows:
+            if row.finish is None:  # generate ran out of steps for this row
+                row.finish = "length"
+        out: list[tuple[list[RowControl], int]] = []
+        start = 0
+        for req in batch:
+            out.append((rows[start : start + req.sampling.n], version))
+            start += req.sampling.n
+        return out

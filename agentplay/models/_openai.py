@@ -1,0 +1,308 @@
+"""The API backend: any OpenAI-compatible server (vLLM, `agentplay serve`, llama.cpp, OpenAI).
+
+Retries are the official client's own: it already backs off exponentially with
+jitter on 408/409/429/5xx and connection errors and honours `Retry-After` /
+`retry-after-ms`, so a second retry loop here would only double the waits.
+What the client does not do is bound concurrency (a self-play run fires
+hundreds of requests at once) or read vLLM's token-id extensions; both are here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+from ._base import ChatModel, UpdatableModel
+from ._config import ModelConfig
+from ._types import ChatResult, Choice, FinishReason, Message, SamplingParams, ToolCall, ToolCallParseFailure, TopLogprob, Usage
+
+__all__ = ["ModelServerError", "OpenAIModel", "TextDelta"]
+
+WEIGHT_VERSION_HEADER = "x-weight-version"
+
+
+class ModelServerError(RuntimeError):
+    """The server refused an admin request (adapter load/unload); carries its status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class TextDelta(BaseModel):
+    """A piece of streamed text for choice `index`; a stream ends with the full ChatResult."""
+
+    index: int
+    text: str
+
+
+def _extra(obj: Any, key: str) -> Any:
+    """Extension fields (vLLM's `token_ids`, ours `weight_version`) land in pydantic's extras."""
+    extra = getattr(obj, "model_extra", None) or {}
+    return extra.get(key)
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    """OpenAI wants tool-call arguments as JSON strings; the engine form keeps dicts."""
+    msg = dict(message)
+    if msg.get("tool_calls"):
+        msg["tool_calls"] = [
+            {
+                **call,
+                "type": "function",
+                "function": {
+                    "name": call["function"]["name"],
+                    "arguments": a if isinstance(a := call["function"].get("arguments", {}), str) else json.dumps(a),
+                },
+            }
+            for call in msg["tool_calls"]
+        ]
+    return msg
+
+
+def _top_token_id(entry: Any) -> int:
+    token_id = _extra(entry, "token_id")
+    if isinstance(token_id, int):
+        return token_id
+    token = getattr(entry, "token", "")
+    if token.startswith("token_id:"):  # vLLM's return_tokens_as_token_ids form
+        return int(token.removeprefix("token_id:"))
+    return -1  # plain OpenAI: alternatives come as text only
+
+
+class _ChoiceParts:
+    """One choice as it arrives, whole or in stream chunks."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
+        self.finish_reason: str | None = None
+        self.token_ids: list[int] | None = None
+        self.logprob_entries: list[Any] = []
+
+    def add_tokens(self, ids: list[int] | None) -> None:
+        if ids is not None:
+            self.token_ids = (self.token_ids or []) + list(ids)
+
+    def add_call(self, k: int, id: str | None, name: str | None, arguments: str | None) -> None:
+        call = self.calls.setdefault(k, {"id": "", "name": "", "arguments": ""})
+        call["id"] = id or call["id"]
+        call["name"] = name or call["name"]
+        call["arguments"] += arguments or ""
+
+    def build(self) -> Choice:
+        calls, failures = [], []
+        for k in sorted(self.calls):
+            c = self.calls[k]
+            try:
+                args = json.loads(c["arguments"] or "{}")
+                if not isinstance(args, dict):
+                    raise ValueError("arguments must be a JSON object")
+                calls.append(ToolCall(id=c["id"] or f"call_{self.index}_{k}", name=c["name"], arguments=args, raw=c["arguments"]))
+            except ValueError as exc:
+                failures.append(ToolCallParseFailure(raw=c["arguments"], error=f"{c['name']}: {exc}"))
+        content = "".join(self.content) or None
+        entries = self.logprob_entries
+        reason: FinishReason = "tool_calls" if calls else _finish(self.finish_reason)
+        return Choice(
+            index=self.index,
+            text=content or "",
+            content=content,
+            tool_calls=calls,
+            tool_call_failures=failures,
+            finish_reason=reason,
+            completion_token_ids=self.token_ids,
+            logprobs=[e.logprob for e in entries] if entries else None,
+            top_logprobs=[
+                [TopLogprob(token_id=_top_token_id(t), token=t.token, logprob=t.logprob) for t in e.top_logprobs or []]
+                for e in entries
+            ]
+            if entries and any(e.top_logprobs for e in entries)
+            else None,
+        )
+
+
+def _finish(reason: str | None) -> FinishReason:
+    if reason in ("stop", "length", "tool_calls"):
+        return reason  # type: ignore[return-value]
+    return "tool_calls" if reason == "function_call" else "stop"
+
+
+class OpenAIModel(ChatModel, UpdatableModel):
+    """A model behind an OpenAI-compatible endpoint; also updatable through vLLM's LoRA API.
+
+    After `load_lora_adapter(name, ...)` requests go to `model=name`, which is how
+    vLLM serves an adapter (and what `agentplay serve` accepts too)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.request_model = config.name
+        """The `model` sent with each request: the base name or the loaded adapter."""
+        self._client = AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            default_headers=config.extra_headers or None,
+        )
+        self._limit = asyncio.Semaphore(config.max_concurrency)
+        self._version: int | None = None
+        self._updates = 0
+
+    @property
+    def weight_version(self) -> int | None:
+        return self._version
+
+    def _params(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None, s: SamplingParams, stream: bool
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.request_model,
+            "messages": [_wire_message(m) for m in messages],
+            "n": s.n,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+        }
+        if s.logprobs:
+            params["logprobs"] = True
+            if s.top_logprobs:
+                params["top_logprobs"] = s.top_logprobs
+        if s.seed is not None:
+            params["seed"] = s.seed
+        if s.stop:
+            params["stop"] = s.stop
+        if tools:
+            params["tools"] = tools
+        if self.config.return_token_ids:
+            params["extra_body"] = {"return_token_ids": True}
+        if stream:
+            params["stream"] = True
+            params["stream_options"] = {"include_usage": True}
+        return params
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> ChatResult:
+        s = sampling or SamplingParams()
+        async with self._limit:
+            resp = await self._client.chat.completions.create(**self._params(messages, tools, s, stream=False))
+        parts = []
+        for c in resp.choices:
+            p = _ChoiceParts(c.index)
+            p.content = [c.message.content] if c.message.content else []
+            for k, call in enumerate(c.message.tool_calls or []):
+                fn = getattr(call, "function", None)
+                p.add_call(k, call.id, getattr(fn, "name", None), getattr(fn, "arguments", None))
+            p.finish_reason = c.finish_reason
+            p.add_tokens(_extra(c, "token_ids"))
+            p.logprob_entries = list(c.logprobs.content or []) if c.logprobs else []
+            parts.append(p)
+        usage = Usage(
+            prompt_tokens=resp.usage.prompt_tokens if resp.usage else 0,
+            completion_tokens=resp.usage.completion_tokens if resp.usage else 0,
+        )
+        return self._result(resp.model, parts, _extra(resp, "prompt_token_ids"), _extra(resp, "weight_version"), usage)
+
+    async def stream_chat(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> AsyncIterator[TextDelta | ChatResult]:
+        """Text deltas as the server sends them, then the complete ChatResult
+        (token ids and logprobs gathered from the chunks)."""
+        s = sampling or SamplingParams()
+        parts: dict[int, _ChoiceParts] = {}
+        prompt_ids, version, usage, model = None, None, Usage(), self.request_model
+        async with self._limit:
+            stream = await self._client.chat.completions.create(**self._params(messages, tools, s, stream=True))
+            async for chunk in stream:
+                model = chunk.model or model
+                prompt_ids = prompt_ids or _extra(chunk, "prompt_token_ids")
+                version = version if version is not None else _extra(chunk, "weight_version")
+                if chunk.usage:
+                    usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
+                for c in chunk.choices:
+                    p = parts.setdefault(c.index, _ChoiceParts(c.index))
+                    p.add_tokens(_extra(c, "token_ids"))
+                    if c.logprobs and c.logprobs.content:
+                        p.logprob_entries.extend(c.logprobs.content)
+                    for call in c.delta.tool_calls or []:
+                        fn = call.function
+                        p.add_call(call.index, call.id, fn.name if fn else None, fn.arguments if fn else None)
+                    if c.finish_reason:
+                        p.finish_reason = c.finish_reason
+                    if c.delta.content:
+                        p.content.append(c.delta.content)
+                        yield TextDelta(index=c.index, text=c.delta.content)
+        yield self._result(model, [parts[i] for i in sorted(parts)], prompt_ids, version, usage)
+
+    def _result(
+        self, model: str, parts: list[_ChoiceParts], prompt_ids: Any, version: Any, usage: Usage
+    ) -> ChatResult:
+        if isinstance(version, int):
+            self._version = version
+        return ChatResult(
+            model=model,
+            choices=[p.build() for p in parts],
+            prompt_token_ids=list(prompt_ids) if prompt_ids is not None else None,
+            weight_version=version if isinstance(version, int) else self._version,
+            usage=usage,
+        )
+
+    async def _admin(self, endpoint: str, body: dict[str, Any]) -> int:
+        """POST one of vLLM's LoRA endpoints; the new version comes from our server's
+        header, or is counted here for servers (vLLM) that do not report one."""
+        url = f"{str(self._client.base_url).rstrip('/')}/{endpoint}"
+        headers = {"Authorization": f"Bearer {self._client.api_key}", **(self.config.extra_headers or {})}
+        async with httpx.AsyncClient(timeout=self.config.timeout) as http:
+            resp = await http.post(url, json=body, headers=headers)
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text
+            raise ModelServerError(resp.status_code, f"{endpoint}: {message}")
+        self._updates += 1
+        header = resp.headers.get(WEIGHT_VERSION_HEADER)
+        self._version = int(header) if header and header.lstrip("-").isdigit() else self._updates
+        return self._version
+
+    async def load_lora_adapter(self, name: str, path: str) -> int:
+        """`path` is read by the server, so it must exist on the server's file system."""
+        version = await self._admin(
+            "load_lora_adapter", {"lora_name": name, "lora_path": str(path), "load_inplace": True}
+        )
+        self.request_model = name
+        return version
+
+    async def unload_lora_adapter(self, name: str) -> int:
+        version = await self._admin("unload_lora_adapter", {"lora_name": name})
+        if self.request_model == name:
+            self.request_model = self.config.name
+        return version
+
+    async def load_state_dict(self, state_dict: dict[str, Any]) -> int:
+        raise NotImplementedError(
+            f"{self.spec}: a remote server cannot receive full weights over its HTTP API; "
+            "train a LoRA adapter, save it where the server can read it and call "
+            "load_lora_adapter(name, path), or use a local: / hf: model for full-weight updates"
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()

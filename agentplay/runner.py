@@ -1,0 +1,186 @@
+"""Many episodes at once on one event loop, each stored the moment it finishes.
+
+Model calls dominate an episode, and the engine batches concurrent requests,
+so the runner's job is to keep `concurrency` episodes in flight, fill groups
+(episodes of one `GroupBy.seed(k)` block run back to back), and never lose or
+duplicate a finished episode: indexes 0..N-1 with seeds derived from the run
+seed make a resumed run pick up exactly the missing ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+
+from agentplay._episode import run_episode
+from agentplay._progress import RunProgress, RunStats
+from agentplay._recorder import derive_seed
+from agentplay.recipe import CompiledRecipe, Recipe
+from agentplay.traces import DuplicateEpisode, Episode
+
+__all__ = ["RunConfig", "RunSummary", "episode_seeds", "run_recipe"]
+
+
+class RunConfig(BaseModel):
+    """How many episodes to run, how many at once, and where they go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: int = Field(8, ge=1)
+    """Total episodes of the run (indexes 0..N-1), counting ones stored before a resume."""
+    concurrency: int = Field(4, ge=1, le=4096)
+    """Episodes in flight at once."""
+    store: str | None = None
+    """SQLite file for traces (used when no TraceStore is passed to `run_recipe`)."""
+    resume: bool = False
+    """Continue `run_id` (or the latest run of this recipe): skip stored indexes."""
+    seed: int = 0
+    """Run seed; every episode's seed and group seed derive from it and the index."""
+    run_id: str | None = None
+    """Name of the run in the store; generated when omitted."""
+    progress: bool = True
+    """Show the live progress bar and the summary table."""
+
+
+class RunSummary(BaseModel):
+    """What a run did (returned by `run_recipe`, printed as a table by the CLI)."""
+
+    run_id: str
+    recipe: str
+    requested: int
+    """Episodes the run should hold in total."""
+    completed: int
+    """Episodes finished by this call (errors included)."""
+    skipped: int
+    """Indexes already stored before this call (resume)."""
+    errors: int
+    elapsed_s: float
+    episodes_per_s: float
+    valid_proposal_rate: float | None = None
+    """Mean of the `valid_proposal` episode metric, when the recipe reports it."""
+    mean_reward: dict[str, float] = Field(default_factory=dict)
+    """Role -> mean reward over this call's turns."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Episode metric -> mean over this call's episodes."""
+
+
+def episode_seeds(run_seed: int, index: int, block_size: int) -> tuple[int, int]:
+    """(episode seed, group seed) of an index: the same on every resume."""
+    return derive_seed(run_seed, "episode", index), derive_seed(run_seed, "group", index // block_size)
+
+
+async def run_recipe(
+    recipe: Recipe | CompiledRecipe,
+    config: RunConfig,
+    *,
+    store: Any | None = None,
+    on_episode: Callable[[Episode], Any] | None = None,
+    console: Console | None = None,
+) -> RunSummary:
+    """Run `config.episodes` episodes (minus stored ones on resume) with bounded concurrency."""
+    compiled = recipe.compile() if isinstance(recipe, Recipe) else recipe
+    own_store = store is None and config.store is not None
+    if own_store:
+        from agentplay.traces import TraceStore
+
+        store = TraceStore(config.store)
+    try:
+        run_id, stored = _open_run(store, compiled, config)
+        todo = [i for i in range(config.episodes) if i not in stored]
+        k = compiled.block_size
+        resumed_blocks = {i // k for i in stored}
+        stats = RunStats()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in todo:
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                seed, group_seed = episode_seeds(config.seed, i, k)
+                meta: dict[str, Any] = {}
+                if i // k in resumed_blocks:
+                    meta["group_resumed"] = True  # its block mixes episodes from before and after a restart
+                if (i // k + 1) * k > config.episodes:
+                    meta["group_incomplete"] = True  # the last block is cut short by N
+                episode = await run_episode(compiled, index=i, seed=seed, run_id=run_id,
+                                            group_seed=group_seed, metadata=meta)
+                if store is not None:
+                    try:
+                        store.append_episode(episode)  # at once: a kill loses only in-flight episodes
+                    except DuplicateEpisode:
+                        continue  # another writer stored this index meanwhile: already done
+                stats.add(episode)
+                if on_episode is not None:
+                    on_episode(episode)
+                progress.update(stats)
+
+        progress = RunProgress(total=len(todo), recipe=compiled.name, enabled=config.progress, console=console)
+        start = time.perf_counter()
+        try:
+            with progress:
+                await asyncio.gather(*(worker() for _ in range(min(config.concurrency, max(len(todo), 1)))))
+        except BaseException:
+            if store is not None:
+                store.set_run_status(run_id, "failed")
+            raise
+        if store is not None:
+            store.set_run_status(run_id, "finished")
+        elapsed = time.perf_counter() - start
+        summary = RunSummary(
+            run_id=run_id, recipe=compiled.name, requested=config.episodes, completed=stats.count,
+            skipped=len(stored), errors=stats.errors, elapsed_s=elapsed,
+            episodes_per_s=stats.count / elapsed if elapsed > 0 else 0.0,
+            valid_proposal_rate=stats.valid_rate(), mean_reward=stats.mean_rewards(),
+            metrics=stats.mean_metrics(),
+        )
+        if config.progress:
+            progress.print_summary(summary)
+        return summary
+    finally:
+        if own_store and hasattr(store, "close"):
+            store.close()
+
+
+def _open_run(store: Any | None, compiled: CompiledRecipe, config: RunConfig) -> tuple[str, set[int]]:
+    """The run id to write under and the indexes already stored in it."""
+    from agentplay.traces import new_id
+
+    run_config = {"episodes": config.episodes, "concurrency": config.concurrency, "seed": config.seed,
+                  "options": _jsonable(compiled.recipe.options)}
+    if store is None:
+        return config.run_id or new_id(), set()
+    if not config.resume:
+        return store.create_run(recipe=compiled.name, config=run_config, run_id=config.run_id), set()
+    run_id = config.run_id or _latest_run(store, compiled.name)
+    if run_id is None:
+        run_id = store.create_run(recipe=compiled.name, config=run_config, run_id=None)
+    else:
+        run_id = store.get_or_create_run(run_id, recipe=compiled.name, config=run_config)
+        store.set_run_status(run_id, "running")
+    return run_id, set(store.stored_indexes(run_id))
+
+
+def _latest_run(store: Any, recipe: str) -> str | None:
+    runs = [r for r in store.list_runs() if getattr(r, "recipe", None) == recipe]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: getattr(r, "created_at", 0) or 0).run_id
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)

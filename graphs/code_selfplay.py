@@ -1,0 +1,416 @@
+"""Code self-play (Absolute Zero style): one model proposes programs, the same model solves them.
+
+Each episode picks a task type from its seed. The proposer samples `n_proposals`
+programs `f` with inputs; the sandbox runs each twice and keeps only programs that
+succeed and agree with themselves. Each kept task goes to `n_solvers` solver samples:
+
+- deduction: given f and an input, predict the output;
+- abduction: given f and an output, find an input (any input that works counts);
+- induction: given input/output pairs (the last `held_out` pairs hidden), write f.
+
+Every answer is checked by running it in the sandbox (`graphs/_code_exec.py`).
+Rewards: solver 1/0 with the verdict; proposer AZR learnability, 1 - solve rate when
+some but not all attempts succeed, else 0; an invalid proposal gets 0 with the
+reason, and near-duplicate programs within one episode lose `repetition_weight` x
+their repetition penalty. Valid programs join a process-level `TaskBuffer` that
+feeds reference examples to later proposers and stands in when no proposal of an
+episode is valid (as AZR fills a batch from its buffer).
+
+    recipe = build(n_proposals=2, n_solvers=4)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
+from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+from agentplay.rewards import learnability, repetition_penalty
+from agentplay.traces import RewardRecord, RoleTurn
+
+from ._code_exec import (
+    CodeTask,
+    TaskType,
+    Verdict,
+    build_task,
+    check_abduction,
+    check_deduction,
+    check_induction,
+    fenced_blocks,
+)
+
+__all__ = ["CodeSelfPlayConfig", "CodeState", "SEED_PROGRAMS", "TaskBuffer", "build"]
+
+
+# -- config ------------------------------------------------------------------------------------
+
+class CodeSelfPlayConfig(BaseModel):
+    """Options of `build()`; every one can be passed as a keyword."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_types: list[TaskType] = Field(default_factory=lambda: ["deduction", "abduction", "induction"], min_length=1)
+    """Task types drawn (uniformly, by episode seed) for each episode."""
+    n_proposals: int = Field(2, ge=1, le=64)
+    """Programs the proposer samples per episode: its GRPO group and repetition-penalty batch."""
+    n_solvers: int = Field(4, ge=1, le=64)
+    """Solver samples per task: the solver's GRPO group and the solve-rate estimate."""
+    induction_inputs: int = Field(3, ge=2, le=10)
+    """Inputs an induction proposal must give (deduction/abduction use the first one)."""
+    held_out: int = Field(1, ge=1)
+    """Induction pairs hidden from the solver; its program must still reproduce them."""
+    n_references: int = Field(1, ge=0, le=8)
+    """Buffered programs shown to the proposer as examples of the format (and of what to avoid repeating)."""
+    fill_from_buffer: bool = True
+    """When no proposal is valid, the solvers practise on a buffered task instead of idling."""
+    proposer_max_tokens: int = Field(256, ge=1)
+    solver_max_tokens: int = Field(192, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    wall_time_s: float = Field(5.0, gt=0, le=120)
+    """Sandbox wall-clock limit of each run (a proposal that loops is rejected as a timeout)."""
+    memory_mb: int = Field(256, ge=32)
+    max_output_chars: int = Field(1000, ge=16)
+    """Longest canonical repr of one output; longer outputs make a proposal invalid."""
+    repetition_weight: float = Field(0.5, ge=0.0)
+    repetition_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """n-gram Jaccard similarity at which two programs count as near-duplicates."""
+    sandbox_backend: str = "auto"
+    """Backend for the sandbox opened on first use when `build()` gets no `sandbox`."""
+
+    def model_post_init(self, _: Any) -> None:
+        if self.held_out >= self.induction_inputs:
+            raise ValueError(
+                f"held_out: must be below induction_inputs ({self.induction_inputs}) so the solver sees a pair"
+            )
+
+
+# -- state -------------------------------------------------------------------------------------
+
+class CodeState(TypedDict, total=False):
+    seed: int
+    """The episode seed (for draws made inside nodes)."""
+    task_type: str
+    references: list[dict[str, Any]]
+    """Buffered programs shown to the proposer."""
+    proposals: list[dict[str, Any]]
+    """Per proposer turn: turn_id, program, inputs, error (None when valid), task (index or None)."""
+    tasks: list[dict[str, Any]]
+    """CodeTask dumps plus `source` ("proposal" or "buffer")."""
+    solver_task: dict[str, int]
+    """Solver turn id -> index in `tasks`."""
+    answers: dict[str, Any]
+    """Solver turn id -> parsed answer (None when it could not be parsed)."""
+    verdicts: dict[str, dict[str, Any]]
+    """Solver turn id -> {"correct", "reason"}."""
+
+
+# -- seed programs and the task buffer ---------------------------------------------------------
+
+SEED_PROGRAMS: list[dict[str, Any]] = [
+    {"program": "def f(xs):\n    return sorted(xs)[::-1]", "inputs": ["[3, 1, 2]", "[5]", "[2, 9, 4, 9]"]},
+    {"program": "def f(s):\n    return s.upper() + s[::-1]", "inputs": ["'abc'", "'Hi'", "''"]},
+    {"program": "def f(n):\n    return sum(i * i for i in range(n))", "inputs": ["3", "5", "0"]},
+    {"program": "def f(a, b):\n    return [x for x in a if x % b == 0]", "inputs": ["[1, 2, 3, 4, 6], 2", "[9, 10], 3", "[], 5"]},
+    {"program": "def f(s):\n    counts = {}\n    for ch in s:\n        counts[ch] = counts.get(ch, 0) + 1\n    return counts",
+     "inputs": ["'banana'", "'aab'", "'xyz'"]},
+    {"program": "def f(n):\n    out = []\n    while n > 1:\n        n = n // 2 if n % 2 == 0 else 3 * n + 1\n        out.append(n)\n    return out",
+     "inputs": ["6", "1", "3"]},
+]
+"""Small programs (AZR seeds its buffer the same way) with inputs for every task type."""
+
+
+class TaskBuffer:
+    """Valid programs seen so far in this process (seeds first), newest kept when full.
+
+    Inject one into several `build()` calls to share it; it is per process, so Ray
+    workers each keep their own.
+    """
+
+    def __init__(self, seeds: list[dict[str, Any]] | None = None, max_size: int = 512):
+        self._items: deque[dict[str, Any]] = deque(maxlen=max_size)
+        for s in SEED_PROGRAMS if seeds is None else seeds:
+            self.add(s["program"], list(s["inputs"]))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, program: str, inputs: list[str]) -> None:
+        if all(item["program"] != program for item in self._items):
+            self._items.append({"program": program, "inputs": inputs})
+
+    def sample(self, rng: random.Random, k: int = 1, min_inputs: int = 1) -> list[dict[str, Any]]:
+        pool = [item for item in self._items if len(item["inputs"]) >= min_inputs]
+        return rng.sample(pool, min(k, len(pool)))
+
+
+# -- role prompts ------------------------------------------------------------------------------
+
+PROPOSER_SYSTEM = """You write Python puzzles. Write a deterministic function named f that \
+returns plain data (numbers, strings, lists, tuples, dicts, sets). Do not import os, sys, \
+random, time or other system modules, and do not print.
+Reply in exactly this layout, with {{ n_inputs }} input block(s), each holding the arguments \
+of one call to f written as in the call (for example: [3, 1, 2], 2):
+```python
+def f(...):
+    ...
+```
+```input
+...
+```"""
+
+PROPOSER_USER = """Task type: {{ task_type }}. {{ purpose }}
+{% if references %}Here is an example puzzle. Write a new, different one.
+{% for ref in references %}```python
+{{ ref.program }}
+```
+{% for inp in ref.inputs[:n_inputs] %}```input
+{{ inp }}
+```
+{% endfor %}{% endfor %}{% else %}Write a new puzzle.{% endif %}"""
+
+PURPOSE = {
+    "deduction": "The student sees f and your input and must predict the output.",
+    "abduction": "The student sees f and the output for your input and must find an input giving it.",
+    "induction": "The student sees your inputs with their outputs (the last hidden) and must write f.",
+}
+
+SOLVER_SYSTEM = "You solve Python puzzles. Think briefly, then give the answer in the requested fenced block."
+
+SOLVER_USER = {
+    "deduction": """Here is a Python function:
+```python
+{{ program }}
+```
+What does f({{ inputs[0] }}) return? Give the returned value as a Python literal in an ```output block.""",
+    "abduction": """Here is a Python function:
+```python
+{{ program }}
+```
+Find arguments for which f returns exactly {{ outputs[0] }}. Give them, written as in a call \
+to f, in an ```input block.""",
+    "induction": """A hidden Python function f gives:
+{% for inp in shown_inputs %}f({{ inp }}) == {{ outputs[loop.index0] }}
+{% endfor %}Write f. Give the whole definition in a ```python block.""",
+}
+
+
+# -- parsing the model's text ------------------------------------------------------------------
+
+def parse_proposal(text: str) -> dict[str, Any]:
+    """{"program", "inputs"} from the proposer's blocks; ValueError says what is missing."""
+    blocks = fenced_blocks(text)
+    programs = [b for lang, b in blocks if lang in ("python", "py", "") and "def f" in b]
+    if not programs:
+        raise ValueError("no ```python block defining f")
+    inputs = [b for lang, b in blocks if lang == "input" and b]
+    if not inputs:
+        raise ValueError("no ```input block")
+    return {"program": programs[0], "inputs": inputs}
+
+
+def _answer_parser(task_type: str):
+    lang = {"deduction": "output", "abduction": "input", "induction": "python"}[task_type]
+
+    def parse(text: str) -> str:
+        blocks = fenced_blocks(text)
+        tagged = [b for tag, b in blocks if tag == lang or (lang == "python" and tag == "py")]
+        found = tagged or [b for tag, b in blocks if tag == ""]
+        if lang == "python":
+            found = [b for b in found if "def f" in b]
+        if not found or not found[-1]:
+            raise ValueError(f"no ```{lang} block with the answer")
+        return found[-1]
+
+    return parse
+
+
+# -- build: roles, nodes, rewards, graph -------------------------------------------------------
+
+def build(
+    model: str = DEFAULT_MODEL_SPEC,
+    *,
+    sandbox: Any = None,
+    buffer: TaskBuffer | None = None,
+    **options: Any,
+) -> Recipe:
+    """The code self-play recipe. `sandbox`: an open `agentplay.sandbox.Sandbox` (its
+    lifetime is yours); without one, a sandbox of `sandbox_backend` opens on first use.
+    `buffer`: a shared TaskBuffer (default: a fresh one seeded with SEED_PROGRAMS)."""
+    cfg = CodeSelfPlayConfig(**options)
+    buffer = buffer if buffer is not None else TaskBuffer()
+    box: dict[str, Any] = {"sandbox": sandbox}
+
+    def get_sandbox() -> Any:
+        if box["sandbox"] is None:
+            from agentplay.sandbox import open_sandbox
+
+            box["sandbox"] = open_sandbox(cfg.sandbox_backend)
+        return box["sandbox"]
+
+    def limits() -> Any:
+        from agentplay.sandbox import Limits
+
+        return Limits(wall_time_s=cfg.wall_time_s, memory_mb=cfg.memory_mb,
+                      output_bytes=max(4 * cfg.max_output_chars, 65536))
+
+    proposer = Role(
+        name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, user_template=PROPOSER_USER,
+        sampling=SamplingParams(max_tokens=cfg.proposer_max_tokens, temperature=cfg.temperature),
+        output_parser=parse_proposal,
+    )
+    solvers = {
+        t: Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[t],
+                sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
+                output_parser=_answer_parser(t))
+        for t in ("deduction", "abduction", "induction")
+    }
+    checkers = {"deduction": check_deduction, "abduction": check_abduction, "induction": check_induction}
+
+    def n_inputs(task_type: str) -> int:
+        return cfg.induction_inputs if task_type == "induction" else 1
+
+    def initial_state(ctx: EpisodeContext) -> CodeState:
+        task_type = cfg.task_types[ctx.rng.randrange(len(cfg.task_types))]
+        refs = buffer.sample(ctx.rng, cfg.n_references, n_inputs(task_type))
+        return {"seed": ctx.seed, "task_type": task_type, "references": refs, "proposals": [],
+                "tasks": [], "solver_task": {}, "answers": {}, "verdicts": {}}
+
+    async def propose(state: CodeState) -> dict[str, Any]:
+        t = state["task_type"]
+        turns = await proposer.run_n(n=cfg.n_proposals, variables={
+            "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
+        return {"proposals": [
+            {"turn_id": turn.turn_id, "error": turn.parse_error, "task": None,
+             **(turn.output or {"program": "", "inputs": []})}
+            for turn in turns
+        ]}
+
+    async def _validate_one(program: str, inputs: list[str], task_type: str) -> CodeTask:
+        need = n_inputs(task_type)
+        if len(inputs) < need:
+            raise ValueError(f"{task_type} needs {need} inputs, got {len(inputs)}")
+        return await build_task(get_sandbox(), program, inputs[:need], limits=limits(),
+                                max_repr=cfg.max_output_chars)
+
+    async def validate(state: CodeState) -> dict[str, Any]:
+        t = state["task_type"]
+        proposals = [dict(p) for p in state["proposals"]]
+        todo = [p for p in proposals if p["error"] is None]
+        results = await asyncio.gather(
+            *(_validate_one(p["program"], p["inputs"], t) for p in todo), return_exceptions=True)
+        tasks: list[dict[str, Any]] = []
+        for p, res in zip(todo, results, strict=True):
+            if isinstance(res, ValueError):
+                p["error"] = f"invalid proposal: {res}"
+            elif isinstance(res, BaseException):
+                raise res  # sandbox failure: the episode is an error, not the proposer's fault
+            else:
+                p["task"] = len(tasks)
+                tasks.append({**res.model_dump(), "source": "proposal"})
+                buffer.add(res.program, res.inputs)
+        if not tasks and cfg.fill_from_buffer:
+            rng = random.Random(state["seed"])
+            for item in buffer.sample(rng, 1, n_inputs(t)):
+                res = await _validate_one(item["program"], item["inputs"], t)
+                tasks.append({**res.model_dump(), "source": "buffer"})
+        return {"proposals": proposals, "tasks": tasks}
+
+    async def solve(state: CodeState) -> dict[str, Any]:
+        t = state["task_type"]
+        runs = await asyncio.gather(*(
+            solvers[t].run_n(n=cfg.n_solvers, variables={
+                **task, "shown_inputs": task["inputs"][: len(task["inputs"]) - cfg.held_out]})
+            for task in state["tasks"]
+        ))
+        return {"solver_task": {turn.turn_id: i for i, turns in enumerate(runs) for turn in turns},
+                "answers": {turn.turn_id: turn.output for turns in runs for turn in turns}}
+
+    async def verify(state: CodeState) -> dict[str, Any]:
+        check = checkers[state["task_type"]]
+        answers = state["answers"]
+        todo = [(tid, i, answers.get(tid)) for tid, i in state["solver_task"].items()]
+
+        async def one(i: int, answer: str | None) -> Verdict:
+            if answer is None:
+                return Verdict(correct=False, reason="no parsable answer")
+            task = CodeTask.model_validate({k: state["tasks"][i][k] for k in ("program", "inputs", "outputs")})
+            return await check(get_sandbox(), task, answer, limits=limits(), max_repr=cfg.max_output_chars)
+
+        verdicts = await asyncio.gather(*(one(i, a) for _, i, a in todo))
+        return {"verdicts": {tid: v.model_dump() for (tid, _, _), v in zip(todo, verdicts, strict=True)}}
+
+    # -- rewards ---------------------------------------------------------------------------
+
+    def solve_rate(state: dict[str, Any], task_index: int) -> float | None:
+        marks = [state["verdicts"][tid]["correct"] for tid, i in state.get("solver_task", {}).items()
+                 if i == task_index and tid in state.get("verdicts", {})]
+        return sum(marks) / len(marks) if marks else None
+
+    def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
+        prop = next(p for p in state["proposals"] if p["turn_id"] == turn.turn_id)
+        if prop["error"] is not None:
+            return RewardRecord(value=0.0, reason=prop["error"], components={"valid": 0.0})
+        rate = solve_rate(state, prop["task"])
+        if rate is None:
+            return RewardRecord(value=0.0, reason="valid, but no solver attempt was checked", components={"valid": 1.0})
+        value = learnability(rate)
+        return RewardRecord(value=value, reason=f"valid; solve rate {rate:.2f} -> learnability {value:.2f}",
+                            components={"valid": 1.0, "solve_rate": rate})
+
+    def solver_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
+        verdict = state["verdicts"].get(turn.turn_id)
+        if verdict is None:
+            return RewardRecord(value=0.0, reason="answer was not checked")
+        return RewardRecord(value=float(verdict["correct"]), reason=verdict["reason"])
+
+    def proposer_repetition(turns: list[RoleTurn]) -> list[float]:
+        """Near-duplicate valid programs in one episode share a penalty; invalid ones keep their 0."""
+        valid = [t for t in turns if t.reward is not None and t.reward.components.get("valid") == 1.0]
+        pen = dict(zip((t.turn_id for t in valid),
+                       repetition_penalty([t.output["program"] for t in valid], cfg.repetition_threshold)))
+        return [-cfg.repetition_weight * pen.get(t.turn_id, 0.0) for t in turns]
+
+    def solver_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
+        return f"ep{ctx.index}/task{state['solver_task'].get(turn.turn_id, -1)}"
+
+    def metrics(state: dict[str, Any], turns: list[RoleTurn]) -> dict[str, float]:
+        props = state.get("proposals", [])
+        verdicts = list(state.get("verdicts", {}).values())
+        return {
+            "valid_proposal": sum(p["error"] is None for p in props) / max(len(props), 1),
+            "tasks": float(len(state.get("tasks", []))),
+            "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
+            "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
+            "buffer_size": float(len(buffer)),
+        }
+
+    # -- graph -----------------------------------------------------------------------------
+
+    graph = StateGraph(CodeState)
+    graph.add_node("propose", propose)
+    graph.add_node("validate", validate)
+    graph.add_node("solve", solve)
+    graph.add_node("verify", verify)
+    graph.add_edge(START, "propose")
+    graph.add_edge("propose", "validate")
+    graph.add_conditional_edges("validate", lambda s: "solve" if s["tasks"] else END, ["solve", END])
+    graph.add_edge("solve", "verify")
+    graph.add_edge("verify", END)
+
+    return Recipe(
+        name="code-selfplay",
+        graph=graph,
+        roles={"propose": proposer, "solve": "solver"},
+        rewards={"proposer": proposer_reward, "solver": solver_reward},
+        groups={"proposer": GroupBy.episode(), "solver": GroupBy.key(solver_group)},
+        group_rewards={"proposer": proposer_repetition},
+        initial_state=initial_state,
+        metrics=metrics,
+        options={"model": model, **cfg.model_dump()},
+    )

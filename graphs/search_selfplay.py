@@ -1,0 +1,311 @@
+"""Search self-play (after SSP): one model writes search questions for a known answer and solves them.
+
+Each episode samples a target from the corpus (a documented stdlib name such
+as ``os.path.join``; the k episodes of one group block share it). The
+proposer reads the target's documentation, searches, and writes a question
+whose answer is the target. Then:
+
+1. rule checks: the question has a sane length, does not contain the answer,
+   and the proposer searched with at least `min_distinct_queries` distinct queries;
+2. RAG check: the documents the proposer retrieved, shuffled with noise
+   documents, go to a model that must answer *without searching*; the question
+   is kept only if that answer matches (it proves the question is answerable
+   from what was found);
+3. `n_solvers` solver attempts, each with the search tool;
+4. grading: normalised exact match, with an optional LLM-judge fallback.
+
+Rewards: solver 1/0 per attempt; proposer 1 - solver success rate, and 0 (with
+the failed check as reason) for a proposal that fails any check. Groups: the
+n solver attempts of one episode; the k proposals for one target.
+
+    recipe = build(n_solvers=4, group_k=4)
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
+from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+from agentplay.rewards import exact_match, llm_judge, normalize_answer
+from agentplay.tools import CorpusIndex, SearchMode, SearchTool, default_corpus_index
+from agentplay.traces import RewardRecord, RoleTurn
+
+__all__ = ["SearchSelfPlayConfig", "SearchState", "build", "parse_answer", "parse_question"]
+
+
+# -- config ------------------------------------------------------------------------------------
+
+class SearchSelfPlayConfig(BaseModel):
+    """Options of `build()`; every one can be passed as a keyword (or `--set name=value`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_solvers: int = Field(4, ge=1, le=64)
+    """Solver attempts per question: the solver's GRPO group and the solve-rate estimate."""
+    group_k: int = Field(4, ge=1, le=64)
+    """Episodes sharing one target: the proposer's GRPO group."""
+    max_tool_turns: int = Field(3, ge=0, le=16)
+    proposer_max_tokens: int = Field(192, ge=1)
+    solver_max_tokens: int = Field(128, ge=1)
+    rag_max_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    search_k: int = Field(3, ge=1, le=20)
+    """Hits per search call."""
+    search_mode: SearchMode = "bm25"
+    """Ranking of the search tool (and of the RAG check's replay of the proposer's queries)."""
+    snippet_chars: int = Field(160, ge=20)
+    """Characters of each search hit the proposer and solvers see."""
+    noise_docs: int = Field(3, ge=0, le=20)
+    """Unrelated documents mixed into the RAG check."""
+    doc_chars: int = Field(400, ge=50)
+    """Characters of each document shown to the proposer and to the RAG checker."""
+    min_question_chars: int = Field(12, ge=1)
+    max_question_chars: int = Field(400, ge=1)
+    min_distinct_queries: int = Field(2, ge=0)
+    """The proposer must have searched with at least this many distinct queries."""
+    llm_judge: bool = False
+    """When exact match fails, ask a model (yes/no) whether the answer is right."""
+    judge_model: str | None = None
+    """Model of the judge and the RAG checker; default: the policy model."""
+    gate_solvers: bool = True
+    """Only questions that pass every check go to the solvers (False: solve anyway, e.g. to debug)."""
+
+
+# -- state -------------------------------------------------------------------------------------
+
+class SearchState(TypedDict, total=False):
+    answer: str
+    """The target the question must lead to (a documented name)."""
+    target_doc: str
+    question: str | None
+    queries: list[str]
+    """Distinct search queries the proposer made."""
+    rules_ok: bool
+    rag_ok: bool
+    check_reason: str
+    """Why the proposal failed a check ('' when it passed)."""
+    rag_answer: str | None
+    attempts: Annotated[list[dict[str, Any]], operator.add]
+    """One entry per solver attempt: turn_id, answer, score, reason."""
+
+
+# -- prompts -----------------------------------------------------------------------------------
+
+PROPOSER_SYSTEM = "You write quiz questions about the Python standard library. You can search its documentation."
+PROPOSER_USER = """Target answer: {{ answer }}
+Its documentation: {{ doc }}
+
+Search the documentation twice, with different queries, to learn facts about the target. \
+Then write one question whose answer is exactly {{ answer }}, without writing {{ answer }} in the question.
+Finish with one line: Question: <your question>"""
+
+SOLVER_SYSTEM = ("Answer questions about the Python standard library. Use the search tool to look things up. "
+                 "Finish with one line: Answer: <the exact name>")
+RAG_SYSTEM = "Answer from the documents only. Reply with one line: Answer: <the exact name>"
+
+
+def _call(query: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": f'<tool_call>\n{{"name": "search", "arguments": {{"query": "{query}"}}}}\n</tool_call>'}
+
+
+def _result(text: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": "demo", "name": "search", "content": text}
+
+
+# One worked example each: small models learn the tool-call and answer format from a demo far
+# better than from instructions (SmolLM2-135M ignores the instructions alone).
+PROPOSER_DEMO: list[dict[str, Any]] = [
+    {"role": "user", "content": "Target answer: json.dumps\nIts documentation: json.dumps(obj, *, indent=None, "
+     "sort_keys=False) Serialize obj to a JSON formatted str.\n\nSearch the documentation twice, with different "
+     "queries, to learn facts about the target. Then write one question whose answer is exactly json.dumps, without "
+     "writing json.dumps in the question.\nFinish with one line: Question: <your question>"},
+    _call("serialize object to JSON string"),
+    _result("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
+            "Serialize obj to a JSON formatted str."),
+    _call("json indent sort_keys"),
+    _result("[1] id: json.dump\ntitle: json.dump (function)\njson.dump(obj, fp, *, indent=None, ...) "
+            "Serialize obj as a JSON formatted stream to fp."),
+    {"role": "assistant", "content": "Question: Which function of the json module turns a Python object into a "
+     "JSON formatted string?"},
+]
+SOLVER_DEMO: list[dict[str, Any]] = [
+    {"role": "user", "content": "Which function of the json module turns a Python object into a JSON formatted string?"},
+    _call("json object to formatted string"),
+    _result("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
+            "Serialize obj to a JSON formatted str."),
+    {"role": "assistant", "content": "Answer: json.dumps"},
+]
+
+_QUESTION = re.compile(r"question\s*:\s*(.+)", re.IGNORECASE | re.DOTALL)
+_ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
+
+
+def parse_question(text: str) -> str:
+    """The text after the last 'Question:'; else a last line ending in '?'. ValueError if none."""
+    found = _QUESTION.findall(text)
+    if found:
+        question = found[-1].strip().splitlines()[0].strip() if found[-1].strip() else ""
+        if question:
+            return question
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().endswith("?")]
+    if lines:
+        return lines[-1]
+    raise ValueError("no question found (expected a line 'Question: ...')")
+
+
+def parse_answer(text: str) -> str:
+    """The text after the last 'Answer:', else the last non-empty line. ValueError if empty."""
+    found = _ANSWER.findall(text)
+    answer = found[-1] if found else next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+    answer = answer.strip().strip("`*'\" ").rstrip(".")
+    if not answer:
+        raise ValueError("empty answer")
+    return answer
+
+
+def _excerpt(text: str, chars: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= chars else text[:chars].rstrip() + " ..."
+
+
+# -- recipe ------------------------------------------------------------------------------------
+
+def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, **options: Any) -> Recipe:
+    """The search self-play recipe on `index` (default: the stdlib-docs corpus)."""
+    cfg = SearchSelfPlayConfig(**options)
+    index = index or default_corpus_index()
+    search = SearchTool(index, k=cfg.search_k, mode=cfg.search_mode, snippet_chars=cfg.snippet_chars)
+    checker_model = cfg.judge_model or model
+
+    def sampling(max_tokens: int, temperature: float | None = None) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature if temperature is None else temperature)
+
+    proposer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,
+                    tools=[search], sampling=sampling(cfg.proposer_max_tokens),
+                    max_tool_turns=cfg.max_tool_turns, output_parser=parse_question)
+    solver = Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, tools=[search],
+                  sampling=sampling(cfg.solver_max_tokens), max_tool_turns=cfg.max_tool_turns,
+                  output_parser=parse_answer)
+    rag_checker = Role(name="rag_checker", model=checker_model, system_prompt=RAG_SYSTEM,
+                       sampling=sampling(cfg.rag_max_tokens, temperature=0.0), max_tool_turns=0,
+                       output_parser=parse_answer, trainable=False)
+
+    def initial_state(ctx: EpisodeContext) -> SearchState:
+        # Same group seed -> same target for the k episodes of a block (the proposer's group).
+        docs = index.sample_documents(16, seed=ctx.group_seed or 0, min_chars=80)
+        target = next((d for d in docs if ":" not in d.id and "." in d.id), docs[0])
+        return {"answer": target.id, "target_doc": _excerpt(target.text, cfg.doc_chars), "attempts": []}
+
+    async def propose(state: SearchState) -> dict[str, Any]:
+        user = proposer.render(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
+        turn = await proposer.run([*PROPOSER_DEMO, {"role": "user", "content": user}])
+        queries = [str(c.arguments.get("query", "")).strip() for c in turn.tool_calls
+                   if c.name == search.name and c.error is None and c.arguments]
+        return {"question": turn.output, "queries": list(dict.fromkeys(q for q in queries if q))}
+
+    def check_rules(state: SearchState) -> dict[str, Any]:
+        question, answer = state.get("question"), state["answer"]
+        if not question:
+            return {"rules_ok": False, "check_reason": "no question"}
+        if not cfg.min_question_chars <= len(question) <= cfg.max_question_chars:
+            return {"rules_ok": False, "check_reason": f"question length {len(question)} outside "
+                    f"{cfg.min_question_chars}..{cfg.max_question_chars}"}
+        if normalize_answer(answer) in normalize_answer(question):
+            return {"rules_ok": False, "check_reason": "question leaks the answer"}
+        if len(state.get("queries", [])) < cfg.min_distinct_queries:
+            return {"rules_ok": False, "check_reason": f"searched with {len(state.get('queries', []))} distinct "
+                    f"queries, need {cfg.min_distinct_queries}"}
+        return {"rules_ok": True, "check_reason": ""}
+
+    async def rag_check(state: SearchState) -> dict[str, Any]:
+        if not state.get("question"):
+            return {"rag_ok": False}
+        from agentplay import current_episode
+
+        ctx = current_episode()
+        seen: dict[str, str] = {}
+        for query in state.get("queries", []):
+            for hit in index.search(query, cfg.search_k, cfg.search_mode):
+                seen.setdefault(hit.doc_id, f"{hit.title}: {_excerpt(hit.text, cfg.doc_chars)}")
+        seed = ctx.seed if ctx else 0
+        noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
+                 if d.id not in seen and d.id != state["answer"]][: cfg.noise_docs]
+        docs = list(seen.values()) + [f"{d.title}: {_excerpt(d.text, cfg.doc_chars)}" for d in noise]
+        if ctx is not None:
+            ctx.rng.shuffle(docs)
+        shown = "\n".join(f"[{i}] {d}" for i, d in enumerate(docs, 1)) or "(no documents)"
+        turn = await rag_checker.run(f"Documents:\n{shown}\n\nQuestion: {state['question']}")
+        ok = bool(turn.output) and exact_match(turn.output, state["answer"]) == 1.0
+        update: dict[str, Any] = {"rag_ok": ok, "rag_answer": turn.output}
+        if not ok and state.get("rules_ok"):
+            update["check_reason"] = f"RAG check answered {turn.output!r}, not the target"
+        return update
+
+    def to_solvers(state: SearchState) -> list[Send] | str:
+        valid = state.get("rules_ok") and state.get("rag_ok")
+        if not state.get("question") or (cfg.gate_solvers and not valid):
+            return END
+        return [Send("solve", {"question": state["question"], "answer": state["answer"]})
+                for _ in range(cfg.n_solvers)]
+
+    async def solve(task: dict[str, Any]) -> dict[str, Any]:
+        turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": task["question"]}])
+        score, reason = 0.0, f"no parsable answer: {turn.parse_error}"
+        if turn.output:
+            score, reason = exact_match(turn.output, task["answer"]), "exact match"
+            if score == 0.0 and cfg.llm_judge:
+                verdict = await llm_judge(checker_model, task["question"], turn.output, task["answer"])
+                score, reason = verdict.value, f"LLM judge fallback: {verdict.reason}"
+            elif score == 0.0:
+                reason = f"{turn.output!r} does not match the target"
+        return {"attempts": [{"turn_id": turn.turn_id, "answer": turn.output, "score": score, "reason": reason}]}
+
+    def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
+        attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
+        return RewardRecord(value=attempt["score"], reason=attempt["reason"])
+
+    def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
+        if not (state.get("rules_ok") and state.get("rag_ok")):
+            return RewardRecord(value=0.0, reason=f"invalid proposal: {state.get('check_reason') or 'failed a check'}")
+        scores = [a["score"] for a in state.get("attempts", [])]
+        rate = sum(scores) / len(scores) if scores else 0.0
+        return RewardRecord(value=1.0 - rate, reason=f"1 - solve rate {rate:.2f} over {len(scores)} attempts",
+                            components={"solve_rate": rate})
+
+    def metrics(state: SearchState, turns: list[RoleTurn]) -> dict[str, float]:
+        scores = [a["score"] for a in state.get("attempts", [])]
+        out = {"question_parsed": float(bool(state.get("question"))), "rules_pass": float(bool(state.get("rules_ok"))),
+               "rag_pass": float(bool(state.get("rag_ok"))),
+               "valid_proposal": float(bool(state.get("rules_ok") and state.get("rag_ok")))}
+        if scores:
+            out["solve_rate"] = sum(scores) / len(scores)
+        return out
+
+    graph = StateGraph(SearchState)
+    graph.add_node("propose", propose)
+    graph.add_node("check_rules", check_rules)
+    graph.add_node("rag_check", rag_check)
+    graph.add_node("solve", solve)
+    graph.add_edge(START, "propose")
+    graph.add_edge("propose", "check_rules")
+    graph.add_edge("check_rules", "rag_check")
+    graph.add_conditional_edges("rag_check", to_solvers, ["solve", END])
+    graph.add_edge("solve", END)
+
+    return Recipe(
+        name="search-selfplay",
+        graph=graph,
+        roles={"propose": proposer, "rag_check": rag_checker, "solve": solver},
+        rewards={"proposer": proposer_reward, "solver": solver_reward},
+        groups={"proposer": GroupBy.seed(cfg.group_k), "solver": GroupBy.episode()},
+        initial_state=initial_state,
+        metrics=metrics,
+        options={"model": model, **cfg.model_dump()},
+    )

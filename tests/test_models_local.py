@@ -1,0 +1,123 @@
+"""The local engine on the real SmolLM2: chat, n choices, seeds, batching, tools, multi-turn ids.
+
+One model is shared by the module (loading costs seconds); each test uses few
+tokens because the box has two shared cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentplay.models import LocalModel, SamplingParams, default_model_dir, load_model
+
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search the web.",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_model("local:smollm2-135m-instruct")
+    assert isinstance(m, LocalModel)
+    yield m
+    m._engine.close()
+
+
+def _decoded(model, choice) -> str:
+    ids = choice.completion_token_ids
+    if choice.finish_reason != "length" and ids and ids[-1] in model._engine.eos_ids:
+        ids = ids[:-1]  # the end-of-turn token is sampled (and trained on) but not shown
+    return model.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+async def test_smollm2_answers_a_chat_request(model):
+    res = await model.chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        sampling=SamplingParams(temperature=0, max_tokens=12),
+    )
+    choice = res.choice
+    assert "Paris" in choice.text
+    assert choice.content == choice.text
+    assert res.weight_version == model.weight_version
+    assert res.prompt_token_ids == model.tokenizer(
+        model.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is the capital of France?"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        ),
+        add_special_tokens=False,
+    )["input_ids"]
+    assert len(choice.logprobs) == len(choice.completion_token_ids) == res.usage.completion_tokens
+    assert all(lp <= 0 for lp in choice.logprobs)
+
+
+async def test_n4_returns_four_choices_whose_ids_decode_to_the_text(model):
+    res = await model.chat(
+        [{"role": "user", "content": "Write one word."}],
+        sampling=SamplingParams(n=4, max_tokens=10, temperature=1.0, seed=1),
+    )
+    assert [c.index for c in res.choices] == [0, 1, 2, 3]
+    for c in res.choices:
+        assert c.completion_token_ids and _decoded(model, c) == c.text
+        assert len(c.logprobs) == len(c.completion_token_ids)
+        assert c.finish_reason in ("stop", "length")
+    assert len({tuple(c.completion_token_ids) for c in res.choices}) > 1
+
+
+async def test_seed_reproduces_a_request_even_when_batched_with_others(model):
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    sp = SamplingParams(max_tokens=8, temperature=1.0, seed=1234)
+    alone = await model.chat(msgs, sampling=sp)
+    before = len(model._engine.batch_sizes)
+    crowd = await asyncio.gather(
+        model.chat([{"role": "user", "content": "Count to three."}], sampling=SamplingParams(max_tokens=8, seed=7)),
+        model.chat(msgs, sampling=sp),
+        model.chat([{"role": "user", "content": "Hello!"}], sampling=SamplingParams(max_tokens=4, temperature=0.5)),
+    )
+    assert crowd[1].choice.completion_token_ids == alone.choice.completion_token_ids
+    assert crowd[1].choice.logprobs == pytest.approx(alone.choice.logprobs, abs=1e-4)
+    # The three concurrent requests shared fewer batches than one each.
+    assert len(model._engine.batch_sizes) - before < 3
+    assert max(model._engine.batch_sizes[before:]) >= 2
+
+
+async def test_stop_string_ends_the_choice(model):
+    res = await model.chat(
+        [{"role": "user", "content": "List three fruits, one per line."}],
+        sampling=SamplingParams(temperature=0, max_tokens=40, stop=["\n"]),
+    )
+    c = res.choice
+    assert c.finish_reason == "stop"
+    assert "\n" in c.text and c.text.endswith("\n") and "\n" not in (c.content or "")
+    assert _decoded(model, c) == c.text
+
+
+async def test_multi_turn_prompt_reuses_the_sampled_ids(model):
+    msgs = [{"role": "user", "content": "Search for the tallest mountain."}]
+    first = await model.chat(msgs, tools=[SEARCH], sampling=SamplingParams(max_tokens=24, seed=3))
+    choice = first.choice
+    msgs2 = msgs + [
+        choice.assistant_message(),
+        {"role": "tool", "tool_call_id": "call_0", "content": "Mount Everest, 8849 m"},
+    ]
+    second = await model.chat(msgs2, tools=[SEARCH], sampling=SamplingParams(max_tokens=4, seed=3))
+    earlier = first.prompt_token_ids + choice.completion_token_ids
+    assert second.prompt_token_ids[: len(earlier)] == earlier
+    assert len(second.prompt_token_ids) > len(earlier)
+    assert "Mount Everest, 8849 m" in model.tokenizer.decode(second.prompt_token_ids[len(earlier) :])
+
+
+async def test_hf_folder_spec_serves_the_cached_smollm2():
+    m = load_model(f"hf:{default_model_dir()}")
+    try:
+        res = await m.chat([{"role": "user", "content": "Say hi."}], sampling=SamplingParams(max_tokens=3, temperature=0))
+        assert res.model == f"hf:{default_model_dir()}" and res.choice.completion_token_ids
+    finally:
+        await m.aclose()

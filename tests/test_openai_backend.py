@@ -1,0 +1,170 @@
+"""OpenAIModel against a real HTTP server on 127.0.0.1 that misbehaves on purpose.
+
+The server speaks the OpenAI chat-completions protocol (with vLLM's token-id
+fields) but answers 429 and 503 before succeeding, and holds requests open to
+measure concurrency: the parts of the backend that the SmolLM2 server never
+exercises. Its behaviour against the real model is in test_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+
+from agentplay.models import SamplingParams, load_model
+
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "prompt_token_ids": [1, 2, 3],
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}},
+                    {"id": "c2", "type": "function", "function": {"name": "add", "arguments": "{broken"}},
+                ],
+            },
+            "logprobs": {
+                "content": [
+                    {"token": "<", "logprob": -0.5, "bytes": [60], "top_logprobs": [{"token": "token_id:7", "logprob": -0.5, "bytes": []}]},
+                    {"token": "x", "logprob": -1.5, "bytes": [120], "top_logprobs": [{"token": "x", "logprob": -1.5, "bytes": []}]},
+                ]
+            },
+            "finish_reason": "tool_calls",
+            "token_ids": [7, 8],
+        }
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
+
+
+class _Script:
+    def __init__(self, failures: list[int], delay: float = 0.0) -> None:
+        self.failures = list(failures)
+        self.delay = delay
+        self.attempts = 0
+        self.bodies: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+
+def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            with script.lock:
+                script.attempts += 1
+                script.bodies.append(body)
+                status = script.failures.pop(0) if script.failures else 200
+                script.in_flight += 1
+                script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            try:
+                time.sleep(script.delay)
+                payload = COMPLETION if status == 200 else {"error": {"message": f"status {status}", "type": "x"}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                if status == 429:
+                    self.send_header("retry-after-ms", "50")
+                self.end_headers()
+                self.wfile.write(data)
+            finally:
+                with script.lock:
+                    script.in_flight -= 1
+
+    return Handler
+
+
+@pytest.fixture
+def flaky():
+    servers = []
+
+    def start(failures: list[int], delay: float = 0.0) -> tuple[str, _Script]:
+        script = _Script(failures, delay)
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1", script
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+async def test_retries_429_and_503_then_parses_the_answer(flaky):
+    url, script = flaky([429, 503])
+    model = load_model("openai:m", base_url=url, api_key="k", max_retries=3)
+    started = time.monotonic()
+    result = await model.chat([{"role": "user", "content": "hi"}], sampling=SamplingParams(top_logprobs=1, seed=3, stop=["x"]))
+    assert script.attempts == 3
+    assert time.monotonic() - started < 10  # Retry-After (50 ms) honoured, then a short backoff
+    sent = script.bodies[-1]
+    assert sent["return_token_ids"] is True and sent["logprobs"] is True and sent["top_logprobs"] == 1
+    assert sent["seed"] == 3 and sent["stop"] == ["x"]
+    choice = result.choice
+    assert result.prompt_token_ids == [1, 2, 3] and choice.completion_token_ids == [7, 8]
+    assert choice.logprobs == [-0.5, -1.5] and choice.finish_reason == "tool_calls"
+    assert choice.top_logprobs[0][0].token_id == 7 and choice.top_logprobs[1][0].token_id == -1
+    assert [(c.name, c.arguments) for c in choice.tool_calls] == [("add", {"a": 1})]
+    assert choice.tool_call_failures[0].raw == "{broken"
+
+
+async def test_gives_up_after_max_retries(flaky):
+    url, script = flaky([503, 503, 503])
+    model = load_model("openai:m", base_url=url, api_key="k", max_retries=1)
+    with pytest.raises(openai.InternalServerError):
+        await model.chat([{"role": "user", "content": "hi"}])
+    assert script.attempts == 2
+
+
+async def test_bad_request_is_not_retried(flaky):
+    url, script = flaky([400])
+    model = load_model("openai:m", base_url=url, api_key="k", max_retries=3)
+    with pytest.raises(openai.BadRequestError):
+        await model.chat([{"role": "user", "content": "hi"}])
+    assert script.attempts == 1
+
+
+async def test_concurrency_limit(flaky):
+    url, script = flaky([], delay=0.3)
+    model = load_model("openai:m", base_url=url, api_key="k", max_concurrency=2)
+    await asyncio.gather(*[model.chat([{"role": "user", "content": str(i)}]) for i in range(6)])
+    assert script.attempts == 6 and script.max_in_flight == 2
+
+
+async def test_assistant_tool_calls_go_out_as_json_strings(flaky):
+    url, script = flaky([])
+    model = load_model("openai:m", base_url=url, api_key="k", return_token_ids=False)
+    history = [
+        {"role": "user", "content": "add"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"},
+    ]
+    await model.chat(history)
+    sent = script.bodies[-1]
+    assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'
+    assert "return_token_ids" not in sent
+
+
+async def test_unreachable_server_raises_connection_error():
+    model = load_model("openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=5)
+    with pytest.raises(openai.APIConnectionError):
+        await model.chat([{"role": "user", "content": "hi"}])

@@ -1,0 +1,308 @@
+"""Every class of hostile input from ANCHORS.md, against the Docker and bubblewrap backends.
+
+For each case: the verdict has the right status, the host has no leftover process,
+file or container afterwards, and the very next ordinary run on the same sandbox
+(the same warm pool for Docker) answers correctly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+from agentplay.sandbox import Limits, SandboxConfig, SandboxResult, open_sandbox
+from conftest import require_docker
+
+SHORT = Limits(wall_time_s=1.5, memory_mb=256, output_bytes=64 * 1024, processes=32)
+TOKEN = secrets.token_hex(4)
+
+
+def _host_addresses() -> list[str]:
+    addrs = {"127.0.0.1", "172.17.0.1"}
+    for entries in psutil.net_if_addrs().values():
+        addrs.update(a.address for a in entries if a.family.name == "AF_INET")
+    return sorted(addrs)
+
+
+@dataclass
+class Case:
+    name: str
+    code: str
+    statuses: set[str]
+    check: object = None
+    """Optional callable(result) with extra assertions."""
+    backends: set[str] = field(default_factory=lambda: {"docker", "bwrap"})
+
+
+def _all_blocked(res: SandboxResult) -> None:
+    lines = res.stdout.splitlines()
+    assert lines, res.stderr
+    assert all(line.startswith("blocked") for line in lines), res.stdout
+
+
+PROBE = """
+def probe(label, fn):
+    try:
+        fn()
+        print("OPEN", label)
+    except Exception as exc:
+        print("blocked", label, type(exc).__name__)
+"""
+
+NET = (
+    PROBE
+    + f"""
+import socket
+def tcp(host, port):
+    s = socket.socket(); s.settimeout(0.5); s.connect((host, port))
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", ("8.8.8.8", 53)); s.settimeout(0.5); s.recv(10)
+probe("tcp 1.1.1.1:443", lambda: tcp("1.1.1.1", 443))
+probe("udp 8.8.8.8:53", udp)
+probe("dns example.com", lambda: socket.getaddrinfo("example.com", 80))
+for host in {_host_addresses()!r}:
+    for port in (22, 80, 2375, 8000):
+        if host != "127.0.0.1":
+            probe(f"tcp {{host}}:{{port}}", lambda: tcp(host, port))
+"""
+)
+
+ESCAPE = (
+    PROBE
+    + f'''
+import os
+def write(path):
+    with open(path, "w") as fh:
+        fh.write("x")
+probe("/etc", lambda: write("/etc/agentplay_{TOKEN}"))
+probe("/usr", lambda: write("/usr/agentplay_{TOKEN}"))
+probe("/", lambda: write("/agentplay_{TOKEN}"))
+probe("runner", lambda: write("/opt/agentplay/runner.py"))
+probe("dotdot", lambda: write("/work/../agentplay_{TOKEN}"))
+os.symlink("/etc/passwd", "link")
+probe("symlink", lambda: write("link"))
+probe("host tmp", lambda: write("{tempfile.gettempdir()}/../../agentplay_{TOKEN}"))
+'''
+)
+
+SOCKET = (
+    PROBE
+    + """
+import socket
+for path in ("/var/run/docker.sock", "/run/docker.sock", "/var/run/containerd/containerd.sock"):
+    def conn(path=path):
+        s = socket.socket(socket.AF_UNIX); s.connect(path)
+    probe(path, conn)
+"""
+)
+
+HARNESS = (
+    PROBE
+    + """
+import os
+probe("runner environ", lambda: open(f"/proc/{os.getppid()}/environ").read())
+probe("runner mem", lambda: open(f"/proc/{os.getppid()}/mem", "rb").read(1))
+"""
+)
+
+DAEMON = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.closerange(0, 3)
+        while True:
+            open("/tmp/daemon_alive", "a").close(); open("/work/daemon_alive", "a").close()
+            time.sleep(0.05)
+    os._exit(0)
+os.wait()
+time.sleep(0.2)
+print("daemon started", os.path.exists("/tmp/daemon_alive"))
+"""
+
+FILL = """
+import os
+n = 0
+try:
+    while True:
+        with open(f"{d}/f{n}", "wb") as fh:
+            fh.write(b"x" * (1 << 20))
+        n += 1
+except OSError as exc:
+    print("full", n, exc.errno)
+"""
+
+CASES = [
+    Case("infinite_loop", "while True: pass", {"timeout"}),
+    Case("sleep", "import time; time.sleep(100)", {"timeout"}),
+    Case(
+        "ignores_sigterm",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "while True: time.sleep(0.01)",
+        {"timeout"},
+    ),
+    Case(
+        "fork_bomb",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        {"timeout"},
+    ),
+    Case(
+        "thread_bomb",
+        "import threading, time\nwhile True:\n    try:\n"
+        "        threading.Thread(target=time.sleep, args=(100,), daemon=True).start()\n"
+        "    except RuntimeError:\n        pass",
+        {"timeout", "oom"},
+    ),  # RLIMIT_AS may stop it first
+    Case("memory_bomb", "x = []\nwhile True: x.append(bytearray(10**7))", {"oom"}),
+    Case(
+        "memory_bomb_many_procs",  # each process stays under RLIMIT_AS; together they pass the cgroup
+        "import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        b = bytearray(200 * 2**20)\n"
+        "        b[::4096] = b'x' * len(b[::4096]); time.sleep(30)\nos.wait(); time.sleep(30)",
+        {"oom"},
+        backends={"docker"},
+    ),
+    Case(
+        "output_flood_lines",
+        "import sys\nline = 'x' * 63 + '\\n'\nfor _ in range(100 * 2**20 // 64):\n"
+        "    sys.stdout.write(line)",
+        {"output_limit"},
+        lambda r: (
+            (r.stdout_truncated and len(r.stdout) == SHORT.output_bytes)
+            or pytest.fail(repr(r)[:300])
+        ),
+    ),
+    Case(
+        "output_flood_no_newline",
+        "import os\nchunk = b'y' * 2**20\nfor _ in range(100): os.write(1, chunk)",
+        {"output_limit"},
+        lambda r: r.stdout_truncated or pytest.fail(repr(r)[:300]),
+    ),
+    Case(
+        "stderr_flood",
+        "import sys\nsys.stderr.write('e' * 100 * 2**20)",
+        {"output_limit"},
+        lambda r: r.stderr_truncated or pytest.fail(repr(r)[:300]),
+    ),
+    Case(
+        "invalid_utf8",
+        "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\xc3 end\\n')",
+        {"ok"},
+        lambda r: r.stdout == "ok \ufffd\ufffd\ufffd end\n" or pytest.fail(repr(r.stdout)),
+    ),
+    Case(
+        "fill_tmp",
+        FILL.replace("{d}", "/tmp"),
+        {"ok"},
+        lambda r: r.stdout.startswith("full") or pytest.fail(r.stderr),
+    ),
+    Case(
+        "fill_dev_shm",
+        FILL.replace("{d}", "/dev/shm"),
+        {"ok"},
+        lambda r: r.stdout.startswith("full") or pytest.fail(r.stderr),
+    ),
+    Case(
+        "fill_inodes",
+        "n = 0\ntry:\n    while True:\n        open(f'/tmp/i{n}', 'w').close(); n += 1\n"
+        "except OSError as exc:\n    print('full', n)",
+        {"ok", "timeout"},
+    ),
+    Case("network_egress", NET, {"ok"}, _all_blocked),
+    Case("write_outside_workdir", ESCAPE, {"ok"}, _all_blocked),
+    Case("docker_socket", SOCKET, {"ok"}, _all_blocked),
+    Case("read_harness", HARNESS, {"ok"}, _all_blocked),
+    Case(
+        "daemon_double_fork",
+        DAEMON,
+        {"ok"},
+        lambda r: r.stdout.strip() == "daemon started True" or pytest.fail(repr(r)[:300]),
+    ),
+    Case(
+        "leave_state",
+        "import os\nfor p in ('/work/state', '/tmp/state', '/dev/shm/state'):\n"
+        "    open(p, 'w').write('dirty')\nos.mkdir('/work/d'); os.chmod('/work/d', 0)\nprint('left')",
+        {"ok"},
+    ),
+    Case(
+        "kill_parent",
+        "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):\n"
+        "    os.kill(os.getppid(), sig)\nprint('parent survived')",
+        {"ok"},
+        lambda r: r.stdout == "parent survived\n" or pytest.fail(repr(r)[:300]),
+    ),
+    Case(
+        "kill_everything",
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n"
+        "    pass\nos.kill(os.getpid(), signal.SIGKILL)",
+        {"error"},  # a self-SIGKILL is not an OOM
+        lambda r: r.exit_code == -9 or pytest.fail(repr(r)[:300]),
+    ),
+    Case(
+        "exit_early",
+        "import os\nprint('partial', flush=True)\nos._exit(3)\nprint('never')",
+        {"error"},
+        lambda r: (r.exit_code == 3 and r.stdout == "partial\n") or pytest.fail(repr(r)[:300]),
+    ),
+    Case("close_stdio", "import os, time\nos.close(1); os.close(2); time.sleep(0.2)", {"ok"}),
+]
+
+NEXT = """
+import os
+left = [p for d in ("/work", "/tmp", "/dev/shm") for p in os.listdir(d)]
+procs = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
+print(6 * 7, left, procs)
+"""
+
+
+def _sandbox_procs(uids: set[int]) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real in uids:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _tmp_entries() -> set[str]:
+    return {e for e in os.listdir(tempfile.gettempdir()) if "agentplay" in e}
+
+
+PAIRS = [(b, c) for b in ("docker", "bwrap") for c in CASES if b in c.backends]
+
+
+@pytest.mark.parametrize(("backend_name", "case"), PAIRS, ids=[f"{b}-{c.name}" for b, c in PAIRS])
+async def test_hostile(case: Case, backend_name: str):
+    if backend_name == "docker":
+        require_docker()
+    tmp_before = _tmp_entries()
+    cfg = SandboxConfig(backend=backend_name, pool_min=1, pool_max=2, limits=SHORT)
+    sb = open_sandbox(config=cfg)
+    try:
+        res = await sb.run_python(case.code, limits=SHORT)
+        assert res.backend == backend_name
+        assert res.status in case.statuses, f"{case.name}: {res!r}"[:2000]
+        if case.check:
+            case.check(res)
+        nxt = await sb.run_python(NEXT)
+        assert nxt.status == "ok", nxt
+        assert nxt.stdout.strip() == "42 [] []", f"dirty next run after {case.name}: {nxt.stdout}"
+    finally:
+        backend = sb._backend
+        await sb.aclose()
+    assert not _sandbox_procs(backend.used_uids), "sandbox processes outlived aclose()"
+    assert _tmp_entries() <= tmp_before, "files left in the host temp dir"
+    assert not any(os.path.exists(p) for p in (f"/etc/agentplay_{TOKEN}", f"/agentplay_{TOKEN}"))
+    if backend_name == "docker":
+        from agentplay.sandbox._container import LABEL, owner_tag
+
+        left = require_docker().containers.list(
+            all=True, filters={"label": f"{LABEL}={owner_tag()}"}
+        )
+        assert not left, f"containers left after aclose(): {left}"

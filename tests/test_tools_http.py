@@ -1,0 +1,280 @@
+"""Tools over real HTTP on 127.0.0.1: the /retrieve protocol (both ends) and web search.
+
+The hand-written servers below follow the protocols from their documentation
+alone (Search-R1's retrieval_server.py; SearxNG's JSON API), so the clients are
+checked against the protocol, not against our own server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from agentplay.tools import (
+    CorpusIndex,
+    Document,
+    ReadDocumentTool,
+    RetrieveClient,
+    SearchTool,
+    Toolbox,
+    ToolError,
+    WebSearchTool,
+    serve_retriever,
+)
+
+from agentplay.models import ToolCall
+
+DOCS = [
+    Document(id="d1", title="Volcano", text="A volcano is a rupture in the crust where lava and ash escape."),
+    Document(id="d2", title="Glacier", text="A glacier is a persistent body of dense ice moving under its own weight."),
+    Document(id="d3", title="Desert", text="A desert is a barren area where little precipitation occurs."),
+    Document(id="d4", title="Coral reef", text="A coral reef is an underwater ecosystem built by reef-building corals."),
+    Document(id="d5", title="Tornado", text="A tornado is a rotating column of air touching the ground and a cloud."),
+]
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> CorpusIndex:
+    return CorpusIndex.build(DOCS, tmp_path_factory.mktemp("idx") / "geo", dense=True)
+
+
+@pytest.fixture(scope="module")
+def server(small_index):
+    with serve_retriever(small_index, mode="hybrid", default_topk=2) as srv:
+        yield srv
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Base for protocol-only test servers; subclasses set `respond`."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, payload, content_type="application/json"):
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _start(handler_cls) -> tuple[str, ThreadingHTTPServer]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}", httpd
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- our server, spoken to raw and through our client ---------------------------------------
+
+def test_server_speaks_the_search_r1_protocol(server):
+    with_scores = httpx.post(f"{server.url}/retrieve",
+                             json={"queries": ["frozen ice river", "lava eruption"], "topk": 2,
+                                   "return_scores": True}).json()
+    assert set(with_scores) == {"result"} and len(with_scores["result"]) == 2
+    first = with_scores["result"][0][0]
+    assert set(first) == {"document", "score"} and set(first["document"]) == {"id", "contents"}
+    assert first["document"]["id"] == "d2"
+    assert first["document"]["contents"].startswith('"Glacier"\nA glacier is')
+    assert with_scores["result"][1][0]["document"]["id"] == "d1"
+    plain = httpx.post(f"{server.url}/retrieve", json={"queries": ["desert with no rain"]}).json()
+    assert len(plain["result"][0]) == 2  # server default topk
+    assert set(plain["result"][0][0]) == {"id", "contents"} and plain["result"][0][0]["id"] == "d3"
+    assert httpx.get(f"{server.url}/status").json() == "ok"
+    bad = httpx.post(f"{server.url}/retrieve", json={"queries": ["ok", "  "], "topk": 2})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("queries[1]: query is empty")
+    huge = httpx.post(f"{server.url}/retrieve", json={"queries": ["ice"], "topk": 10**6})
+    assert huge.status_code == 422 and "exceeds the limit of 1000" in huge.json()["detail"]
+
+
+async def test_client_round_trip_and_read_document(server):
+    client = RetrieveClient(server.url, timeout_s=10)
+    hits = await client.search("rotating column of air", k=3)
+    assert hits[0].doc_id == "d5" and hits[0].title == "Tornado" and hits[0].text.startswith("A tornado")
+    assert len(hits) == 3 and hits[0].score >= hits[1].score
+    batch = await client.search_batch(["underwater corals", "barren dry land"], k=1)
+    assert [[h.doc_id for h in row] for row in batch] == [["d4"], ["d3"]]
+    tb = Toolbox([SearchTool(client, k=2), ReadDocumentTool(client)])
+    found, opened, missing = await tb.execute([
+        ToolCall(id="1", name="search", arguments={"query": "glacier ice"}),
+        ToolCall(id="2", name="read_document", arguments={"doc_id": "d5"}),
+        ToolCall(id="3", name="read_document", arguments={"doc_id": "never-seen"}),
+    ])
+    assert found.error is None and "[1] id: d2\ntitle: Glacier" in found.result
+    assert opened.error is None and "title: Tornado" in opened.result
+    assert missing.error.startswith("not_found: no document with id 'never-seen'")
+
+
+async def test_client_errors_are_tool_errors(server):
+    client = RetrieveClient(server.url)
+    with pytest.raises(ToolError, match="bad_arguments: query is empty"):
+        await client.search("   ")
+    with pytest.raises(ToolError, match="bad_arguments: k=5000 exceeds the limit of 1000"):
+        await client.search("ice", k=5000)
+    down = RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2)
+    with pytest.raises(ToolError, match=r"unavailable: retrieval server http://127.0.0.1:\d+/retrieve is unreachable"):
+        await down.search("ice")
+
+
+async def test_server_down_is_recorded_and_the_episode_goes_on(small_index):
+    down = SearchTool(RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2), name="remote_search")
+    tb = Toolbox([down, SearchTool(small_index, k=1)])
+    failed, worked, empty, malformed = await tb.execute([
+        ToolCall(id="1", name="remote_search", arguments={"query": "ice"}),
+        ToolCall(id="2", name="search", arguments={"query": "ice"}),
+        ToolCall(id="3", name="search", arguments={"query": ""}),
+        ToolCall(id="4", name="search", arguments={"q": "ice"}),
+    ])
+    assert failed.error.startswith("unavailable: retrieval server") and failed.latency_s > 0
+    assert worked.error is None and "id: d2" in worked.result
+    assert empty.error == "bad_arguments: query is empty: write a few words describing what to find"
+    assert malformed.error == "bad_arguments: query: Field required; q: Extra inputs are not permitted"
+
+
+# ---- our client against servers written from the protocol alone -----------------------------
+
+class _SearchR1Dense(_Handler):
+    """Like Search-R1's dense server: corpus rows {id, contents}; scores only when asked."""
+
+    ROWS: ClassVar[list[dict]] = [{"id": "17", "contents": '"Ada Lovelace"\nAda Lovelace wrote the first published algorithm.'},
+            {"id": "42", "contents": '"Charles Babbage"\nBabbage designed the Analytical Engine.'}]
+
+    def do_POST(self):
+        if self.path != "/retrieve":
+            return self._send(404, {"detail": "Not Found"})
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        out = []
+        for _ in req["queries"]:
+            rows = self.ROWS[: req.get("topk") or 3]
+            out.append([{"document": r, "score": 0.9 - i / 10} for i, r in enumerate(rows)]
+                       if req.get("return_scores") else rows)
+        self._send(200, {"result": out})
+
+
+class _SearchR1Bm25NoScores(_Handler):
+    """Like its pyserini BM25 path with return_scores ignored: {title, text, contents}, no id."""
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        doc = {"title": "Alan Turing", "text": "Turing formalised computation.",
+               "contents": '"Alan Turing"\nTuring formalised computation.'}
+        self._send(200, {"result": [[doc] for _ in req["queries"]]})
+
+
+async def test_client_against_protocol_only_servers():
+    url, httpd = _start(_SearchR1Dense)
+    try:
+        hits = await RetrieveClient(url + "/retrieve/").search("who wrote the first algorithm", k=2)
+        assert [(h.doc_id, h.title, round(h.score, 2)) for h in hits] == [
+            ("17", "Ada Lovelace", 0.9), ("42", "Charles Babbage", 0.8)]
+        assert hits[0].text == "Ada Lovelace wrote the first published algorithm."
+    finally:
+        httpd.shutdown()
+    url, httpd = _start(_SearchR1Bm25NoScores)
+    try:
+        client = RetrieveClient(url)
+        hits = await client.search("computation", k=1)
+        assert hits[0].doc_id == "Alan Turing" and hits[0].score == 0.0
+        assert client.get("Alan Turing").text == "Turing formalised computation."
+    finally:
+        httpd.shutdown()
+
+
+# ---- web search -------------------------------------------------------------------------------
+
+class _SearxNG(_Handler):
+    """SearxNG's JSON API: GET /search?q=...&format=json -> {"query", "results": [...]}."""
+
+    hits: ClassVar[list[float]] = []
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        qs = parse_qs(url.query)
+        type(self).hits.append(time.monotonic())
+        if url.path != "/search":
+            return self._send(404, {"detail": "not found"})
+        if qs.get("format") != ["json"]:
+            return self._send(403, b"Forbidden", "text/html")
+        q = qs["q"][0]
+        if q == "html please":
+            return self._send(200, b"<html>not json</html>", "text/html")
+        results = [{"title": f"{q} result {i}", "url": f"https://example.org/{i}", "content": f"About {q}, part {i}.",
+                    "engine": "test"} for i in range(8)]
+        self._send(200, {"query": q, "number_of_results": 8, "results": results})
+
+
+async def test_web_search_against_searxng_style_server():
+    url, httpd = _start(_SearxNG)
+    try:
+        web = WebSearchTool(url, max_results=3, min_interval_s=0.3, params={"language": "en"})
+        tb = Toolbox([web])
+        _SearxNG.hits.clear()
+        start = time.monotonic()
+        records = await tb.execute([ToolCall(id=str(i), name="web_search", arguments={"query": f"tide {i}"})
+                                    for i in range(3)])
+        elapsed = time.monotonic() - start
+        assert all(r.error is None for r in records)
+        assert records[0].result.startswith("[1] tide 0 result 0\nurl: https://example.org/0\nAbout tide 0, part 0.")
+        assert "[3]" in records[0].result and "[4]" not in records[0].result
+        gaps = [b - a for a, b in zip(_SearxNG.hits, _SearxNG.hits[1:])]
+        assert len(_SearxNG.hits) == 3 and min(gaps) >= 0.25, f"requests not spaced: {gaps}"
+        assert elapsed >= 0.55
+        (not_json,) = await tb.execute([ToolCall(id="x", name="web_search", arguments={"query": "html please"})])
+        assert not_json.error.startswith("server_error: web search engine sent an unexpected response")
+    finally:
+        httpd.shutdown()
+
+
+async def test_web_search_errors_are_clear():
+    url, httpd = _start(_SearxNG)
+    try:
+        with pytest.raises(ToolError, match=r"server_error: .*404"):
+            await WebSearchTool(url + "/nothing", min_interval_s=0).ainvoke({"query": "x"})
+    finally:
+        httpd.shutdown()
+    down = WebSearchTool(f"http://127.0.0.1:{_free_port()}", timeout_s=2, min_interval_s=0)
+    with pytest.raises(ToolError, match=r"unavailable: web search engine http://127.0.0.1:\d+ is unreachable"):
+        await down.ainvoke({"query": "x"})
+    with pytest.raises(ToolError, match="bad_arguments: query is empty"):
+        await down.ainvoke({"query": " "})
+
+
+def test_retriever_cli_serves_an_index(tmp_path: Path, small_index):
+    """`agentplay corpus serve` in a real subprocess, queried over HTTP."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from agentplay.cli._corpus import corpus_app; corpus_app()",
+         "serve", str(small_index.path), "--port", str(port), "--mode", "bm25"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                resp = httpx.post(f"http://127.0.0.1:{port}/retrieve", json={"queries": ["lava"], "topk": 1})
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        assert resp.json()["result"][0][0]["id"] == "d1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

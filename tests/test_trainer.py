@@ -1,0 +1,135 @@
+"""The GRPO trainer on the real SmolLM2: masked gradients, one real iteration in process
+(full fine-tuning) and through `agentplay serve` over HTTP (LoRA)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from agentplay.models import SamplingParams, load_model
+from agentplay.models._weights import default_model_dir
+from agentplay.traces import RewardRecord, RoleTurn, TraceStore
+from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer_recipe import build as build_recipe  # noqa: E402
+
+FIXED = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = SamplingParams(max_tokens=6, temperature=0.0, logprobs=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tool_token_positions_get_exactly_zero_gradient(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = default_model_dir()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    prompt = tok.apply_chat_template(FIXED, add_generation_prompt=True, return_dict=False)
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False)[0, len(prompt):].tolist()
+    tool = tok.encode("<tool_response>Paris, 2.1M people</tool_response>", add_special_tokens=False)
+    ids = gen + tool + gen
+    mask = [1] * len(gen) + [0] * len(tool) + [1] * len(gen)
+    cfg = TrainConfig(output_dir=tmp_path, learning_rate=1e-6, loss_type="grpo", report_to=[])
+    learner = GRPOLearner(model, tok, cfg)
+    captured = {}
+
+    def keep(_module, _inp, out):
+        if out.requires_grad:  # the loss forward, not the no-grad scoring of old logprobs
+            out.retain_grad()
+            captured["hidden"] = out
+
+    learner.model.model.norm.register_forward_hook(keep)
+    turn = RoleTurn(role="solver", group_id="g", prompt_token_ids=prompt, token_ids=ids, mask=mask,
+                    logprobs=None, reward=RewardRecord(value=1.0))  # scored on-policy: ratio 1, no clipping
+    out = learner.step([TrainSample(turn=turn, episode_id="e", advantage=1.0, reward=1.0)])
+    assert out["grad_norm"] > 0
+    grad = captured["hidden"].grad[0]  # (prompt + completion, hidden)
+    # hidden state at position p scores token p+1: completion token j is scored at len(prompt)-1+j
+    per_token = [float(grad[len(prompt) - 1 + j].abs().max()) for j in range(len(ids))]
+    tool_grads = per_token[len(gen): len(gen) + len(tool)]
+    model_grads = per_token[: len(gen)] + per_token[len(gen) + len(tool):]
+    assert tool_grads == [0.0] * len(tool)
+    assert all(g > 0 for g in model_grads)
+
+
+async def test_one_iteration_in_process_updates_served_weights(tmp_path):
+    served = load_model("local:smollm2-135m-instruct")
+    try:
+        before = await served.chat(FIXED, sampling=GREEDY)
+        v0 = served.weight_version
+        store = TraceStore(tmp_path / "traces.db")
+        cfg = TrainConfig(recipe="unused", iterations=1, episodes_per_iteration=2, concurrency=2,
+                          store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="t",
+                          learning_rate=1e-5, loss_type="dapo", micro_batch_size=8)
+        summary = await SelfPlayTrainer(cfg, recipe=build_recipe(), served=served, store=store).run()
+        after = await served.chat(FIXED, sampling=GREEDY)
+        assert served.weight_version == v0 + 1 == summary.weight_version
+        assert after.weight_version == v0 + 1
+        diff = max(abs(a - b) for a, b in zip(before.choice.logprobs, after.choice.logprobs))
+        assert diff > 1e-5, "the served model's logprobs did not move after a full fine-tuning step"
+        episodes = list(store.episodes(rollout_run_id("t", 0)))
+        assert len(episodes) == 2
+        assert {t.weight_version for ep in episodes for t in ep.turns} == {v0}
+        m = {p.name: p.value for p in store.metrics("t")}
+        assert m["optimizer_step"] == 1 and m["samples"] > 0 and m["off_policy_lag/max"] == 0
+        assert {"reward/answerer", "entropy", "dropped_group_fraction", "time/rollout_s", "time/train_s",
+                "time/update_s"} <= set(m)
+        assert (tmp_path / "out" / "checkpoint-00000" / "optimizer.pt").exists()
+        assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    finally:
+        await served.aclose()
+
+
+async def test_one_iteration_over_http_loads_the_adapter(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agentplay.cli._serve", "--model", "local:smollm2-135m-instruct",
+         "--port", str(port), "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "agentplay serve exited"
+            assert time.time() < deadline, "agentplay serve did not come up"
+            await asyncio.sleep(0.5)
+        served = load_model("openai:smollm2-135m-instruct", base_url=f"{base}/v1")
+        before = await served.chat(FIXED, sampling=GREEDY)
+        v0 = before.weight_version
+        store = TraceStore(tmp_path / "traces.db")
+        cfg = TrainConfig(recipe="unused", iterations=1, episodes_per_iteration=2, concurrency=2,
+                          store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="h",
+                          lora=True, lora_r=8, learning_rate=2e-3, loss_type="grpo", micro_batch_size=8)
+        summary = await SelfPlayTrainer(cfg, recipe=build_recipe(), served=served, store=store).run()
+        after = await served.chat(FIXED, sampling=GREEDY)
+        assert after.weight_version == v0 + 1 == summary.weight_version
+        diff = max(abs(a - b) for a, b in zip(before.choice.logprobs, after.choice.logprobs))
+        assert diff > 1e-5, "the served model's logprobs did not move after the adapter was loaded"
+        assert (tmp_path / "out" / "adapters" / "it00000" / "adapter_config.json").exists()
+        turns = [t for ep in store.episodes(rollout_run_id("h", 0)) for t in ep.turns]
+        assert turns and all(t.weight_version == v0 for t in turns)
+        await served.aclose()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

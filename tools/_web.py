@@ -1,0 +1,108 @@
+"""Web search through a self-hosted engine's JSON API (SearxNG: ``GET /search?q=...&format=json``).
+
+No engine is bundled: the tool is pointed at one (a SearxNG instance, or anything
+that answers the same way). Requests are spaced by a minimum interval so a run
+with many concurrent episodes cannot flood the engine; every failure is a
+`ToolError` that says what to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._base import Tool, ToolError
+
+if TYPE_CHECKING:
+    from agentplay.sandbox import Sandbox
+
+
+class WebSearchArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="What to search the web for.")
+
+
+class _Spacer:
+    """At most one request per `interval_s` (waiting, not failing): a minimal rate limit."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._lock: asyncio.Lock | None = None
+
+    async def wait(self) -> None:
+        if self.interval_s <= 0:
+            return
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            now = time.monotonic()
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+            self._next = max(now, self._next) + self.interval_s
+
+
+class WebSearchTool(Tool):
+    """Search the web; results are title, URL and the engine's snippet."""
+
+    args_model = WebSearchArgs
+
+    def __init__(self, url: str, *, engine: Literal["searxng"] = "searxng", max_results: int = 5,
+                 timeout_s: float = 10.0, min_interval_s: float = 1.0, params: dict[str, str] | None = None,
+                 name: str = "web_search") -> None:
+        if engine != "searxng":
+            raise ValueError(f"engine must be 'searxng', got {engine!r}")
+        self.url = url.rstrip("/")
+        self.search_url = self.url if self.url.endswith("/search") else f"{self.url}/search"
+        self.engine = engine
+        self.max_results = max_results
+        """Results shown to the model."""
+        self.timeout_s = timeout_s
+        """Per-request timeout."""
+        self.params = dict(params or {})
+        """Extra query parameters (e.g. ``{"language": "en", "categories": "general"}``)."""
+        self._spacer = _Spacer(min_interval_s)
+        self.name = name
+        self.description = f"Search the web. Returns up to {max_results} results with title, URL and snippet."
+
+    async def run(self, args: WebSearchArgs, sandbox: Sandbox | None) -> str:
+        query = args.query.strip()
+        if not query:
+            raise ToolError("query is empty: write a few words describing what to find", kind="bad_arguments")
+        await self._spacer.wait()
+        params = {**self.params, "q": query, "format": "json"}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                resp = await http.get(self.search_url, params=params)
+        except httpx.TimeoutException:
+            raise ToolError(f"web search engine {self.url} gave no answer within {self.timeout_s:g} s",
+                            kind="timeout") from None
+        except httpx.HTTPError as exc:
+            raise ToolError(f"web search engine {self.url} is unreachable ({type(exc).__name__}: {exc})",
+                            kind="unavailable") from None
+        if resp.status_code == 429:
+            raise ToolError("web search engine is rate limiting us; search less often", kind="rate_limited")
+        if resp.status_code == 403:
+            raise ToolError("web search engine refused the JSON API (403); enable `json` in its "
+                            "search.formats setting", kind="server_error")
+        if resp.status_code >= 400:
+            raise ToolError(f"web search engine answered {resp.status_code}: {resp.text[:300]}", kind="server_error")
+        try:
+            results = resp.json()["results"]
+            return self._format(query, results)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ToolError(f"web search engine sent an unexpected response ({exc!r}): {resp.text[:300]}",
+                            kind="server_error") from None
+
+    def _format(self, query: str, results: list[dict[str, Any]]) -> str:
+        if not results:
+            return f"No web results for {query!r}."
+        blocks = []
+        for i, r in enumerate(results[: self.max_results], 1):
+            snippet = " ".join(str(r.get("content") or "").split())
+            blocks.append(f"[{i}] {r.get('title', '').strip()}\nurl: {r.get('url', '')}\n{snippet}")
+        return "\n\n".join(blocks)

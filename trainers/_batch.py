@@ -1,0 +1,91 @@
+"""RoleTurns -> the tensors TRL's GRPO loss reads.
+
+A turn is `prompt_token_ids` (first prompt) + `token_ids` (everything after it:
+model tokens, tool outputs, template glue). TRL's loss takes the prompt and the
+completion separately and multiplies `completion_mask` by `tool_mask`; we pass the
+turn's `mask` as `tool_mask`, so tool-output and template tokens carry no loss.
+Prompts are left-padded and completions right-padded, as TRL does; with rotary
+positions the shift from left padding does not change attention scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._advantages import TrainSample
+
+__all__ = ["MicroBatch", "make_micro_batches"]
+
+
+@dataclass
+class MicroBatch:
+    inputs: dict[str, torch.Tensor]
+    """prompt_ids, prompt_mask, completion_ids, completion_mask, tool_mask, advantages,
+    old_per_token_logps (NaN rows where the trace had no logprobs), num_items_in_batch."""
+    missing_old_logps: torch.Tensor
+    """(B,) bool: rows whose sampling logprobs were not recorded (scored on-policy instead)."""
+    size: int
+
+
+def _completion(sample: TrainSample, max_len: int) -> tuple[list[int], list[int], list[float] | None]:
+    turn = sample.turn
+    ids = list(turn.token_ids or [])[:max_len]
+    mask = [1 if m else 0 for m in (turn.mask or [])][:max_len]
+    lps = turn.logprobs
+    if lps is not None and len(lps) >= len(ids):
+        return ids, mask, [float(x) for x in lps[: len(ids)]]
+    return ids, mask, None
+
+
+def make_micro_batches(
+    samples: list[TrainSample], *, micro_batch_size: int, max_completion_length: int, pad_token_id: int
+) -> list[MicroBatch]:
+    """Split the batch into micro-batches of similar length (less padding).
+
+    `num_items_in_batch` is the number of trained tokens of the WHOLE batch, the
+    normaliser TRL's dapo/cispo losses divide by; every micro-batch carries it.
+    """
+    parts = [(s, *_completion(s, max_completion_length)) for s in samples]
+    total_tokens = float(sum(sum(mask) for _, _, mask, _ in parts))
+    order = sorted(range(len(parts)), key=lambda i: len(parts[i][0].turn.prompt_token_ids or []) + len(parts[i][1]))
+    batches: list[MicroBatch] = []
+    for start in range(0, len(order), micro_batch_size):
+        rows = [parts[i] for i in order[start : start + micro_batch_size]]
+        p_len = max(len(s.turn.prompt_token_ids or []) for s, *_ in rows)
+        c_len = max(len(ids) for _, ids, _, _ in rows)
+        b = len(rows)
+        prompt_ids = torch.full((b, p_len), pad_token_id, dtype=torch.long)
+        prompt_mask = torch.zeros((b, p_len), dtype=torch.long)
+        completion_ids = torch.full((b, c_len), pad_token_id, dtype=torch.long)
+        completion_mask = torch.zeros((b, c_len), dtype=torch.long)
+        tool_mask = torch.zeros((b, c_len), dtype=torch.long)
+        old = torch.zeros((b, c_len), dtype=torch.float32)
+        missing = torch.zeros(b, dtype=torch.bool)
+        adv = torch.zeros(b, dtype=torch.float32)
+        for r, (s, ids, mask, lps) in enumerate(rows):
+            prompt = list(s.turn.prompt_token_ids or [])
+            prompt_ids[r, p_len - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            prompt_mask[r, p_len - len(prompt) :] = 1
+            completion_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            completion_mask[r, : len(ids)] = 1
+            tool_mask[r, : len(ids)] = torch.tensor(mask, dtype=torch.long)
+            if lps is None or not all(math.isfinite(x) for x, m in zip(lps, mask) if m):
+                missing[r] = True
+            else:
+                old[r, : len(ids)] = torch.tensor(lps, dtype=torch.float32)
+            adv[r] = s.advantage
+        inputs = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "tool_mask": tool_mask,
+            "advantages": adv,
+            "old_per_token_logps": old,
+            "num_items_in_batch": torch.tensor(max(total_tokens, 1.0)),
+        }
+        batches.append(MicroBatch(inputs=inputs, missing_old_logps=missing, size=b))
+    return batches

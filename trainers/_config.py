@@ -1,0 +1,89 @@
+"""Every knob of the GRPO trainer in one pydantic object (the CLI fills it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]
+"""TRL's loss types that work on token-level ratios without extra state (luspo and vespo
+need sequence-level importance sampling or vLLM-side ratios we do not have)."""
+
+
+class TrainConfig(BaseModel):
+    """One self-play training run: rollouts, batches, loss, optimizer, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str = "code-selfplay"
+    """Name in `agentplay.graphs.RECIPES`, or `path/to/file.py:attr`."""
+    model: str = "local:smollm2-135m-instruct"
+    """Spec of the model serving every role (`local:...` in process, `openai:...@URL` over HTTP)."""
+    base_model_path: str | None = None
+    """HF folder of the trainable weights; default: the folder the served model was loaded
+    from (`LocalModel.model_dir`), else the dequantized SmolLM2 folder (for HTTP-served models)."""
+    store: Path = Path("traces.db")
+    """SQLite trace store: rollouts, metrics and the trainer's cursor live there."""
+    output_dir: Path = Path("runs/train")
+    """Checkpoints (`checkpoint-<iteration>/`), adapters and TensorBoard logs go here."""
+    run_name: str = "train"
+    """Run id of the training run in the store; rollouts of iteration k use `<run_name>/it<k>`."""
+    iterations: int = Field(10, ge=1)
+    episodes_per_iteration: int = Field(8, ge=1)
+    concurrency: int = Field(8, ge=1)
+    """Episodes in flight at once during rollouts (the engine batches their requests)."""
+    seed: int = 0
+    recipe_options: dict[str, object] = Field(default_factory=dict)
+    """Keyword options passed to the recipe's build function."""
+
+    loss_type: LossType = "dapo"
+    """TRL loss aggregation: grpo (per-sequence mean), dr_grpo (fixed length), dapo (per-token)..."""
+    beta: float = Field(0.0, ge=0.0)
+    """KL coefficient against the initial model; 0 skips the reference forward pass."""
+    epsilon: float = Field(0.2, gt=0.0)
+    """Lower clipping bound of the importance ratio (1 - epsilon)."""
+    epsilon_high: float | None = None
+    """Upper clipping bound (1 + epsilon_high); None means the same as `epsilon`."""
+    scale_rewards: bool | None = None
+    """Divide advantages by the group's std; None means True except for dr_grpo (which drops it)."""
+    zero_variance: Literal["drop", "keep"] = "drop"
+    """Groups whose rewards are all equal carry no GRPO signal: drop them (counted) or keep
+    them in the batch with advantage 0 (they still dilute the token normaliser)."""
+    role_weights: dict[str, float] = Field(default_factory=dict)
+    """Loss multiplier per role (default 1.0); 0 freezes a role's samples out of training."""
+    max_completion_length: int = Field(1024, ge=1)
+    """dr_grpo's constant normaliser, and the cap on trained tokens per sample (longer ones are cut)."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature of the rollouts; the trainer scores tokens at the same temperature."""
+
+    learning_rate: float = Field(1e-5, gt=0.0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    micro_batch_size: int = Field(4, ge=1)
+    """Sequences per forward pass; gradients accumulate over the whole batch (one optimizer step)."""
+    lora: bool = False
+    """Train a PEFT LoRA adapter instead of all weights (required for HTTP-served models)."""
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    adapter_name: str = "agentplay"
+    """Name the adapter is served under (vLLM's `lora_name`)."""
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    """TRL/transformers reporting backends."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many most recent checkpoints to keep on disk."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        for role, w in self.role_weights.items():
+            if w < 0:
+                raise ValueError(f"role_weights[{role!r}]: weight must be >= 0, got {w}")
+        return self
+
+    @property
+    def scale(self) -> bool:
+        return self.scale_rewards if self.scale_rewards is not None else self.loss_type != "dr_grpo"

@@ -1,0 +1,235 @@
+"""The self-play training loop: rollouts -> batch -> advantages -> loss -> update -> sync.
+
+Each iteration's rollouts are a run of their own in the store (`<run>/it00003`),
+written with `run_recipe(resume=True)`: a kill during rollouts leaves the stored
+episodes in place and the resumed iteration runs only the missing indexes, with
+the same weights (those of the last checkpoint), so nothing is repeated or skipped.
+The checkpoint folder's atomic rename is the commit point of an iteration; the
+store's metrics and cursor follow it and are re-written on resume if a kill fell
+in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ._advantages import AdvantageStats, TrainSample, compute_advantages
+from ._checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
+from ._config import TrainConfig
+from ._learner import GRPOLearner
+from ._weights_sync import sync_weights
+
+__all__ = ["SelfPlayTrainer", "TrainError", "TrainSummary", "rollout_run_id", "train"]
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start or continue as configured (the message says why and how)."""
+
+
+class TrainSummary(BaseModel):
+    """What `train` did: iterations run in this call and the final figures."""
+
+    run_id: str
+    first_iteration: int
+    """Where this call started (0, or after the resumed checkpoint)."""
+    last_iteration: int
+    weight_version: int | None = None
+    metrics: list[dict[str, float]] = Field(default_factory=list)
+    """One dict per iteration run by this call."""
+
+
+def rollout_run_id(run_id: str, iteration: int) -> str:
+    return f"{run_id}/it{iteration:05d}"
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _resolve_recipe(ref: Any, model: str, options: dict[str, Any]) -> Any:
+    """A CompiledRecipe from a Recipe, a built-in name or ``path/to/file.py:attr``."""
+    from agentplay._loading import load_recipe
+    from agentplay.recipe import CompiledRecipe, Recipe
+
+    if isinstance(ref, CompiledRecipe):
+        return ref
+    if isinstance(ref, Recipe):
+        return ref.compile()
+    try:
+        recipe, _ = load_recipe(str(ref), model=model, options=options)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, AttributeError) as exc:
+        raise TrainError(str(exc)) from exc
+    return recipe.compile()
+
+
+def _trainable_copy(served: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    """The trainer's own weights, loaded from the folder the served model came from.
+
+    A separate module because rollouts of the next iteration must see whole
+    updates only (never a half-applied optimizer step), the engine keeps its
+    module in eval mode with its own dtype and injected adapters, and TRL patches
+    the forward of the module it trains; 135M parameters cost ~0.5 GB.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cfg.base_model_path or getattr(served, "model_dir", None)
+    if path is None:
+        from agentplay.models._weights import default_model_dir
+
+        path = default_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tok = getattr(served, "tokenizer", None)
+    return model, tok if tok is not None else AutoTokenizer.from_pretrained(str(path))
+
+
+class SelfPlayTrainer:
+    """Owns the served model handle, the learner and the store for one training run."""
+
+    def __init__(self, cfg: TrainConfig, *, recipe: Any = None, served: Any = None, store: Any = None):
+        self.cfg = cfg
+        self._recipe_ref = recipe if recipe is not None else cfg.recipe
+        self._served = served
+        self._store = store
+        self.learner: GRPOLearner | None = None
+        self.on_iteration: Callable[[int, dict[str, float]], Any] | None = None
+
+    async def _setup(self, resume: bool) -> tuple[Any, Any, int]:
+        from agentplay._registry import resolve_model
+        from agentplay.traces import TraceStore
+
+        cfg = self.cfg
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(cfg.output_dir)
+        if ckpt is not None and not resume:
+            raise TrainError(f"output_dir: {cfg.output_dir} already holds {ckpt.name}; pass --resume to continue it or choose an empty --output-dir")
+        store = self._store if self._store is not None else TraceStore(cfg.store)
+        self._store = store
+        store.get_or_create_run(cfg.run_name, recipe="train", config=cfg.model_dump(mode="json"))
+        served = self._served if self._served is not None else await resolve_model(cfg.model)
+        self._served = served
+        compiled = _resolve_recipe(self._recipe_ref, cfg.model, dict(cfg.recipe_options))
+        model, tok = _trainable_copy(served, cfg)
+        self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
+        start = 0
+        if ckpt is not None:
+            t = self.learner.trainer
+            state = load_checkpoint(ckpt, t.model, t.optimizer, t.lr_scheduler)
+            t.state.global_step = state.global_step
+            start = state.iteration + 1
+            # the serving engine restarted with base weights: give it the checkpoint's
+            await self._sync(state.iteration)
+            if not any(p.iteration == state.iteration for p in store.metrics(cfg.run_name, name="iteration")):
+                self._log(state.iteration, state.metrics)  # the kill fell between checkpoint and store
+        return compiled, store, start
+
+    async def _sync(self, iteration: int) -> int:
+        assert self.learner is not None
+        return await sync_weights(
+            self._served,
+            self.learner.model,
+            lora=self.cfg.lora,
+            adapter_name=self.cfg.adapter_name,
+            adapter_dir=self.cfg.output_dir / "adapters" / f"it{iteration:05d}",
+        )
+
+    def _log(self, iteration: int, metrics: dict[str, float]) -> None:
+        with self._store.transaction():
+            self._store.log_metrics(self.cfg.run_name, iteration, metrics)
+            self._store.set_cursor(self.cfg.run_name, "iteration", iteration)
+        assert self.learner is not None
+        self.learner.report(metrics)
+
+    async def rollouts(self, compiled: Any, iteration: int) -> list[Any]:
+        from agentplay import RunConfig, run_recipe
+        from agentplay._registry import override_models
+
+        cfg = self.cfg
+        run_id = rollout_run_id(cfg.run_name, iteration)
+        with override_models(self._served):
+            await run_recipe(
+                compiled,
+                RunConfig(episodes=cfg.episodes_per_iteration, concurrency=cfg.concurrency, resume=True,
+                          seed=cfg.seed * 1_000_003 + iteration, run_id=run_id, progress=False),
+                store=self._store,
+            )
+        return list(self._store.episodes(run_id))
+
+    def _metrics(self, episodes: list[Any], samples: list[TrainSample], stats: AdvantageStats,
+                 version: int | None) -> dict[str, float]:
+        m: dict[str, float] = {
+            "episodes": float(len(episodes)),
+            "samples": float(len(samples)),
+            "groups": float(stats.groups),
+            "dropped_groups": float(stats.dropped_groups),
+            "dropped_group_fraction": stats.dropped_group_fraction,
+            "skipped_turns": float(stats.skipped_no_group + stats.skipped_no_reward + stats.skipped_no_tokens),
+            "trained_tokens": float(sum(sum(s.turn.mask or []) for s in samples)),
+        }
+        for role, rewards in sorted(stats.per_role_rewards.items()):
+            m[f"reward/{role}"] = _mean(rewards)
+        names = sorted({k for ep in episodes for k in ep.metrics})
+        for name in names:
+            m[f"episode/{name}"] = _mean([float(ep.metrics[name]) for ep in episodes if name in ep.metrics])
+        for short in ("solve_rate", "valid_proposal"):
+            if f"episode/{short}" in m:
+                m[short] = m[f"episode/{short}"]
+        lags = [version - s.turn.weight_version for s in samples
+                if version is not None and s.turn.weight_version is not None]
+        m["off_policy_lag/mean"] = _mean([float(x) for x in lags])
+        m["off_policy_lag/max"] = float(max(lags)) if lags else 0.0
+        return m
+
+    async def run(self, *, resume: bool = False) -> TrainSummary:
+        cfg = self.cfg
+        compiled, store, start = await self._setup(resume)
+        assert self.learner is not None
+        summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
+                               weight_version=self._served.weight_version)
+        store.set_run_status(cfg.run_name, "running")
+        for it in range(start, cfg.iterations):
+            t0 = time.perf_counter()
+            episodes = await self.rollouts(compiled, it)
+            t1 = time.perf_counter()
+            version = self._served.weight_version
+            samples, stats = compute_advantages(
+                episodes, scale_rewards=cfg.scale, zero_variance=cfg.zero_variance, role_weights=cfg.role_weights
+            )
+            metrics = self._metrics(episodes, samples, stats, version)
+            if samples:
+                metrics.update(self.learner.step(samples))
+            else:  # nothing to learn from: no step, no version bump, but the iteration counts
+                self.learner.trainer.state.global_step += 1
+                metrics["skipped_step"] = 1.0
+            t2 = time.perf_counter()
+            new_version = await self._sync(it) if samples else version
+            t3 = time.perf_counter()
+            metrics.update({
+                "iteration": float(it), "optimizer_step": float(self.learner.global_step),
+                "weight_version": float(new_version if new_version is not None else -1),
+                "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/update_s": t3 - t2,
+            })
+            t = self.learner.trainer
+            save_checkpoint(cfg.output_dir, CheckpointState(iteration=it, global_step=self.learner.global_step,
+                            weight_version=new_version, lora=cfg.lora, metrics=metrics),
+                            t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints)
+            self._log(it, metrics)
+            summary.metrics.append(metrics)
+            summary.last_iteration = it
+            summary.weight_version = new_version
+            if self.on_iteration is not None:
+                self.on_iteration(it, metrics)
+        store.set_run_status(cfg.run_name, "finished")
+        self.learner.close()
+        return summary
+
+
+async def train(cfg: TrainConfig, *, resume: bool = False, recipe: Any = None, served: Any = None,
+                store: Any = None) -> TrainSummary:
+    """Run (or continue) a self-play training run as configured."""
+    return await SelfPlayTrainer(cfg, recipe=recipe, served=served, store=store).run(resume=resume)

@@ -1,0 +1,51 @@
+"""Push the trainer's weights into the model that serves the agents.
+
+Two paths, both through `UpdatableModel`, so the same code updates our in-process
+engine, `agentplay serve` and vLLM: a LoRA adapter saved to a folder and loaded by
+name (vLLM's runtime LoRA API over HTTP), or the full state dict (in process only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from agentplay.models import UpdatableModel
+
+__all__ = ["WeightSyncError", "save_adapter", "sync_weights"]
+
+
+class WeightSyncError(RuntimeError):
+    """The serving model cannot take the trainer's weights (names the fix)."""
+
+
+def save_adapter(model: Any, folder: Path) -> Path:
+    """Save the PEFT adapter into `folder` atomically: a server never reads half a file."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
+    return folder
+
+
+async def sync_weights(
+    served: Any, model: Any, *, lora: bool, adapter_name: str, adapter_dir: Path
+) -> int:
+    """Update `served` from the trainable `model`; returns the served weight version."""
+    if not isinstance(served, UpdatableModel):
+        raise WeightSyncError(
+            f"model: {getattr(served, 'spec', type(served).__name__)!r} cannot be updated in place;"
+            " serve it with `agentplay serve` or a local: spec (both implement UpdatableModel)"
+        )
+    if lora:
+        path = save_adapter(model, adapter_dir)
+        return int(await served.load_lora_adapter(adapter_name, str(path.resolve())))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    try:
+        return int(await served.load_state_dict(state))
+    except NotImplementedError as exc:
+        raise WeightSyncError(f"{exc}; pass --lora to train an adapter the server can load") from exc
