@@ -230,6 +230,7 @@ class DockerBackend:
                 "docker", f"could not start a container: {exc!r}", time.monotonic() - started
             )
         keep = False
+        started = time.monotonic()  # the run's own clock starts once it has a container
         try:
             frame = await asyncio.wait_for(
                 c.run(job), limits.wall_time_s + self.config.host_grace_s

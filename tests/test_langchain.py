@@ -113,6 +113,7 @@ async def test_langgraph_tool_loop_records_exact_tokens(llm, engine):
 async def test_structured_output_by_tool_call(llm, engine):
     copy = '<tool_call>\n{"name": "Person", "arguments": {"name": "Ada", "age": 36}}\n</tool_call>'
     structured = llm.with_structured_output(Person, include_raw=True)
+    # the model sometimes misnames the call ("Ada"); the parser takes the one call it made
     out = await structured.ainvoke(f"Repeat exactly this text and nothing else:\n{copy}")
     _check_record(out["raw"], engine.tokenizer)
     assert out["parsing_error"] is None, out["parsing_error"]

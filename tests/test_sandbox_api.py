@@ -177,3 +177,37 @@ def test_cli_doctor_and_run():
     assert '"status": "ok"' in run.stdout and '"stdout": "42\\n"' in run.stdout, (
         run.stdout + run.stderr
     )
+
+
+def test_bwrap_sandbox_dies_with_its_process():
+    """--die-with-parent: killing the Python process mid-run leaves nothing running."""
+    script = (
+        "import asyncio, os, sys\n"
+        "from agentplay.sandbox import open_sandbox\n"
+        "async def main():\n"
+        "    sb = open_sandbox('bwrap')\n"
+        "    task = asyncio.create_task(sb.run_python('import time; time.sleep(60)'))\n"
+        "    await asyncio.sleep(1.0)\n"
+        "    print(*sb._backend.used_uids, flush=True)\n"
+        "    os._exit(0)\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    uids = {int(u) for u in out.stdout.split()}
+    assert uids, out.stderr
+    import time
+
+    import psutil
+
+    for _ in range(25):
+        alive = [
+            p
+            for p in psutil.process_iter(["uids"])
+            if p.info["uids"] and p.info["uids"].real in uids
+        ]
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert not alive, alive

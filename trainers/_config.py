@@ -35,6 +35,8 @@ class TrainConfig(BaseModel):
     concurrency: int = Field(8, ge=1)
     """Episodes in flight at once during rollouts (the engine batches their requests)."""
     seed: int = 0
+    time_budget_s: float | None = Field(None, gt=0)
+    """Stop before an iteration that would end past this many seconds of training (None: no limit)."""
     recipe_options: dict[str, object] = Field(default_factory=dict)
     """Keyword options passed to the recipe's build function."""
 

@@ -11,6 +11,7 @@ in between.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,7 @@ class SelfPlayTrainer:
         self._store = store
         self.learner: GRPOLearner | None = None
         self.on_iteration: Callable[[int, dict[str, float]], Any] | None = None
+        """Called (and awaited if async) after each iteration is committed: progress, evaluations."""
 
     async def _setup(self, resume: bool) -> tuple[Any, Any, int]:
         from agentplay._registry import resolve_model
@@ -192,8 +194,11 @@ class SelfPlayTrainer:
         summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
                                weight_version=self._served.weight_version)
         store.set_run_status(cfg.run_name, "running")
+        began, last_duration = time.perf_counter(), 0.0
         for it in range(start, cfg.iterations):
             t0 = time.perf_counter()
+            if cfg.time_budget_s is not None and t0 - began + last_duration > cfg.time_budget_s:
+                break
             episodes = await self.rollouts(compiled, it)
             t1 = time.perf_counter()
             version = self._served.weight_version
@@ -222,8 +227,11 @@ class SelfPlayTrainer:
             summary.metrics.append(metrics)
             summary.last_iteration = it
             summary.weight_version = new_version
+            last_duration = time.perf_counter() - t0
             if self.on_iteration is not None:
-                self.on_iteration(it, metrics)
+                maybe = self.on_iteration(it, metrics)
+                if inspect.isawaitable(maybe):
+                    await maybe
         store.set_run_status(cfg.run_name, "finished")
         self.learner.close()
         return summary

@@ -44,7 +44,8 @@ async def sync_weights(
     if lora:
         path = save_adapter(model, adapter_dir)
         return int(await served.load_lora_adapter(adapter_name, str(path.resolve())))
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    # parameters, not state_dict(): tied weights (lm_head = embed_tokens) appear once
+    state = {k: v.detach() for k, v in model.named_parameters()}
     try:
         return int(await served.load_state_dict(state))
     except NotImplementedError as exc:

@@ -9,6 +9,7 @@ from agentplay.cli._run import run
 from agentplay.cli._sandbox import sandbox_app
 from agentplay.cli._serve import serve
 from agentplay.cli._traces import traces_app
+from agentplay.cli._train import train
 
 app = typer.Typer(
     name="agentplay",
@@ -21,6 +22,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(corpus_app, name="corpus")
 app.command("run")(run)
+app.command("train")(train)
 app.command("serve")(serve)
 
 

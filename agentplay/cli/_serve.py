@@ -8,12 +8,12 @@ __all__ = ["serve"]
 
 
 def serve(
-    model: str = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", "-m", help="Model spec, e.g. local:smollm2-135m-instruct or hf:<folder>."
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps the server private."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
-    served_model_name: str = typer.Option(
+    served_model_name: str | None = typer.Option(
         None, help="Name clients send as `model` (default: the name part of the spec)."
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
@@ -35,6 +35,3 @@ def serve(
     app = create_app(chat_model, served_model_name=served_model_name)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
-
-if __name__ == "__main__":  # `python -m agentplay.cli._serve`, for a server without the console script
-    typer.run(serve)

@@ -333,7 +333,10 @@ class AgentplayChatModel(BaseChatModel):
 
 
 def _parse_structured(raw: AIMessage, schema: dict[str, Any] | type, name: str) -> Any:
+    # Only one tool was offered, so a call under another name (small models misname
+    # it) still carries the arguments meant for the schema; the schema validates them.
     candidates: list[Any] = [c["args"] for c in raw.tool_calls if c["name"] == name]
+    candidates += [c["args"] for c in raw.tool_calls if c["name"] != name]
     if not candidates:
         text = raw.additional_kwargs.get(RAW_TEXT_KEY) or raw.text
         match = _JSON_OBJECT.search(text)
@@ -344,7 +347,7 @@ def _parse_structured(raw: AIMessage, schema: dict[str, Any] | type, name: str) 
                 obj = None
             if isinstance(obj, dict):
                 # a bare call object {"name": ..., "arguments": {...}} or the object itself
-                candidates.append(obj["arguments"] if obj.get("name") == name and isinstance(obj.get("arguments"), dict) else obj)
+                candidates.append(obj["arguments"] if isinstance(obj.get("arguments"), dict) else obj)
     if not candidates:
         calls = [c["name"] for c in raw.tool_calls]
         raise OutputParserException(

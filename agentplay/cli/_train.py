@@ -1,0 +1,87 @@
+"""`agentplay train RECIPE`: self-play rollouts and GRPO steps, the served model updated after each."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["train"]
+
+
+def train(
+    recipe: Annotated[str, typer.Argument(help="Built-in recipe (code-selfplay, search-selfplay, "
+                                               "propose-solve-judge) or path/to/file.py:attr.")],
+    model: Annotated[str, typer.Option(help="Model spec serving every role (local:..., openai:... with --base-url).")]
+    = "local:smollm2-135m-instruct",
+    base_url: Annotated[str | None, typer.Option(help="API root of an openai: model, e.g. "
+                                                      "http://127.0.0.1:8000/v1 for `agentplay serve` or vLLM.")] = None,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations (rollouts + one optimizer step) in total.")] = 10,
+    episodes_per_iteration: Annotated[int, typer.Option(min=1, help="Episodes rolled out per iteration.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 8,
+    store: Annotated[Path, typer.Option(help="SQLite trace store (rollouts, metrics, cursor).")] = Path("traces.db"),
+    output_dir: Annotated[Path, typer.Option(help="Checkpoints, adapters and TensorBoard logs.")] = Path("runs/train"),
+    run_name: Annotated[str, typer.Option(help="Run id of the training run in the store.")] = "train",
+    lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter (needed for HTTP-served models).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir.")] = False,
+    loss_type: Annotated[str, typer.Option(help="TRL loss: grpo, bnpo, dr_grpo, dapo, cispo, sapo.")] = "dapo",
+    learning_rate: Annotated[float, typer.Option(help="Optimizer learning rate.")] = 1e-5,
+    beta: Annotated[float, typer.Option(help="KL coefficient against the initial model (0: no KL).")] = 0.0,
+    micro_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 4,
+    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from it and the iteration.")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe build option name=value (JSON values), "
+                                                                  "repeatable.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Any TrainConfig field name=value "
+                                                                      "(JSON values), repeatable.")] = None,
+) -> None:
+    """Train the model serving RECIPE's roles on its own self-play traces (GRPO via TRL)."""
+    from pydantic import ValidationError
+
+    from agentplay.cli._run import _parse_sets
+    from agentplay.trainers import TrainConfig, TrainError
+
+    console = Console(stderr=True)
+    try:
+        cfg = TrainConfig(
+            recipe=recipe, model=model, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
+            concurrency=concurrency, store=store, output_dir=output_dir, run_name=run_name, lora=lora,
+            loss_type=loss_type, learning_rate=learning_rate, beta=beta, micro_batch_size=micro_batch_size,
+            seed=seed, recipe_options=_parse_sets(set_ or []), **_parse_sets(option or []),
+        )
+    except ValidationError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    def report(it: int, m: dict[str, float]) -> None:
+        rewards = " ".join(f"{k[7:]}={v:.3f}" for k, v in m.items() if k.startswith("reward/"))
+        console.print(
+            f"iteration {it}: {rewards} solve={m.get('solve_rate', float('nan')):.3f} "
+            f"dropped={m['dropped_group_fraction']:.2f} samples={int(m['samples'])} "
+            f"rollout={m['time/rollout_s']:.1f}s train={m['time/train_s']:.1f}s update={m['time/update_s']:.1f}s "
+            f"version={int(m['weight_version'])}"
+        )
+
+    async def main() -> Any:
+        from agentplay._registry import close_models
+        from agentplay.models import load_model
+        from agentplay.trainers import SelfPlayTrainer
+
+        served = load_model(model, base_url=base_url) if base_url else None
+        trainer = SelfPlayTrainer(cfg, served=served)
+        trainer.on_iteration = report
+        try:
+            return await trainer.run(resume=resume)
+        finally:
+            if served is not None:
+                await served.aclose()
+            await close_models()
+
+    try:
+        summary = asyncio.run(main())
+    except TrainError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(summary.model_dump_json(exclude={"metrics"}))

@@ -1,0 +1,229 @@
+"""Does code self-play make SmolLM2 better at something it was not trained on?
+
+Held-out set: `bench/heldout_code.jsonl`, small "what does f(x) return" problems
+written here from fixed templates (not by the proposer), expected outputs computed
+by running them (`python bench/learning.py --write-heldout` regenerates it
+byte-for-byte). Protocol: evaluate the served model on the set (greedy, the
+code-selfplay solver prompt and answer parser), run code self-play + GRPO for at
+most `--budget-min` minutes, evaluating every `--eval-every` iterations, evaluate
+again; print accuracy before/after with standard errors, the paired difference in
+standard errors, and the curve. Also writes `learning.json` into --output-dir.
+
+    python bench/learning.py --budget-min 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+HELDOUT = HERE / "heldout_code.jsonl"
+
+# (program template, input generator); {a}/{b}/{c} are filled from the rng
+FAMILIES: list[tuple[str, Any]] = [
+    ("def f(x):\n    return x + {a}", lambda r: str(r.randint(-20, 40))),
+    ("def f(x):\n    return x * {a}", lambda r: str(r.randint(-9, 12))),
+    ("def f(x):\n    return x - {a}", lambda r: str(r.randint(0, 50))),
+    ("def f(x):\n    return x // {a}", lambda r: str(r.randint(10, 99))),
+    ("def f(x):\n    return x % {a}", lambda r: str(r.randint(10, 99))),
+    ("def f(x):\n    if x > {a}:\n        return x\n    return -x", lambda r: str(r.randint(-10, 20))),
+    ("def f(xs):\n    return len(xs)", lambda r: str([r.randint(0, 9) for _ in range(r.randint(1, 6))])),
+    ("def f(xs):\n    return sum(xs)", lambda r: str([r.randint(0, 9) for _ in range(r.randint(2, 5))])),
+    ("def f(xs):\n    return max(xs)", lambda r: str([r.randint(-9, 20) for _ in range(r.randint(2, 5))])),
+    ("def f(xs):\n    return min(xs)", lambda r: str([r.randint(-9, 20) for _ in range(r.randint(2, 5))])),
+    ("def f(xs):\n    return sorted(xs)", lambda r: str([r.randint(0, 9) for _ in range(r.randint(2, 5))])),
+    ("def f(xs):\n    return xs[:{k}]", lambda r: str([r.randint(0, 9) for _ in range(r.randint(3, 6))])),
+    ("def f(xs):\n    return [v * 2 for v in xs]", lambda r: str([r.randint(0, 9) for _ in range(r.randint(2, 4))])),
+    ("def f(s):\n    return s[::-1]", lambda r: repr("".join(r.choice("abcdefgh") for _ in range(r.randint(2, 5))))),
+    ("def f(s):\n    return s.upper()", lambda r: repr("".join(r.choice("abcxyz") for _ in range(r.randint(2, 5))))),
+    ("def f(s):\n    return len(s)", lambda r: repr("".join(r.choice("abcdef ") for _ in range(r.randint(1, 8))))),
+    ("def f(s):\n    return s + '{t}'", lambda r: repr("".join(r.choice("pqrs") for _ in range(r.randint(1, 4))))),
+    ("def f(s):\n    return s.count('{c}')", lambda r: repr("".join(r.choice("aab") for _ in range(r.randint(3, 7))))),
+    ("def f(a, b):\n    return (b, a)", lambda r: f"{r.randint(0, 9)}, {r.randint(10, 30)}"),
+    ("def f(a, b):\n    return a * b + {a}", lambda r: f"{r.randint(1, 6)}, {r.randint(1, 6)}"),
+]
+PER_FAMILY = 4  # 80 problems
+
+
+def write_heldout(path: Path = HELDOUT, seed: int = 20261122) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for fam, (template, make_input) in enumerate(FAMILIES):
+        seen: set[tuple[str, str]] = set()
+        while len([1 for p, _ in seen]) < PER_FAMILY:
+            program = template.format(a=rng.randint(2, 9), k=rng.randint(1, 3), t=rng.choice(["!", "ab", "z"]),
+                                      c=rng.choice("ab"))
+            inp = make_input(rng)
+            if (program, inp) in seen:
+                continue
+            seen.add((program, inp))
+            scope: dict[str, Any] = {}
+            exec(program, scope)  # our own fixed templates, not model output
+            value = eval(f"f({inp})", scope)
+            rows.append({"id": f"h{fam:02d}-{len(seen) - 1}", "program": program, "input": inp,
+                         "output": repr(value)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def load_heldout(path: Path = HELDOUT) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _same(predicted: str, expected: str) -> bool:
+    """Literal equality with exact types (True is not 1, (1,) is not [1])."""
+    try:
+        a, b = ast.literal_eval(predicted.strip()), ast.literal_eval(expected)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+    return type(a) is type(b) and a == b and repr(a) == repr(b)
+
+
+async def evaluate(model: Any, problems: list[dict[str, Any]], max_tokens: int = 96) -> dict[str, Any]:
+    """Greedy accuracy with the code-selfplay solver prompt and parser (no sandbox needed:
+    answers are literals compared in-process)."""
+    import jinja2
+
+    from agentplay.graphs.code_selfplay import SOLVER_SYSTEM, SOLVER_USER, _answer_parser
+    from agentplay.models import SamplingParams
+
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(SOLVER_USER["deduction"])
+    parse = _answer_parser("deduction")
+    greedy = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=False)
+
+    async def one(p: dict[str, Any]) -> tuple[bool, bool]:
+        user = template.render(program=p["program"], inputs=[p["input"]])
+        res = await model.chat([{"role": "system", "content": SOLVER_SYSTEM}, {"role": "user", "content": user}],
+                               sampling=greedy)
+        try:
+            answer = parse(res.choice.text)
+        except ValueError:
+            return False, False
+        return _same(answer, p["output"]), True
+
+    marks = await asyncio.gather(*(one(p) for p in problems))
+    correct = [c for c, _ in marks]
+    n = len(correct)
+    acc = sum(correct) / n
+    return {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "n": n,
+            "format_rate": sum(f for _, f in marks) / n, "correct": [int(c) for c in correct]}
+
+
+def paired_z(before: list[int], after: list[int]) -> tuple[float, float]:
+    """Mean paired difference and its standard error (same problems before and after)."""
+    d = [a - b for a, b in zip(after, before)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from agentplay.models import load_model
+    from agentplay.trainers import SelfPlayTrainer, TrainConfig
+
+    problems = load_heldout()
+    served = load_model("local:smollm2-135m-instruct")
+    out = Path(args.output_dir)
+    t0 = time.perf_counter()
+    before = await evaluate(served, problems)
+    eval_s = time.perf_counter() - t0
+    print(f"before: accuracy {before['accuracy']:.3f} ± {before['stderr']:.3f} (format {before['format_rate']:.2f},"
+          f" n={before['n']}, {eval_s:.0f}s)", flush=True)
+    curve = [{"iteration": -1, "accuracy": before["accuracy"], "stderr": before["stderr"],
+              "format_rate": before["format_rate"]}]
+    options = json.loads(args.recipe_options)
+    cfg = TrainConfig(recipe="code-selfplay", iterations=args.max_iterations,
+                      episodes_per_iteration=args.episodes, concurrency=args.episodes, store=out / "traces.db",
+                      output_dir=out, run_name="learning", lora=args.lora, learning_rate=args.lr,
+                      loss_type=args.loss_type, micro_batch_size=4, max_completion_length=256,
+                      time_budget_s=args.budget_min * 60, recipe_options=options, seed=args.seed,
+                      temperature=options.get("temperature", 1.0))
+    trainer = SelfPlayTrainer(cfg, served=served)
+    history: list[dict[str, float]] = []
+
+    async def on_iteration(it: int, m: dict[str, float]) -> None:
+        history.append({"iteration": it, **m})
+        print(f"it {it}: solver={m.get('reward/solver', float('nan')):.3f} proposer={m.get('reward/proposer', float('nan')):.3f}"
+              f" valid={m.get('valid_proposal', float('nan')):.2f} dropped={m['dropped_group_fraction']:.2f}"
+              f" samples={int(m['samples'])} entropy={m.get('entropy', float('nan')):.3f}"
+              f" rollout={m['time/rollout_s']:.0f}s train={m['time/train_s']:.0f}s update={m['time/update_s']:.1f}s",
+              flush=True)
+        if args.eval_every and (it + 1) % args.eval_every == 0:
+            e = await evaluate(served, problems)
+            curve.append({"iteration": it, "accuracy": e["accuracy"], "stderr": e["stderr"],
+                          "format_rate": e["format_rate"]})
+            print(f"  held-out after it {it}: {e['accuracy']:.3f} ± {e['stderr']:.3f} (format {e['format_rate']:.2f})",
+                  flush=True)
+
+    trainer.on_iteration = on_iteration
+    t1 = time.perf_counter()
+    summary = await trainer.run()
+    train_s = time.perf_counter() - t1
+    after = await evaluate(served, problems)
+    if not curve or curve[-1]["iteration"] != summary.last_iteration:
+        curve.append({"iteration": summary.last_iteration, "accuracy": after["accuracy"],
+                      "stderr": after["stderr"], "format_rate": after["format_rate"]})
+    diff, diff_se = paired_z(before["correct"], after["correct"])
+    se_unpaired = math.sqrt(before["stderr"] ** 2 + after["stderr"] ** 2)
+    result = {
+        "before": {k: v for k, v in before.items() if k != "correct"},
+        "after": {k: v for k, v in after.items() if k != "correct"},
+        "improvement": diff, "paired_stderr": diff_se,
+        "improvement_in_paired_se": diff / diff_se if diff_se > 0 else float("nan"),
+        "improvement_in_unpaired_se": diff / se_unpaired if se_unpaired > 0 else float("nan"),
+        "iterations": summary.last_iteration + 1, "train_wall_s": train_s, "curve": curve,
+        "history": history, "config": cfg.model_dump(mode="json"), "load_avg_at_end": os.getloadavg(),
+    }
+    print(f"after:  accuracy {after['accuracy']:.3f} ± {after['stderr']:.3f} (format {after['format_rate']:.2f})")
+    print(f"improvement {diff:+.3f} = {result['improvement_in_paired_se']:.2f} paired SE "
+          f"({result['improvement_in_unpaired_se']:.2f} unpaired SE); {result['iterations']} iterations in {train_s / 60:.1f} min")
+    print("curve: " + ", ".join(f"{c['iteration']}:{c['accuracy']:.3f}" for c in curve))
+    (out / "learning.json").write_text(json.dumps(result, indent=2, default=str))
+    await served.aclose()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write-heldout", action="store_true", help="regenerate bench/heldout_code.jsonl and exit")
+    ap.add_argument("--budget-min", type=float, default=30.0, help="self-play + training wall-clock budget")
+    ap.add_argument("--max-iterations", type=int, default=1000)
+    ap.add_argument("--episodes", type=int, default=4, help="episodes per iteration")
+    ap.add_argument("--eval-every", type=int, default=3, help="held-out evaluation every N iterations (0: off)")
+    ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--loss-type", default="dapo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe-options", default=json.dumps({
+        "task_types": ["deduction"], "n_proposals": 2, "n_solvers": 4,
+        "proposer_max_tokens": 160, "solver_max_tokens": 96}))
+    ap.add_argument("--output-dir", default="runs/learning")
+    args = ap.parse_args()
+    if args.write_heldout:
+        rows = write_heldout()
+        print(f"wrote {len(rows)} problems to {HELDOUT}")
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("AGENTPLAY_TORCH_THREADS", "1")))
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"--output-dir {out} is not empty; choose a fresh one")
+    out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""`agentplay train` killed with SIGKILL after its first checkpoint, then `--resume`:
+every iteration happens exactly once (one optimizer step each, one rollout run each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agentplay.traces import TraceStore
+from agentplay.trainers import rollout_run_id
+
+RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
+ITERATIONS, EPISODES = 3, 2
+
+
+def _cmd(tmp: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "agentplay.cli", "train", RECIPE, "--iterations", str(ITERATIONS),
+            "--episodes-per-iteration", str(EPISODES), "--concurrency", "2", "--store", str(tmp / "t.db"),
+            "--output-dir", str(tmp / "out"), "--run-name", "r", "--lora", "--learning-rate", "1e-3",
+            "--micro-batch-size", "8", "--set", "n=2", *extra]
+
+
+def test_resume_after_sigkill_neither_repeats_nor_skips(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
+    first = subprocess.Popen(_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 400
+    while not (tmp_path / "out" / "checkpoint-00000" / "state.json").exists():
+        assert first.poll() is None, f"train exited early: {first.communicate()[1].decode()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    # a second run without --resume must refuse to overwrite the checkpoints
+    refused = subprocess.run(_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    done = subprocess.run(_cmd(tmp_path, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["last_iteration"] == ITERATIONS - 1
+    assert 1 <= summary["first_iteration"] <= ITERATIONS - 1  # started after a checkpoint, not from 0
+
+    store = TraceStore(tmp_path / "t.db")
+    steps = {p.iteration: p.value for p in store.metrics("r", name="optimizer_step")}
+    assert steps == {i: float(i + 1) for i in range(ITERATIONS)}  # exactly one optimizer step per iteration
+    assert store.get_cursor("r", "iteration") == ITERATIONS - 1
+    for i in range(ITERATIONS):
+        assert store.stored_indexes(rollout_run_id("r", i)) == set(range(EPISODES))
+    assert (tmp_path / "out" / f"checkpoint-{ITERATIONS - 1:05d}" / "optimizer.pt").exists()
