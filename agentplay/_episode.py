@@ -53,6 +53,7 @@ async def run_episode(
         }
         final = await compiled.graph.ainvoke(state, config=config)
         final = dict(final) if isinstance(final, dict) else {"output": final}
+        episode.metadata.update(final.get("episode_metadata") or {})  # a recipe's own notes (e.g. pool admissions)
         turns = list(recorder.turns)
         await _assign_groups(compiled, turns, final, ctx)
         await _reward(compiled, final, ctx, recorder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -63,6 +63,9 @@ class RunStats:
         valid = self.valid_rate()
         if valid is not None:
             parts.append(f"valid {valid:.0%}")
+        solve = self.mean_metrics().get("solve_rate")
+        if solve is not None:
+            parts.append(f"solve {solve:.0%}")
         parts += [f"{role} {value:+.2f}" for role, value in self.mean_rewards().items()]
         if self.errors:
             parts.append(f"[red]{self.errors} errors[/]")
@@ -81,17 +84,17 @@ class RunProgress:
         )
         self._task = self._progress.add_task("episodes", total=total, figures="")
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:  # noqa: PYI034 - not subclassed
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
 
     def update(self, stats: RunStats) -> None:
         self._progress.update(self._task, advance=1, figures=stats.line())
 
-    def print_summary(self, summary: "RunSummary") -> None:
+    def print_summary(self, summary: RunSummary) -> None:
         table = Table(title=f"run {summary.run_id} ({summary.recipe})", show_header=False)
         table.add_row("episodes", f"{summary.completed} this run, {summary.skipped} resumed, {summary.requested} requested")
         table.add_row("errors", str(summary.errors))

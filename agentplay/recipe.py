@@ -58,12 +58,12 @@ class GroupBy(BaseModel):
     """For `key`: returns the group key of a turn."""
 
     @classmethod
-    def episode(cls) -> "GroupBy":
+    def episode(cls) -> GroupBy:
         """All turns of the role in one episode form a group (e.g. n solver attempts at one question)."""
         return cls(kind="episode")
 
     @classmethod
-    def seed(cls, k: int) -> "GroupBy":
+    def seed(cls, k: int) -> GroupBy:
         """The role's turns from k consecutive episodes sharing `ctx.group_seed` form a group
         (e.g. k proposals for one target)."""
         if k < 1:
@@ -71,7 +71,7 @@ class GroupBy(BaseModel):
         return cls(kind="seed", k=k)
 
     @classmethod
-    def key(cls, fn: Callable[[RoleTurn, dict[str, Any], EpisodeContext], str]) -> "GroupBy":
+    def key(cls, fn: Callable[[RoleTurn, dict[str, Any], EpisodeContext], str]) -> GroupBy:
         """Custom: turns whose `fn(turn, state, ctx)` is equal (within a run) form a group."""
         if not callable(fn):
             raise RecipeError("GroupBy.key: fn must be callable(turn, state, ctx) -> str")
@@ -125,7 +125,7 @@ class Recipe(BaseModel):
                 out.setdefault(value, True)
         return out
 
-    def compile(self) -> "CompiledRecipe":
+    def compile(self) -> CompiledRecipe:
         """Check the maps against the graph and compile it; errors say what to fix."""
         graph = self.graph
         compiled = graph.compile() if hasattr(graph, "add_node") else graph

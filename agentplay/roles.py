@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agentplay._recorder import current_recorder
 from agentplay._registry import ModelLike, resolve_model
 from agentplay._role_loop import continue_loop
-from agentplay.models import Choice, Message, SamplingParams
+from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams
 from agentplay.traces import RoleTurn
 
 __all__ = ["Role"]
@@ -123,7 +123,9 @@ class Role(BaseModel):
                 recorder.add(turn)
         return list(turns)
 
-    async def _finish(self, model, messages, result, choice, toolbox, schemas, sampling, node, group_id, started) -> RoleTurn:
+    async def _finish(self, model: ChatModel, messages: list[Message], result: ChatResult, choice: Choice,
+                      toolbox: Any | None, schemas: list[dict[str, Any]] | None, sampling: SamplingParams,
+                      node: str, group_id: str | None, started: float) -> RoleTurn:
         turn = RoleTurn(role=self.name, node=node, group_id=group_id, started_at=started)
         last = await continue_loop(
             model=model, messages=messages, first=result, choice=choice, toolbox=toolbox,

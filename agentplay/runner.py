@@ -9,7 +9,7 @@ seed make a resumed run pick up exactly the missing ones.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from agentplay._episode import run_episode
+from agentplay._executors import EpisodeSpec, Executor, LocalExecutor
 from agentplay._progress import RunProgress, RunStats
 from agentplay._recorder import derive_seed
 from agentplay.recipe import CompiledRecipe, Recipe
@@ -81,8 +81,12 @@ async def run_recipe(
     store: Any | None = None,
     on_episode: Callable[[Episode], Any] | None = None,
     console: Console | None = None,
+    executor: Executor | None = None,
 ) -> RunSummary:
-    """Run `config.episodes` episodes (minus stored ones on resume) with bounded concurrency."""
+    """Run `config.episodes` episodes (minus stored ones on resume) with bounded concurrency.
+
+    `executor` runs them elsewhere (e.g. a `RayExecutor`); default: this event loop.
+    """
     compiled = recipe.compile() if isinstance(recipe, Recipe) else recipe
     own_store = store is None and config.store is not None
     if own_store:
@@ -95,39 +99,36 @@ async def run_recipe(
         k = compiled.block_size
         resumed_blocks = {i // k for i in stored}
         stats = RunStats()
-        queue: asyncio.Queue[int] = asyncio.Queue()
+        specs: list[EpisodeSpec] = []
         for i in todo:
-            queue.put_nowait(i)
+            seed, group_seed = episode_seeds(config.seed, i, k)
+            meta: dict[str, Any] = {}
+            if i // k in resumed_blocks:
+                meta["group_resumed"] = True  # its block mixes episodes from before and after a restart
+            if (i // k + 1) * k > config.episodes:
+                meta["group_incomplete"] = True  # the last block is cut short by N
+            specs.append(EpisodeSpec(index=i, seed=seed, group_seed=group_seed, run_id=run_id, metadata=meta))
+        # where episodes run is the executor's business (asyncio here, Ray actors elsewhere)
+        runner = executor or LocalExecutor(compiled, concurrency=config.concurrency)
 
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                seed, group_seed = episode_seeds(config.seed, i, k)
-                meta: dict[str, Any] = {}
-                if i // k in resumed_blocks:
-                    meta["group_resumed"] = True  # its block mixes episodes from before and after a restart
-                if (i // k + 1) * k > config.episodes:
-                    meta["group_incomplete"] = True  # the last block is cut short by N
-                episode = await run_episode(compiled, index=i, seed=seed, run_id=run_id,
-                                            group_seed=group_seed, metadata=meta)
-                if store is not None:
-                    try:
-                        store.append_episode(episode)  # at once: a kill loses only in-flight episodes
-                    except DuplicateEpisode:
-                        continue  # another writer stored this index meanwhile: already done
-                stats.add(episode)
-                if on_episode is not None:
-                    on_episode(episode)
-                progress.update(stats)
+        async def consume() -> None:
+            async with contextlib.aclosing(runner.run(specs)) as episodes:
+                async for episode in episodes:
+                    if store is not None:
+                        try:
+                            store.append_episode(episode)  # at once: a kill loses only in-flight episodes
+                        except DuplicateEpisode:
+                            continue  # another writer stored this index meanwhile: already done
+                    stats.add(episode)
+                    if on_episode is not None:
+                        on_episode(episode)
+                    progress.update(stats)
 
         progress = RunProgress(total=len(todo), recipe=compiled.name, enabled=config.progress, console=console)
         start = time.perf_counter()
         try:
             with progress:
-                await asyncio.gather(*(worker() for _ in range(min(config.concurrency, max(len(todo), 1)))))
+                await consume()
         except BaseException:
             if store is not None:
                 store.set_run_status(run_id, "failed")

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,25 @@ FAMILIES: list[tuple[str, Any]] = [
 PER_FAMILY = 4  # 80 problems
 
 
+TRAIN_SEEDS: list[dict[str, Any]] = [
+    {"program": "def f(x):\n    return x * x", "inputs": ["3", "-4", "7"]},
+    {"program": "def f(x):\n    return abs(x)", "inputs": ["-6", "2", "-11"]},
+    {"program": "def f(x):\n    return -x", "inputs": ["5", "-8", "0"]},
+    {"program": "def f(xs):\n    return xs[-1]", "inputs": ["[4, 8, 1]", "[9]", "[2, 7]"]},
+    {"program": "def f(xs):\n    return xs[0]", "inputs": ["[6, 2, 5]", "[3, 3]", "[10]"]},
+    {"program": "def f(s):\n    return s * 2", "inputs": ["'ab'", "'x'", "'hey'"]},
+    {"program": "def f(s):\n    return s.lower()", "inputs": ["'ABC'", "'Hi'", "'QwE'"]},
+    {"program": "def f(xs):\n    return xs[::-1]", "inputs": ["[1, 2, 3]", "[5, 0]", "[7, 8, 9, 1]"]},
+    {"program": "def f(x):\n    return x * x + 1", "inputs": ["2", "5", "-3"]},
+    {"program": "def f(s):\n    return s[0]", "inputs": ["'dog'", "'apple'", "'z'"]},
+    {"program": "def f(xs):\n    return xs + [0]", "inputs": ["[1, 2]", "[]", "[9]"]},
+    {"program": "def f(x):\n    return str(x)", "inputs": ["12", "-3", "0"]},
+]
+"""Easy training-buffer programs for `--easy-buffer`: other operations than the held-out
+families (square, abs, negation, indexing, repetition...), so the held-out problems
+stay unseen while the solver gets tasks it sometimes solves (reward variance)."""
+
+
 def write_heldout(path: Path = HELDOUT, seed: int = 20261122) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []
@@ -68,12 +88,52 @@ def write_heldout(path: Path = HELDOUT, seed: int = 20261122) -> list[dict[str, 
                 continue
             seen.add((program, inp))
             scope: dict[str, Any] = {}
-            exec(program, scope)  # our own fixed templates, not model output
+            exec(program, scope)  # noqa: S102 - our own fixed templates, not model output
             value = eval(f"f({inp})", scope)
             rows.append({"id": f"h{fam:02d}-{len(seen) - 1}", "program": program, "input": inp,
                          "output": repr(value)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+_LITERAL_HINT = re.compile(r"(?:returns?|is|==|:)\s*`?([^`\n]+?)`?\s*(?:[.,;]\s|[.]?$)", re.MULTILINE)
+
+
+def lenient_deduction_parser(text: str) -> str:
+    """The answer to "what does f return" however the model wrote it: an ```output block,
+    else the last fenced/inline-code span or "returns X"/"is X" phrase that is a Python literal.
+
+    `--lenient` installs it in code-selfplay (and uses it for the held-out set) because
+    SmolLM2-135M almost never writes the ```output block: with the strict parser every
+    solver reward is 0, every group has zero variance and GRPO has nothing to learn from.
+    """
+    from agentplay.graphs._code_exec import fenced_blocks
+
+    blocks = fenced_blocks(text)
+    tagged = [b for tag, b in blocks if tag == "output" and b]
+    if tagged:
+        return tagged[-1]
+    spans = ([b for _, b in blocks] + re.findall(r"`([^`\n]+)`", text) + _LITERAL_HINT.findall(text)
+             + re.findall(r"(?:returns?|is)\s+(\S[^\n]*?)\.?\s*$", text, re.MULTILINE))
+    for cand in reversed(spans):
+        cand = cand.strip().rstrip(".")
+        try:
+            ast.literal_eval(cand)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return cand
+    raise ValueError("no ```output block and no literal answer in the text")
+
+
+def _install_lenient_parser() -> None:
+    from agentplay.graphs import code_selfplay
+
+    strict = code_selfplay._answer_parser
+
+    def factory(task_type: str) -> Any:
+        return lenient_deduction_parser if task_type == "deduction" else strict(task_type)
+
+    code_selfplay._answer_parser = factory  # read by build() when it creates the solver roles
 
 
 def load_heldout(path: Path = HELDOUT) -> list[dict[str, Any]]:
@@ -89,22 +149,27 @@ def _same(predicted: str, expected: str) -> bool:
     return type(a) is type(b) and a == b and repr(a) == repr(b)
 
 
-async def evaluate(model: Any, problems: list[dict[str, Any]], max_tokens: int = 96) -> dict[str, Any]:
+async def evaluate(model: Any, problems: list[dict[str, Any]], max_tokens: int = 96,
+                   lenient: bool = False) -> dict[str, Any]:
     """Greedy accuracy with the code-selfplay solver prompt and parser (no sandbox needed:
     answers are literals compared in-process)."""
     import jinja2
-
     from agentplay.graphs.code_selfplay import SOLVER_SYSTEM, SOLVER_USER, _answer_parser
+
     from agentplay.models import SamplingParams
 
     template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(SOLVER_USER["deduction"])
-    parse = _answer_parser("deduction")
+    parse = lenient_deduction_parser if lenient else _answer_parser("deduction")
     greedy = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=False)
+
+    samples: list[str] = []
 
     async def one(p: dict[str, Any]) -> tuple[bool, bool]:
         user = template.render(program=p["program"], inputs=[p["input"]])
         res = await model.chat([{"role": "system", "content": SOLVER_SYSTEM}, {"role": "user", "content": user}],
                                sampling=greedy)
+        if len(samples) < 3:
+            samples.append(res.choice.text)
         try:
             answer = parse(res.choice.text)
         except ValueError:
@@ -116,7 +181,7 @@ async def evaluate(model: Any, problems: list[dict[str, Any]], max_tokens: int =
     n = len(correct)
     acc = sum(correct) / n
     return {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "n": n,
-            "format_rate": sum(f for _, f in marks) / n, "correct": [int(c) for c in correct]}
+            "format_rate": sum(f for _, f in marks) / n, "correct": [int(c) for c in correct], "samples": samples}
 
 
 def paired_z(before: list[int], after: list[int]) -> tuple[float, float]:
@@ -129,14 +194,17 @@ def paired_z(before: list[int], after: list[int]) -> tuple[float, float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from agentplay.models import load_model
     from agentplay.trainers import SelfPlayTrainer, TrainConfig
 
-    problems = load_heldout()
+    from agentplay.models import load_model
+
+    if args.lenient:
+        _install_lenient_parser()
+    problems = load_heldout()[:: max(1, 80 // args.heldout_limit)][: args.heldout_limit]
     served = load_model("local:smollm2-135m-instruct")
     out = Path(args.output_dir)
     t0 = time.perf_counter()
-    before = await evaluate(served, problems)
+    before = await evaluate(served, problems, max_tokens=args.eval_max_tokens, lenient=args.lenient)
     eval_s = time.perf_counter() - t0
     print(f"before: accuracy {before['accuracy']:.3f} ± {before['stderr']:.3f} (format {before['format_rate']:.2f},"
           f" n={before['n']}, {eval_s:.0f}s)", flush=True)
@@ -149,7 +217,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       loss_type=args.loss_type, micro_batch_size=4, max_completion_length=256,
                       time_budget_s=args.budget_min * 60, recipe_options=options, seed=args.seed,
                       temperature=options.get("temperature", 1.0))
-    trainer = SelfPlayTrainer(cfg, served=served)
+    recipe = None
+    if args.easy_buffer:
+        from agentplay.graphs.code_selfplay import TaskBuffer, build
+
+        recipe = build(model="local:smollm2-135m-instruct", buffer=TaskBuffer(seeds=TRAIN_SEEDS), **options)
+    trainer = SelfPlayTrainer(cfg, served=served, recipe=recipe)
     history: list[dict[str, float]] = []
 
     async def on_iteration(it: int, m: dict[str, float]) -> None:
@@ -160,7 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f" rollout={m['time/rollout_s']:.0f}s train={m['time/train_s']:.0f}s update={m['time/update_s']:.1f}s",
               flush=True)
         if args.eval_every and (it + 1) % args.eval_every == 0:
-            e = await evaluate(served, problems)
+            e = await evaluate(served, problems, max_tokens=args.eval_max_tokens, lenient=args.lenient)
             curve.append({"iteration": it, "accuracy": e["accuracy"], "stderr": e["stderr"],
                           "format_rate": e["format_rate"]})
             print(f"  held-out after it {it}: {e['accuracy']:.3f} ± {e['stderr']:.3f} (format {e['format_rate']:.2f})",
@@ -170,15 +243,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     summary = await trainer.run()
     train_s = time.perf_counter() - t1
-    after = await evaluate(served, problems)
+    after = await evaluate(served, problems, max_tokens=args.eval_max_tokens, lenient=args.lenient)
     if not curve or curve[-1]["iteration"] != summary.last_iteration:
         curve.append({"iteration": summary.last_iteration, "accuracy": after["accuracy"],
                       "stderr": after["stderr"], "format_rate": after["format_rate"]})
     diff, diff_se = paired_z(before["correct"], after["correct"])
     se_unpaired = math.sqrt(before["stderr"] ** 2 + after["stderr"] ** 2)
     result = {
-        "before": {k: v for k, v in before.items() if k != "correct"},
-        "after": {k: v for k, v in after.items() if k != "correct"},
+        "before": before,
+        "after": after,
         "improvement": diff, "paired_stderr": diff_se,
         "improvement_in_paired_se": diff / diff_se if diff_se > 0 else float("nan"),
         "improvement_in_unpaired_se": diff / se_unpaired if se_unpaired > 0 else float("nan"),
@@ -201,6 +274,10 @@ def main() -> None:
     ap.add_argument("--max-iterations", type=int, default=1000)
     ap.add_argument("--episodes", type=int, default=4, help="episodes per iteration")
     ap.add_argument("--eval-every", type=int, default=3, help="held-out evaluation every N iterations (0: off)")
+    ap.add_argument("--heldout-limit", type=int, default=80, help="evaluate on an evenly spaced subset")
+    ap.add_argument("--eval-max-tokens", type=int, default=96)
+    ap.add_argument("--lenient", action="store_true", help="accept a literal answer without the ```output block")
+    ap.add_argument("--easy-buffer", action="store_true", help="seed the task buffer with TRAIN_SEEDS")
     ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--loss-type", default="dapo")

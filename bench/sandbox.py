@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 
@@ -111,6 +112,7 @@ def main() -> None:
     args = ap.parse_args()
 
     client = docker.from_env()
+    load_before = os.getloadavg()[0]
     lat, rate = asyncio.run(warm_pool(args.runs, args.seconds, args.concurrency))
     fresh = fresh_run(client, args.image, args.baseline_runs)
     execs = exec_per_run(client, args.image, max(args.baseline_runs * 2, 10))
@@ -138,6 +140,10 @@ def main() -> None:
         ("vs docker run >= 20x", vs_run >= 20),
         ("sustained >= 40 runs/s", rate >= 40),
     ]
+    print(
+        f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores: figures scale with contention from other work"
+    )
     for name, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
 

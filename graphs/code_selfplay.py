@@ -26,6 +26,8 @@ import random
 from collections import deque
 from typing import Any, TypedDict
 
+from agentplay.sandbox import Limits, open_sandbox
+from agentplay.tools import CodeTool
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,7 +47,7 @@ from ._code_exec import (
     fenced_blocks,
 )
 
-__all__ = ["CodeSelfPlayConfig", "CodeState", "SEED_PROGRAMS", "TaskBuffer", "build"]
+__all__ = ["SEED_PROGRAMS", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build"]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -80,6 +82,11 @@ class CodeSelfPlayConfig(BaseModel):
     repetition_weight: float = Field(0.5, ge=0.0)
     repetition_threshold: float = Field(0.8, gt=0.0, le=1.0)
     """n-gram Jaccard similarity at which two programs count as near-duplicates."""
+    proposer_tools: bool = True
+    """Give the proposer the `run_python` code tool to try its program before answering
+    (the tool's output is recorded with mask 0: not trained on)."""
+    max_tool_turns: int = Field(2, ge=0, le=16)
+    """Tool rounds the proposer may take before it must answer."""
     sandbox_backend: str = "auto"
     """Backend for the sandbox opened on first use when `build()` gets no `sandbox`."""
 
@@ -155,7 +162,7 @@ PROPOSER_SYSTEM = """You write Python puzzles. Write a deterministic function na
 returns plain data (numbers, strings, lists, tuples, dicts, sets). Do not import os, sys, \
 random, time or other system modules, and do not print.
 Reply in exactly this layout, with {{ n_inputs }} input block(s), each holding the arguments \
-of one call to f written as in the call (for example: [3, 1, 2], 2):
+of one call to f written as in the call (for example: [3, 1, 2], 2).{% if tools %} You may test your function with the run_python tool first.{% endif %}
 ```python
 def f(...):
     ...
@@ -248,21 +255,19 @@ def build(
 
     def get_sandbox() -> Any:
         if box["sandbox"] is None:
-            from agentplay.sandbox import open_sandbox
-
             box["sandbox"] = open_sandbox(cfg.sandbox_backend)
         return box["sandbox"]
 
-    def limits() -> Any:
-        from agentplay.sandbox import Limits
-
+    def limits() -> Limits:
         return Limits(wall_time_s=cfg.wall_time_s, memory_mb=cfg.memory_mb,
                       output_bytes=max(4 * cfg.max_output_chars, 65536))
 
+    code_tool = CodeTool(limits=limits()) if cfg.proposer_tools else None
     proposer = Role(
         name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, user_template=PROPOSER_USER,
         sampling=SamplingParams(max_tokens=cfg.proposer_max_tokens, temperature=cfg.temperature),
-        output_parser=parse_proposal,
+        output_parser=parse_proposal, tools=[code_tool] if code_tool else [],
+        max_tool_turns=cfg.max_tool_turns,
     )
     solvers = {
         t: Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[t],
@@ -283,8 +288,10 @@ def build(
 
     async def propose(state: CodeState) -> dict[str, Any]:
         t = state["task_type"]
+        if code_tool is not None:
+            code_tool.sandbox = get_sandbox()
         turns = await proposer.run_n(n=cfg.n_proposals, variables={
-            "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
+            "tools": code_tool is not None, "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
         return {"proposals": [
             {"turn_id": turn.turn_id, "error": turn.parse_error, "task": None,
              **(turn.output or {"program": "", "inputs": []})}
@@ -317,7 +324,10 @@ def build(
         if not tasks and cfg.fill_from_buffer:
             rng = random.Random(state["seed"])
             for item in buffer.sample(rng, 1, n_inputs(t)):
-                res = await _validate_one(item["program"], item["inputs"], t)
+                try:
+                    res = await _validate_one(item["program"], item["inputs"], t)
+                except ValueError:
+                    continue  # a buffered program that stopped validating (e.g. a tighter limit)
                 tasks.append({**res.model_dump(), "source": "buffer"})
         return {"proposals": proposals, "tasks": tasks}
 

@@ -27,6 +27,7 @@ import operator
 import re
 from typing import Annotated, Any, TypedDict
 
+from agentplay.tools import CorpusIndex, SearchMode, SearchTool, default_corpus_index
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,10 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.rewards import exact_match, llm_judge, normalize_answer
-from agentplay.tools import CorpusIndex, SearchMode, SearchTool, default_corpus_index
 from agentplay.traces import RewardRecord, RoleTurn
 
-__all__ = ["SearchSelfPlayConfig", "SearchState", "build", "parse_answer", "parse_question"]
+__all__ = ["SearchSelfPlayConfig", "SearchState", "build", "parse_answer", "parse_question", "rule_check"]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -164,10 +164,23 @@ def parse_answer(text: str) -> str:
     """The text after the last 'Answer:', else the last non-empty line. ValueError if empty."""
     found = _ANSWER.findall(text)
     answer = found[-1] if found else next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
-    answer = answer.strip().strip("`*'\" ").rstrip(".")
+    answer = answer.strip().rstrip(".").strip("`*'\" ")
     if not answer:
         raise ValueError("empty answer")
     return answer
+
+
+def rule_check(cfg: SearchSelfPlayConfig, question: str | None, answer: str, queries: list[str]) -> str:
+    """Why a proposal fails the rule checks ('' when it passes): length, leaked answer, too few searches."""
+    if not question:
+        return "no question"
+    if not cfg.min_question_chars <= len(question) <= cfg.max_question_chars:
+        return f"question length {len(question)} outside {cfg.min_question_chars}..{cfg.max_question_chars}"
+    if normalize_answer(answer) in normalize_answer(question):
+        return "question leaks the answer"
+    if len(set(queries)) < cfg.min_distinct_queries:
+        return f"searched with {len(set(queries))} distinct queries, need {cfg.min_distinct_queries}"
+    return ""
 
 
 def _excerpt(text: str, chars: int) -> str:
@@ -211,18 +224,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         return {"question": turn.output, "queries": list(dict.fromkeys(q for q in queries if q))}
 
     def check_rules(state: SearchState) -> dict[str, Any]:
-        question, answer = state.get("question"), state["answer"]
-        if not question:
-            return {"rules_ok": False, "check_reason": "no question"}
-        if not cfg.min_question_chars <= len(question) <= cfg.max_question_chars:
-            return {"rules_ok": False, "check_reason": f"question length {len(question)} outside "
-                    f"{cfg.min_question_chars}..{cfg.max_question_chars}"}
-        if normalize_answer(answer) in normalize_answer(question):
-            return {"rules_ok": False, "check_reason": "question leaks the answer"}
-        if len(state.get("queries", [])) < cfg.min_distinct_queries:
-            return {"rules_ok": False, "check_reason": f"searched with {len(state.get('queries', []))} distinct "
-                    f"queries, need {cfg.min_distinct_queries}"}
-        return {"rules_ok": True, "check_reason": ""}
+        reason = rule_check(cfg, state.get("question"), state["answer"], state.get("queries", []))
+        return {"rules_ok": not reason, "check_reason": reason}
 
     async def rag_check(state: SearchState) -> dict[str, Any]:
         if not state.get("question"):

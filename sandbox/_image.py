@@ -9,6 +9,7 @@ changed is a no-op and a changed runner is always rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -146,6 +147,10 @@ def build_image(
         return f"{image} is up to date (recipe {recipe}, base {base})"
     say(f"building {image} FROM {base}")
     try:
+        previous = client.images.get(image).id
+    except docker.errors.ImageNotFound:
+        previous = None
+    try:
         client.images.build(
             path=str(HERE),
             dockerfile="Dockerfile",
@@ -158,4 +163,7 @@ def build_image(
     except docker.errors.BuildError as exc:
         log = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)
         raise SandboxError(f"image build failed: {exc}\n{log[-2000:]}") from exc
+    if previous and previous != client.images.get(image).id:
+        with contextlib.suppress(docker.errors.APIError):  # still used by a container: keep it
+            client.images.remove(previous)  # rebuilds should not pile up untagged images
     return f"built {image} (recipe {recipe}, base {base})"

@@ -89,7 +89,8 @@ class _OnceBackend:
         raise NotImplementedError
 
     def _workdir(self) -> tuple[str, list[str], dict[str, str]]:
-        return "/work", ["/work", "/tmp", "/dev/shm"], dict(_ENV)
+        # Nothing to wipe: the tmpfs dirs vanish with the namespaces when the run ends.
+        return "/work", [], dict(_ENV)
 
     async def execute(self, *, limits: Limits, **job_fields) -> SandboxResult:
         workdir, wipe, env = self._workdir()

@@ -23,7 +23,7 @@ class Limits(BaseModel):
     """Wall-clock budget; the whole process group is killed when it runs out (status timeout)."""
     memory_mb: int = Field(256, ge=16, le=65536)
     """Address-space cap per run (RLIMIT_AS); Docker also caps the container's memory+swap."""
-    output_bytes: int = Field(1 << 20, ge=1, le=1 << 30)
+    output_bytes: int = Field(1 << 20, ge=1, le=32 << 20)
     """Cap on each of stdout and stderr; passing it kills the run (status output_limit)."""
     processes: int = Field(64, ge=2, le=4096)
     """Processes and threads the run may have at once (RLIMIT_NPROC on a private uid, pids cgroup)."""

@@ -334,9 +334,11 @@ def run_job(job: dict) -> dict:
     wall = time.monotonic() - started
     returncode, strays = _kill_everything(proc, pid1)
     _drain(outs, 0.5)
+    if reason != "timeout" and any(o.over for o in outs.values()):
+        reason = "output_limit"  # cut output is always reported, even if the cut came last
     out, err = outs[proc.stdout.fileno()], outs[proc.stderr.fileno()]
-    proc.stdout.close()
-    proc.stderr.close()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):  # explicit, not left to GC
+        pipe.close()
     oom = _counter(_OOM_CONTROL, "oom_kill") > oom_before
     pids_hit = _counter(_PIDS_EVENTS, "max") > pids_before
     status = _classify(reason, returncode, bytes(err.data), oom)

@@ -18,7 +18,8 @@ from ._models import BackendName, Limits, SandboxError, SandboxResult
 HEADER = struct.Struct(">I")
 RUNNER_PATH = Path(__file__).with_name("_runner.py")
 """The runner script: copied into the image, bound read-only by bwrap."""
-MAX_FRAME = 64 << 20
+MAX_FRAME = 128 << 20
+"""Bigger than any honest result: two capped outputs (32 MiB each) in base64."""
 
 
 def encode_frame(obj: Mapping) -> bytes:

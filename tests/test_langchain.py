@@ -59,7 +59,10 @@ async def test_invoke_records_tokens_and_sync_wrapper_agrees(llm, engine):
     assert msg.content == msg.additional_kwargs[RAW_TEXT_KEY]  # no tools: content is the raw text
     assert msg.usage_metadata["output_tokens"] == len(msg.response_metadata["completion_token_ids"])
     same = llm.invoke("Say hello.", max_tokens=6)  # the thin sync wrapper, same greedy tokens
-    assert same.response_metadata["completion_token_ids"] == msg.response_metadata["completion_token_ids"]
+    assert (
+        same.response_metadata["completion_token_ids"]
+        == msg.response_metadata["completion_token_ids"]
+    )
     with pytest.raises(ValueError, match="frequency_penalty"):
         await llm.ainvoke("hi", frequency_penalty=1.0)
 
@@ -80,7 +83,7 @@ async def test_langgraph_tool_loop_records_exact_tokens(llm, engine):
         return {"messages": [await bound.ainvoke(state["messages"])]}
 
     async def answer(state: MessagesState) -> dict:
-        return {"messages": [await bound.ainvoke(state["messages"], max_tokens=6)]}
+        return {"messages": [await bound.ainvoke(state["messages"], max_tokens=2)]}
 
     builder = StateGraph(MessagesState)
     builder.add_node("agent", agent)
@@ -92,7 +95,9 @@ async def test_langgraph_tool_loop_records_exact_tokens(llm, engine):
     builder.add_edge("answer", END)
     graph = builder.compile()
 
-    out = await graph.ainvoke({"messages": [HumanMessage(f"Repeat exactly this text and nothing else:\n{CALL}")]})
+    out = await graph.ainvoke(
+        {"messages": [HumanMessage(f"Repeat exactly this text and nothing else:\n{CALL}")]}
+    )
     first, result, final = out["messages"][1:4]
     assert isinstance(first, AIMessage) and [(c["name"], c["args"]) for c in first.tool_calls] == [
         ("add", {"a": 17, "b": 25})
@@ -102,7 +107,10 @@ async def test_langgraph_tool_loop_records_exact_tokens(llm, engine):
     _check_record(final, engine.tokenizer)
     # The second prompt re-renders the first completion from its raw text, so it
     # starts with exactly the ids the model conditioned on and sampled.
-    p1, c1 = first.response_metadata["prompt_token_ids"], first.response_metadata["completion_token_ids"]
+    p1, c1 = (
+        first.response_metadata["prompt_token_ids"],
+        first.response_metadata["completion_token_ids"],
+    )
     p2 = final.response_metadata["prompt_token_ids"]
     assert p2[: len(p1) + len(c1)] == p1 + c1
     sent_back = to_engine_messages([first])[0]
@@ -127,4 +135,6 @@ async def test_structured_output_failure_is_recorded_not_raised(llm, engine):
     # four tokens cannot hold a Person; the error names what came back instead
     assert out["parsed"] is None and "Person" in str(out["parsing_error"])
     with pytest.raises(Exception, match="Person"):
-        await llm.with_structured_output(Person, method="json_mode").ainvoke("Say hello.", max_tokens=4)
+        await llm.with_structured_output(Person, method="json_mode").ainvoke(
+            "Say hello.", max_tokens=4
+        )

@@ -114,6 +114,13 @@ async def test_multi_turn_prompt_reuses_the_sampled_ids(model):
     assert "Mount Everest, 8849 m" in model.tokenizer.decode(second.prompt_token_ids[len(earlier) :])
 
 
+def test_hf_spec_for_a_missing_folder_names_the_field(tmp_path):
+    from agentplay.models import ModelSpecError
+
+    with pytest.raises(ModelSpecError, match=r"name: cannot load a Hugging Face model from .*nowhere"):
+        load_model(f"hf:{tmp_path / 'nowhere'}")
+
+
 async def test_hf_folder_spec_serves_the_cached_smollm2():
     m = load_model(f"hf:{default_model_dir()}")
     try:
@@ -121,3 +128,35 @@ async def test_hf_folder_spec_serves_the_cached_smollm2():
         assert res.model == f"hf:{default_model_dir()}" and res.choice.completion_token_ids
     finally:
         await m.aclose()
+
+
+async def test_logprobs_are_the_temperature_scaled_model_distribution(model):
+    """The default logprobs_mode matches what TRL recomputes: log_softmax(logits / T)."""
+    import torch
+
+    temperature = 0.7
+    res = await model.chat(
+        [{"role": "user", "content": "Describe the sea."}],
+        sampling=SamplingParams(max_tokens=6, temperature=temperature, seed=5, top_logprobs=2),
+    )
+    choice = res.choice
+    ids = torch.tensor([res.prompt_token_ids + choice.completion_token_ids])
+    with torch.inference_mode():
+        logits = model.hf_model(ids).logits[0, len(res.prompt_token_ids) - 1 : -1].float()
+    expected = torch.log_softmax(logits / temperature, dim=-1)
+    expected = expected.gather(1, torch.tensor(choice.completion_token_ids).unsqueeze(1)).squeeze(1)
+    assert choice.logprobs == pytest.approx(expected.tolist(), abs=1e-3)
+    assert len(choice.top_logprobs) == len(choice.completion_token_ids)
+    for step, sampled in zip(choice.top_logprobs, choice.logprobs):
+        assert len(step) == 2 and step[0].logprob >= step[1].logprob and step[0].logprob >= sampled - 1e-6
+        assert step[0].token == model.tokenizer.convert_ids_to_tokens(step[0].token_id)
+
+
+async def test_batches_never_exceed_max_batch_size(model):
+    before = len(model._engine.batch_sizes)
+    sp = SamplingParams(n=6, max_tokens=2, seed=0)
+    results = await asyncio.gather(*(model.chat([{"role": "user", "content": f"Hi {i}"}], sampling=sp) for i in range(4)))
+    assert [len(r.choices) for r in results] == [6, 6, 6, 6]
+    sizes = model._engine.batch_sizes[before:]
+    assert sum(sizes) == 24 and max(sizes) <= model.config.max_batch_size == 16
+    assert len(sizes) < 4  # requests were batched together, not one by one

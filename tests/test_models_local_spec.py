@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import time
 
@@ -13,10 +14,10 @@ from agentplay.models import (
     MissingModelPackageError,
     ModelConfig,
     ModelSpecError,
+    _weights,
     default_model_dir,
     parse_model_spec,
 )
-from agentplay.models import _weights
 from agentplay.models._prompt import render_chat
 from agentplay.models._tools import parse_tool_calls
 
@@ -94,12 +95,32 @@ def test_second_load_reuses_the_dequantized_folder(monkeypatch):
 
 
 @pytest.mark.slow
-def test_dequantize_into_an_empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AGENTPLAY_CACHE_DIR", str(tmp_path))
-    folder = default_model_dir()
-    assert folder.parent == tmp_path / "models"
+def test_two_processes_dequantize_into_an_empty_cache_safely(tmp_path):
+    """Both starters get the same complete folder; the lock lets only one write it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1);"
+        "from agentplay.models import _weights as w;"
+        "calls = [];"
+        "real = w._dequantize;"
+        "w._dequantize = lambda *a: (calls.append(1), real(*a));"
+        "print(w.default_model_dir(), len(calls))"
+    )
+    env = os.environ | {"AGENTPLAY_CACHE_DIR": str(tmp_path)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    folder = tmp_path / "models" / "smollm2-135m-instruct"
+    assert {out[0] for out in outputs} == {str(folder)}
+    assert sorted(int(out[1]) for out in outputs) == [0, 1]  # exactly one dequantized
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp or lock left
-    assert (folder / "tokenizer.json").is_file()
+    assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 # -- tool calls --------------------------------------------------------------------
@@ -158,3 +179,25 @@ def test_tools_are_injected_when_the_template_cannot_render_them(tokenizer):
     ]
     text = render_chat(tokenizer, history, [schema])
     assert '<tool_call>\n{"name": "search", "arguments": {"q": "a"}}\n</tool_call><|im_end|>' in text
+
+
+def test_tool_aware_templates_get_tools_natively_and_raw_text_verbatim(tokenizer):
+    native = copy.deepcopy(tokenizer)
+    native.chat_template = (
+        "{% if tools %}TOOLS={{ tools | length }}\n{% endif %}"
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+        "{% if m.tool_calls %}{% for c in m.tool_calls %}<call {{ c.function.name }}>{% endfor %}{% endif %}\n"
+        "{% endfor %}[assistant]"
+    )
+    schema = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+    raw = '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call>'
+    call = {"id": "c", "type": "function", "function": {"name": "search", "arguments": {}}}
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": raw, "tool_calls": [call]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    text = render_chat(native, history, [schema])
+    assert text.startswith("TOOLS=1\n") and "<tools>" not in text
+    # Raw text is rendered once, as written; a message without raw text keeps its calls.
+    assert text.endswith(f"[assistant]{raw}[assistant]<call search>[assistant]")  # trim_blocks eats the newlines

@@ -32,14 +32,32 @@ COMPLETION = {
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}},
-                    {"id": "c2", "type": "function", "function": {"name": "add", "arguments": "{broken"}},
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "add", "arguments": '{"a": 1}'},
+                    },
+                    {
+                        "id": "c2",
+                        "type": "function",
+                        "function": {"name": "add", "arguments": "{broken"},
+                    },
                 ],
             },
             "logprobs": {
                 "content": [
-                    {"token": "<", "logprob": -0.5, "bytes": [60], "top_logprobs": [{"token": "token_id:7", "logprob": -0.5, "bytes": []}]},
-                    {"token": "x", "logprob": -1.5, "bytes": [120], "top_logprobs": [{"token": "x", "logprob": -1.5, "bytes": []}]},
+                    {
+                        "token": "<",
+                        "logprob": -0.5,
+                        "bytes": [60],
+                        "top_logprobs": [{"token": "token_id:7", "logprob": -0.5, "bytes": []}],
+                    },
+                    {
+                        "token": "x",
+                        "logprob": -1.5,
+                        "bytes": [120],
+                        "top_logprobs": [{"token": "x", "logprob": -1.5, "bytes": []}],
+                    },
                 ]
             },
             "finish_reason": "tool_calls",
@@ -66,7 +84,7 @@ def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             with script.lock:
                 script.attempts += 1
@@ -76,7 +94,11 @@ def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
             try:
                 time.sleep(script.delay)
-                payload = COMPLETION if status == 200 else {"error": {"message": f"status {status}", "type": "x"}}
+                payload = (
+                    COMPLETION
+                    if status == 200
+                    else {"error": {"message": f"status {status}", "type": "x"}}
+                )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -113,11 +135,16 @@ async def test_retries_429_and_503_then_parses_the_answer(flaky):
     url, script = flaky([429, 503])
     model = load_model("openai:m", base_url=url, api_key="k", max_retries=3)
     started = time.monotonic()
-    result = await model.chat([{"role": "user", "content": "hi"}], sampling=SamplingParams(top_logprobs=1, seed=3, stop=["x"]))
+    result = await model.chat(
+        [{"role": "user", "content": "hi"}],
+        sampling=SamplingParams(top_logprobs=1, seed=3, stop=["x"]),
+    )
     assert script.attempts == 3
     assert time.monotonic() - started < 10  # Retry-After (50 ms) honoured, then a short backoff
     sent = script.bodies[-1]
-    assert sent["return_token_ids"] is True and sent["logprobs"] is True and sent["top_logprobs"] == 1
+    assert (
+        sent["return_token_ids"] is True and sent["logprobs"] is True and sent["top_logprobs"] == 1
+    )
     assert sent["seed"] == 3 and sent["stop"] == ["x"]
     choice = result.choice
     assert result.prompt_token_ids == [1, 2, 3] and choice.completion_token_ids == [7, 8]
@@ -155,7 +182,13 @@ async def test_assistant_tool_calls_go_out_as_json_strings(flaky):
     model = load_model("openai:m", base_url=url, api_key="k", return_token_ids=False)
     history = [
         {"role": "user", "content": "add"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "1"},
     ]
     await model.chat(history)
@@ -165,6 +198,8 @@ async def test_assistant_tool_calls_go_out_as_json_strings(flaky):
 
 
 async def test_unreachable_server_raises_connection_error():
-    model = load_model("openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=5)
+    model = load_model(
+        "openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=5
+    )
     with pytest.raises(openai.APIConnectionError):
         await model.chat([{"role": "user", "content": "hi"}])

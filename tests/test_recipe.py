@@ -7,6 +7,7 @@ import operator
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from _trace_checks import check_token_exact
 from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
@@ -15,8 +16,6 @@ from agentplay import GroupBy, Recipe, RecipeError, Role, run_episode
 from agentplay._registry import resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.traces import RewardRecord
-
-from _trace_checks import check_token_exact
 
 TINY = SamplingParams(max_tokens=3, temperature=1.0)
 

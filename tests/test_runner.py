@@ -53,8 +53,8 @@ async def test_run_recipe_stores_every_episode_and_resumes(tmp_path):
 
 def test_cli_resume_after_sigkill_leaves_exactly_n(tmp_path):
     db = tmp_path / "kill.db"
-    args = [*AGENTPLAY, "run", EXAMPLE, "--episodes", "5", "--concurrency", "1", "--store", str(db),
-            "--run-id", "k", "--seed", "3", "--set", "max_tokens=6", "--no-progress"]
+    args = [*AGENTPLAY, "run", EXAMPLE, "--episodes", "3", "--concurrency", "1", "--store", str(db),
+            "--run-id", "k", "--seed", "3", "--set", "max_tokens=4", "--set", "n_solvers=1", "--no-progress"]
     proc = subprocess.Popen(args, env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -64,32 +64,32 @@ def test_cli_resume_after_sigkill_leaves_exactly_n(tmp_path):
             if db.exists():
                 with TraceStore(db) as store:
                     stored = store.stored_indexes("k") if any(r.run_id == "k" for r in store.list_runs()) else set()
-                if 1 <= len(stored) < 5:
+                if 1 <= len(stored) < 3:
                     break
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # our own child's group only
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, f"run ended before the kill: {proc.stderr.read()[-2000:]}"
-    assert 1 <= len(stored) < 5
+    assert 1 <= len(stored) < 3
 
-    out = subprocess.run([*args, "--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*args, "--resume"], env=_env(), check=False, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     with TraceStore(db) as store:
         indexes = [e.index for e in store.episodes("k")]
-        assert sorted(indexes) == [0, 1, 2, 3, 4]  # exactly N, no duplicates
+        assert sorted(indexes) == [0, 1, 2]  # exactly N, no duplicates
         assert store.get_run("k").status == "finished"
-    assert summary["skipped"] >= len(stored) and summary["skipped"] + summary["completed"] == 5
+    assert summary["skipped"] >= len(stored) and summary["skipped"] + summary["completed"] == 3
 
 
 def test_cli_errors_are_clear(tmp_path):
     out = subprocess.run([*AGENTPLAY, "run", "no-such-recipe", "--store", str(tmp_path / "x.db")],
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=_env(), check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no built-in recipe 'no-such-recipe'" in out.stderr
     out = subprocess.run([*AGENTPLAY, "run", EXAMPLE, "--set", "nonsense=1", "--store", str(tmp_path / "x.db")],
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=_env(), check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nonsense" in out.stderr
 
 
@@ -129,7 +129,7 @@ def test_same_recipe_over_http_against_agentplay_serve(tmp_path, served_model):
     out = subprocess.run([*AGENTPLAY, "run", EXAMPLE, "--model", "openai:smollm2-135m-instruct", "--episodes", "2",
                           "--concurrency", "2", "--store", str(db), "--run-id", "h", "--set", "max_tokens=4",
                           "--no-progress"], env=_env(OPENAI_BASE_URL=served_model, OPENAI_API_KEY="local"),
-                         capture_output=True, text=True, timeout=600)
+                         check=False, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     with TraceStore(db) as store:
         episodes = list(store.episodes("h"))

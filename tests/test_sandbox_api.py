@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 from agentplay.sandbox import Limits, SandboxConfig, SandboxError, SandboxResult, open_sandbox
+from conftest import require_docker
 from pydantic import ValidationError
 
 from agentplay import sandbox
@@ -70,8 +71,10 @@ def test_auto_prefers_docker_then_bwrap():
     assert open_sandbox(config=no_docker).backend == "bwrap"
 
 
-@pytest.mark.parametrize("backend", ["bwrap", "subprocess"])
-async def test_contract_on_local_backends(backend):
+@pytest.mark.parametrize("backend", ["docker", "bwrap", "subprocess"])
+async def test_contract_on_every_backend(backend):
+    if backend == "docker":
+        require_docker()
     async with open_sandbox(backend, allow_unsafe=True) as sb:
         res = await sb.run_python(
             "import sys, pathlib\nprint(sys.stdin.read().upper(), pathlib.Path('data/in.txt').read_text())\n"
@@ -99,6 +102,8 @@ async def test_contract_on_local_backends(backend):
         assert (
             flood.status == "output_limit" and flood.stdout_truncated and len(flood.stdout) == 1000
         )
+        tail = await sb.run_python("print('q' * 1500)", limits=Limits(output_bytes=1000))
+        assert tail.status == "output_limit" and tail.stdout == "q" * 1000, tail
         mem = await sb.run_python("b = bytearray(400 * 2**20)", limits=Limits(memory_mb=128))
         assert mem.status == "oom", mem
 

@@ -192,3 +192,4 @@ def test_docker_errors_are_usage_errors(client):
     sb = open_sandbox("docker", config=SandboxConfig(limits=Limits(memory_mb=128)))
     with pytest.raises(SandboxError, match="limits.memory_mb"):
         asyncio.run(sb.run_python("print(1)", limits=Limits(memory_mb=512)))
+

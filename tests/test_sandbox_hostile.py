@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -123,7 +124,10 @@ if os.fork() == 0:
             time.sleep(0.05)
     os._exit(0)
 os.wait()
-time.sleep(0.2)
+for _ in range(200):  # wait (up to 10 s on a loaded box) until the daemon is running
+    if os.path.exists("/tmp/daemon_alive"):
+        break
+    time.sleep(0.05)
 print("daemon started", os.path.exists("/tmp/daemon_alive"))
 """
 
@@ -217,6 +221,7 @@ CASES = [
         "n = 0\ntry:\n    while True:\n        open(f'/tmp/i{n}', 'w').close(); n += 1\n"
         "except OSError as exc:\n    print('full', n)",
         {"ok", "timeout"},
+        wall_time_s=1.5,
     ),
     Case("network_egress", NET, {"ok"}, _all_blocked),
     Case("write_outside_workdir", ESCAPE, {"ok"}, _all_blocked),
@@ -266,13 +271,22 @@ print(6 * 7, left, procs)
 
 
 def _sandbox_procs(uids: set[int]) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["uids"]):
-        try:
-            if p.info["uids"] and p.info["uids"].real in uids:
-                out.append(p)
-        except psutil.Error:
-            pass
+    """Host processes still running as one of the sandbox's uids.
+
+    A zombie whose parent was killed belongs to the host's init to reap; give it a
+    few seconds to do so before counting it as a leftover.
+    """
+    for _ in range(25):
+        out = []
+        for p in psutil.process_iter(["uids", "status"]):
+            try:
+                if p.info["uids"] and p.info["uids"].real in uids:
+                    out.append(p)
+            except psutil.Error:
+                pass
+        if not any(p.info["status"] == psutil.STATUS_ZOMBIE for p in out):
+            return out
+        time.sleep(0.2)
     return out
 
 

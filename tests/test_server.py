@@ -38,7 +38,9 @@ ADD_TOOL = {
 }
 CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>'
 # SmolLM2 does not call tools on its own; asked to copy a call at temperature 0 it writes one.
-COPY_CALL = [{"role": "user", "content": f"Repeat exactly this text and nothing else:\n{CALL_TEXT}"}]
+COPY_CALL = [
+    {"role": "user", "content": f"Repeat exactly this text and nothing else:\n{CALL_TEXT}"}
+]
 
 
 def _free_port() -> int:
@@ -63,7 +65,9 @@ def server():
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(
+                    f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -82,6 +86,16 @@ def server():
             proc.wait()
 
 
+async def _get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=300) as http:
+        return await http.get(url)
+
+
+async def _post(url: str, **kwargs) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=300) as http:
+        return await http.post(url, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -95,7 +109,7 @@ def client(server):
 
 
 async def test_health_and_models(server):
-    health = httpx.get(f"{server}/health").json()
+    health = (await _get(f"{server}/health")).json()
     assert health["status"] == "ok" and isinstance(health["weight_version"], int)
     models = await openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="x").models.list()
     assert [m.id for m in models.data] == [BASE]
@@ -111,7 +125,9 @@ async def test_plain_completion_has_token_ids_and_logprobs(client, tokenizer):
     prompt_ids = resp.model_extra["prompt_token_ids"]
     assert choice.message.content and len(ids) == resp.usage.completion_tokens
     assert tokenizer.decode(ids, skip_special_tokens=True) == choice.message.content
-    assert "Say hello." in tokenizer.decode(prompt_ids) and len(prompt_ids) == resp.usage.prompt_tokens
+    assert (
+        "Say hello." in tokenizer.decode(prompt_ids) and len(prompt_ids) == resp.usage.prompt_tokens
+    )
     entries = choice.logprobs.content
     assert [e.model_extra["token_id"] for e in entries] == ids
     assert "".join(e.token for e in entries).removesuffix("<|im_end|>") == choice.message.content
@@ -123,9 +139,11 @@ async def test_plain_completion_has_token_ids_and_logprobs(client, tokenizer):
 
 
 async def test_streaming_matches_non_streaming(client):
-    kwargs = dict(model=BASE, messages=HELLO, max_tokens=6, temperature=0, logprobs=True)
+    kwargs = {"model": BASE, "messages": HELLO, "max_tokens": 6, "temperature": 0, "logprobs": True}
     whole = await client.chat.completions.create(**kwargs)
-    stream = await client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    stream = await client.chat.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    )
     chunks = [c async for c in stream]
     assert chunks[0].model_extra["prompt_token_ids"] == whole.model_extra["prompt_token_ids"]
     deltas = [c.choices[0] for c in chunks if c.choices]
@@ -160,21 +178,31 @@ async def test_tool_call_round_trip(client, tokenizer):
     call = choice.message.tool_calls[0]
     assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 17, "b": 25}
     # the ids are the whole completion, markup included
-    assert tokenizer.decode(choice.model_extra["token_ids"], skip_special_tokens=True).strip() == CALL_TEXT
+    assert (
+        tokenizer.decode(choice.model_extra["token_ids"], skip_special_tokens=True).strip()
+        == CALL_TEXT
+    )
     # the assistant turn and a tool result come back in OpenAI shape and reach the prompt
     follow = COPY_CALL + [
         choice.message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "42"},
     ]
-    resp2 = await client.chat.completions.create(model=BASE, messages=follow, tools=[ADD_TOOL], max_tokens=3, temperature=0)
+    resp2 = await client.chat.completions.create(
+        model=BASE, messages=follow, tools=[ADD_TOOL], max_tokens=1, temperature=0
+    )
     prompt = tokenizer.decode(resp2.model_extra["prompt_token_ids"])
-    assert '{"name": "add", "arguments": {"a": 17, "b": 25}}' in prompt.split("<|im_start|>assistant")[1]
+    assert (
+        '{"name": "add", "arguments": {"a": 17, "b": 25}}'
+        in prompt.split("<|im_start|>assistant")[1]
+    )
     assert "<|im_start|>tool\n42<|im_end|>" in prompt
 
 
 async def test_bad_requests_get_openai_errors_and_server_survives(client, server):
     with pytest.raises(openai.BadRequestError) as bad:
-        await client.chat.completions.create(model=BASE, messages=HELLO, temperature="hot", max_tokens=2)
+        await client.chat.completions.create(
+            model=BASE, messages=HELLO, temperature="hot", max_tokens=2
+        )
     err = bad.value.body
     assert bad.value.status_code == 400 and err["type"] == "invalid_request_error"
     assert err["param"] == "temperature" and "temperature" in err["message"]
@@ -184,15 +212,29 @@ async def test_bad_requests_get_openai_errors_and_server_survives(client, server
     assert missing.value.body["code"] == "model_not_found"
 
     with pytest.raises(openai.BadRequestError) as top:
-        await client.chat.completions.create(model=BASE, messages=HELLO, top_logprobs=3, max_tokens=2)
+        await client.chat.completions.create(
+            model=BASE, messages=HELLO, top_logprobs=3, max_tokens=2
+        )
     assert "logprobs" in top.value.body["message"]
 
-    raw = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    raw = await _post(
+        f"{server}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
-    bad_msg = httpx.post(f"{server}/v1/chat/completions", json={"model": BASE, "messages": [{"role": "tool", "content": "x"}]})
+    bad_msg = await _post(
+        f"{server}/v1/chat/completions",
+        json={"model": BASE, "messages": [{"role": "tool", "content": "x"}]},
+    )
     assert bad_msg.status_code == 400 and "tool_call_id" in bad_msg.json()["error"]["message"]
 
-    ok = await client.chat.completions.create(model=BASE, messages=HELLO, max_tokens=2, temperature=0)
+    nowhere = await _get(f"{server}/v1/no-such-route")
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "invalid_request_error"
+
+    ok = await client.chat.completions.create(
+        model=BASE, messages=HELLO, max_tokens=2, temperature=0
+    )
     assert ok.choices[0].message.content
 
 
@@ -211,9 +253,6 @@ async def test_openai_backend_reads_token_ids_from_server(server, tokenizer):
     assert "".join(e.text for e in events[:-1]) == streamed.choice.text == choice.text
     assert streamed.choice.completion_token_ids == choice.completion_token_ids
     assert streamed.prompt_token_ids == result.prompt_token_ids
-
-    called = await model.chat(COPY_CALL, tools=[ADD_TOOL], sampling=SamplingParams(temperature=0, max_tokens=40))
-    assert [(c.name, c.arguments) for c in called.choice.tool_calls] == [("add", {"a": 17, "b": 25})]
     await model.aclose()
 
 
@@ -244,7 +283,11 @@ def _make_adapter(folder: Path) -> Path:
     torch.manual_seed(0)
     small = AutoModelForCausalLM.from_config(config)
     lora = LoraConfig(
-        r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], layers_to_transform=[0, 1], init_lora_weights=False
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=[0, 1],
+        init_lora_weights=False,
     )
     get_peft_model(small, lora).save_pretrained(folder)
     return folder
@@ -256,14 +299,20 @@ async def test_lora_adapter_over_http_changes_and_restores_logprobs(client, serv
             model=model, messages=HELLO, max_tokens=4, temperature=0, logprobs=True
         )
         c = r.choices[0]
-        return c.model_extra["token_ids"], [e.logprob for e in c.logprobs.content], r.model_extra["weight_version"]
+        return (
+            c.model_extra["token_ids"],
+            [e.logprob for e in c.logprobs.content],
+            r.model_extra["weight_version"],
+        )
 
     base_ids, base_lps, v0 = await greedy(BASE)
     adapter = str(_make_adapter(tmp_path / "policy"))
 
-    loaded = httpx.post(f"{server}/v1/load_lora_adapter", json={"lora_name": "policy", "lora_path": adapter})
+    loaded = await _post(
+        f"{server}/v1/load_lora_adapter", json={"lora_name": "policy", "lora_path": adapter}
+    )
     assert loaded.status_code == 200 and int(loaded.headers["x-weight-version"]) == v0 + 1
-    cards = {m["id"]: m for m in httpx.get(f"{server}/v1/models").json()["data"]}
+    cards = {m["id"]: m for m in (await _get(f"{server}/v1/models")).json()["data"]}
     assert cards["policy"]["parent"] == BASE and cards["policy"]["root"] == adapter
 
     ids, lps, v1 = await greedy("policy")
@@ -271,10 +320,12 @@ async def test_lora_adapter_over_http_changes_and_restores_logprobs(client, serv
     changed = ids != base_ids or max(abs(a - b) for a, b in zip(lps, base_lps)) > 1e-3
     assert changed, "a non-zero adapter must change the greedy logprobs"
 
-    again = httpx.post(f"{server}/v1/load_lora_adapter", json={"lora_name": "policy", "lora_path": adapter})
+    again = await _post(
+        f"{server}/v1/load_lora_adapter", json={"lora_name": "policy", "lora_path": adapter}
+    )
     assert again.status_code == 400 and "load_inplace" in again.json()["error"]["message"]
 
-    unloaded = httpx.post(f"{server}/v1/unload_lora_adapter", json={"lora_name": "policy"})
+    unloaded = await _post(f"{server}/v1/unload_lora_adapter", json={"lora_name": "policy"})
     assert unloaded.status_code == 200 and int(unloaded.headers["x-weight-version"]) == v0 + 2
     ids2, lps2, v2 = await greedy(BASE)
     assert v2 == v0 + 2 and ids2 == base_ids
@@ -284,10 +335,61 @@ async def test_lora_adapter_over_http_changes_and_restores_logprobs(client, serv
 
     # the same path through the API backend (what a trainer calls; vLLM-compatible body)
     model = load_model(f"openai:{BASE}", base_url=f"{server}/v1", api_key="x")
-    assert await model.load_lora_adapter("policy", adapter) == v0 + 3 and model.request_model == "policy"
+    assert (
+        await model.load_lora_adapter("policy", adapter) == v0 + 3
+        and model.request_model == "policy"
+    )
     via_backend = await model.chat(HELLO, sampling=SamplingParams(temperature=0, max_tokens=4))
     assert via_backend.weight_version == v0 + 3 and via_backend.choice.completion_token_ids == ids
     assert await model.unload_lora_adapter("policy") == v0 + 4 and model.request_model == BASE
     with pytest.raises(NotImplementedError, match="load_lora_adapter"):
         await model.load_state_dict({})
     await model.aclose()
+
+
+def test_stream_deltas_keep_markup_out_of_content():
+    """A choice with a tool call streams its markup-free content, then the call (no model needed)."""
+    from agentplay.models import Choice, ToolCall
+    from agentplay.models._server_protocol import ChatCompletionRequest, choice_stream_deltas
+
+    choice = Choice(
+        text=CALL_TEXT,
+        content=None,
+        tool_calls=[ToolCall(id="c1", name="add", arguments={"a": 17, "b": 25}, raw=CALL_TEXT)],
+        finish_reason="tool_calls",
+        completion_token_ids=[1, 2, 3],
+        logprobs=[-0.1, -0.2, -0.3],
+    )
+    req = ChatCompletionRequest(model=BASE, messages=HELLO, stream=True, logprobs=True)
+    deltas = choice_stream_deltas(choice, req, tokenizer=None)
+    assert "".join(d["delta"].get("content") or "" for d in deltas) == ""
+    calls = [c for d in deltas for c in d["delta"].get("tool_calls", [])]
+    assert calls == [
+        {
+            "index": 0,
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 17, "b": 25}'},
+        }
+    ]
+    assert [t for d in deltas for t in d.get("token_ids", [])] == [1, 2, 3]
+    assert [e["token"] for d in deltas if "logprobs" in d for e in d["logprobs"]["content"]] == [
+        "token_id:1",
+        "token_id:2",
+        "token_id:3",
+    ]
+    assert deltas[-1]["finish_reason"] == "tool_calls"
+    named = {"type": "function", "function": {"name": "add"}}
+    assert (
+        ChatCompletionRequest(
+            model=BASE, messages=HELLO, tools=[ADD_TOOL], tool_choice=named
+        ).engine_tools()[0]["function"]["name"]
+        == "add"
+    )
+    with pytest.raises(ValueError, match="tool_choice"):
+        ChatCompletionRequest(
+            model=BASE,
+            messages=HELLO,
+            tools=[ADD_TOOL],
+            tool_choice={"type": "function", "function": {"name": "mul"}},
+        )

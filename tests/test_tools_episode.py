@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from agentplay.tools import ReadDocumentTool, SearchTool, Toolbox, default_corpus_index
 
 from agentplay.models import SamplingParams, ToolCall, ToolCallParseFailure, load_model
-from agentplay.tools import ReadDocumentTool, SearchTool, Toolbox, default_corpus_index
 
 
 @pytest.fixture(scope="module")

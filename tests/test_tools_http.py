@@ -260,8 +260,7 @@ def test_retriever_cli_serves_an_index(tmp_path: Path, small_index):
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from agentplay.cli._corpus import corpus_app; corpus_app()",
-         "serve", str(small_index.path), "--port", str(port), "--mode", "bm25"],
+        [sys.executable, "-m", "agentplay.cli", "corpus", "serve", str(small_index.path), "--port", str(port), "--mode", "bm25"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:

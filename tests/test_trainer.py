@@ -21,7 +21,7 @@ from agentplay.traces import RewardRecord, RoleTurn, TraceStore
 from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_recipe import build as build_recipe  # noqa: E402
+from test_trainer_recipe import build as build_recipe
 
 FIXED = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, logprobs=True)
@@ -92,6 +92,12 @@ async def test_one_iteration_in_process_updates_served_weights(tmp_path):
                 "time/update_s"} <= set(m)
         assert (tmp_path / "out" / "checkpoint-00000" / "optimizer.pt").exists()
         assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+        # resuming a finished run loads the full-weight checkpoint, re-syncs it and runs nothing more
+        again = await SelfPlayTrainer(cfg, recipe=build_recipe(), served=served, store=store).run(resume=True)
+        assert (again.first_iteration, again.last_iteration) == (1, 0)
+        assert served.weight_version == v0 + 2
+        resumed = await served.chat(FIXED, sampling=GREEDY)
+        assert resumed.choice.logprobs == pytest.approx(after.choice.logprobs, abs=1e-4)
     finally:
         await served.aclose()
 
@@ -99,7 +105,7 @@ async def test_one_iteration_in_process_updates_served_weights(tmp_path):
 async def test_one_iteration_over_http_loads_the_adapter(tmp_path):
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for over HTTP
         [sys.executable, "-m", "agentplay.cli._serve", "--model", "local:smollm2-135m-instruct",
          "--port", str(port), "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
@@ -107,8 +113,9 @@ async def test_one_iteration_over_http_loads_the_adapter(tmp_path):
         deadline = time.time() + 180
         while True:
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
+                async with httpx.AsyncClient() as client:
+                    if (await client.get(f"{base}/health", timeout=2)).status_code == 200:
+                        break
             except httpx.HTTPError:
                 pass
             assert server.poll() is None, "agentplay serve exited"

@@ -23,13 +23,13 @@ from ._toolbox import Toolbox
 from ._web import WebSearchTool
 
 __all__ = [
+    "MAX_K",
     "CodeTool",
     "CorpusIndex",
     "Document",
     "FunctionTool",
     "Hit",
     "LangChainTool",
-    "MAX_K",
     "ReadDocumentTool",
     "RetrieveClient",
     "RetrieverServer",

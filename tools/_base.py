@@ -54,7 +54,12 @@ def to_text(result: Any) -> str:
 
 
 class Tool(ABC):
-    """One callable capability. Subclasses set `name`, `description`, `Args` and write `run`."""
+    """One callable capability. Subclasses set `name`, `description`, `args_model` and write `run`.
+
+    A subclass with ``sandboxed = True`` is handed a `Sandbox` in `run` and must do
+    its untrusted work through it (as `CodeTool` does); `@tool(sandboxed=True)`
+    functions are shipped into the sandbox whole (see `_sandboxed`).
+    """
 
     name: str
     description: str

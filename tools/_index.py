@@ -213,7 +213,7 @@ class CorpusIndex:
             raise ValueError(f"{self.path}: index was built without dense embeddings; use mode='bm25'")
         from ._embed import embed
 
-        sims = embed(queries) @ np.asarray(self._emb).T
+        sims = (np.asarray(self._emb) @ embed(queries).T).T  # matrix-vector form: one pass over the rows
         depth = min(depth, len(self.ids))
         out = []
         for row in sims:

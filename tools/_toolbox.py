@@ -114,7 +114,7 @@ class Toolbox:
             record.result, record.truncated = truncate(result, self.max_result_chars)
         except ToolError as exc:
             record.error = str(exc)
-        except TimeoutError:
+        except TimeoutError:  # the model moves on; a sync tool's worker thread cannot be killed and finishes alone
             record.error = str(ToolError(f"no answer within {self.timeout_s:g} s", kind="timeout"))
         except Exception as exc:  # noqa: BLE001 - a broken tool must not end the episode
             record.error = str(ToolError(f"{type(exc).__name__}: {exc}", kind="internal_error"))

@@ -19,6 +19,7 @@ __all__ = [
     "TrainError",
     "TrainSample",
     "TrainSummary",
+    "WeightSyncError",
     "compute_advantages",
     "latest_checkpoint",
     "make_micro_batches",

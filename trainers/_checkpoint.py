@@ -7,7 +7,6 @@ never half of one. The highest-numbered complete folder is the one to resume.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -93,7 +92,3 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> C
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     return state
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    return json.loads((path / "state.json").read_text())

@@ -80,7 +80,7 @@ class TrainConfig(BaseModel):
     """How many most recent checkpoints to keep on disk."""
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         for role, w in self.role_weights.items():
             if w < 0:
                 raise ValueError(f"role_weights[{role!r}]: weight must be >= 0, got {w}")

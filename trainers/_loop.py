@@ -12,9 +12,9 @@ in between.
 from __future__ import annotations
 
 import inspect
+import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -92,8 +92,11 @@ def _trainable_copy(served: Any, cfg: TrainConfig) -> tuple[Any, Any]:
 class SelfPlayTrainer:
     """Owns the served model handle, the learner and the store for one training run."""
 
-    def __init__(self, cfg: TrainConfig, *, recipe: Any = None, served: Any = None, store: Any = None):
+    def __init__(self, cfg: TrainConfig, *, recipe: Any = None, served: Any = None, store: Any = None,
+                 executor: Any = None):
         self.cfg = cfg
+        self.executor = executor
+        """Where rollouts run (`agentplay._executors`); None: this event loop."""
         self._recipe_ref = recipe if recipe is not None else cfg.recipe
         self._served = served
         self._store = store
@@ -132,13 +135,18 @@ class SelfPlayTrainer:
 
     async def _sync(self, iteration: int) -> int:
         assert self.learner is not None
-        return await sync_weights(
+        adapters = self.cfg.output_dir / "adapters"
+        version = await sync_weights(
             self._served,
             self.learner.model,
             lora=self.cfg.lora,
             adapter_name=self.cfg.adapter_name,
-            adapter_dir=self.cfg.output_dir / "adapters" / f"it{iteration:05d}",
+            adapter_dir=adapters / f"it{iteration:05d}",
         )
+        # the server holds the adapter in memory once loaded; keep the last two on disk
+        for old in sorted(adapters.glob("it*"))[:-2] if self.cfg.lora else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return version
 
     def _log(self, iteration: int, metrics: dict[str, float]) -> None:
         with self._store.transaction():
@@ -158,7 +166,7 @@ class SelfPlayTrainer:
                 compiled,
                 RunConfig(episodes=cfg.episodes_per_iteration, concurrency=cfg.concurrency, resume=True,
                           seed=cfg.seed * 1_000_003 + iteration, run_id=run_id, progress=False),
-                store=self._store,
+                store=self._store, executor=self.executor,
             )
         return list(self._store.episodes(run_id))
 

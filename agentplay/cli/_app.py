@@ -10,6 +10,7 @@ from agentplay.cli._sandbox import sandbox_app
 from agentplay.cli._serve import serve
 from agentplay.cli._traces import traces_app
 from agentplay.cli._train import train
+from agentplay.cli._ui import report, ui
 
 app = typer.Typer(
     name="agentplay",
@@ -24,6 +25,8 @@ app.add_typer(corpus_app, name="corpus")
 app.command("run")(run)
 app.command("train")(train)
 app.command("serve")(serve)
+app.command("ui")(ui)
+app.command("report")(report)
 
 
 def main() -> None:

@@ -39,10 +39,19 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe build option name=value "
                                                                   "(JSON values), repeatable.")] = None,
     progress: Annotated[bool, typer.Option(help="Live progress bar and summary table.")] = True,
+    executor: Annotated[str, typer.Option(help="Where episodes run: local (this process) or ray "
+                                               "(rollout worker actors).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (auto, host:6379, "
+                                                     "ray://host:10001); default: a private local one.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
+    endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs (agentplay serve / "
+                                                       "vLLM) for an openai: --model; episodes spread by load.")]
+    = None,
 ) -> None:
     """Run RECIPE for --episodes episodes, storing each one as it finishes."""
     from agentplay._loading import load_recipe
     from agentplay._registry import close_models, override_models
+    from agentplay.cli._scale import ScaleOptions
     from agentplay.recipe import RecipeError
     from agentplay.runner import RunConfig, run_recipe
 
@@ -56,12 +65,21 @@ def run(
         raise typer.Exit(2) from None
     config = RunConfig(episodes=episodes, concurrency=concurrency, store=store, resume=resume,
                        seed=seed, run_id=run_id, progress=progress)
+    scale = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=endpoints)
+    try:
+        make_executor = scale.plan(recipe, model=model, options=options, concurrency=concurrency)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
     async def main() -> Any:
+        runner = make_executor()
         try:
             with override_models(None if model_applied else model):
-                return await run_recipe(compiled, config, console=console)
+                return await run_recipe(compiled, config, console=console, executor=runner)
         finally:
+            if runner is not None:
+                await runner.aclose()
             await close_models()
 
     summary = asyncio.run(main())

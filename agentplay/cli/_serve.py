@@ -11,7 +11,9 @@ def serve(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model spec, e.g. local:smollm2-135m-instruct or hf:<folder>."
     ),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps the server private."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; 127.0.0.1 keeps the server private."
+    ),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     served_model_name: str | None = typer.Option(
         None, help="Name clients send as `model` (default: the name part of the spec)."
@@ -30,8 +32,8 @@ def serve(
         raise typer.BadParameter(str(exc), param_hint="--model") from None
     if chat_model.spec.startswith("openai:"):
         raise typer.BadParameter(
-            "serve runs an in-process engine; an openai: model is already a server", param_hint="--model"
+            "serve runs an in-process engine; an openai: model is already a server",
+            param_hint="--model",
         )
     app = create_app(chat_model, served_model_name=served_model_name)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
-

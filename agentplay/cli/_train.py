@@ -36,6 +36,12 @@ def train(
                                                                   "repeatable.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="Any TrainConfig field name=value "
                                                                       "(JSON values), repeatable.")] = None,
+    executor: Annotated[str, typer.Option(help="Where rollouts run: local or ray (worker actors; needs "
+                                               "an HTTP-served model: --endpoints or --base-url).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: a private local one.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
+    endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs of an openai: --model; "
+                                                       "adapters are loaded on every one.")] = None,
 ) -> None:
     """Train the model serving RECIPE's roles on its own self-play traces (GRPO via TRL)."""
     from pydantic import ValidationError
@@ -55,33 +61,92 @@ def train(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
 
+    from agentplay.cli._scale import ScaleOptions
+
+    if endpoints is not None and base_url is not None:
+        console.print("[red]error:[/] --endpoints: give either --endpoints or --base-url, not both")
+        raise typer.Exit(2)
+    served_at = endpoints if endpoints is not None else base_url
+    try:
+        if executor == "ray" and not served_at:
+            raise ValueError("--executor ray: workers must reach the weights the trainer updates; "
+                             "serve the model over HTTP and pass --endpoints (or --base-url)")
+        make_executor = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at).plan(
+            recipe, model=model, options=cfg.recipe_options, concurrency=concurrency, register_local=False)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    progress = _train_progress(console, iterations)
+
     def report(it: int, m: dict[str, float]) -> None:
         rewards = " ".join(f"{k[7:]}={v:.3f}" for k, v in m.items() if k.startswith("reward/"))
-        console.print(
-            f"iteration {it}: {rewards} solve={m.get('solve_rate', float('nan')):.3f} "
+        line = (
+            f"{rewards} solve={m.get('solve_rate', float('nan')):.3f} "
             f"dropped={m['dropped_group_fraction']:.2f} samples={int(m['samples'])} "
             f"rollout={m['time/rollout_s']:.1f}s train={m['time/train_s']:.1f}s update={m['time/update_s']:.1f}s "
             f"version={int(m['weight_version'])}"
         )
+        progress.update(progress.task_ids[0], completed=it + 1, figures=line)
+        progress.console.print(f"iteration {it}: {line}")
 
     async def main() -> Any:
         from agentplay._registry import close_models
         from agentplay.models import load_model
         from agentplay.trainers import SelfPlayTrainer
 
-        served = load_model(model, base_url=base_url) if base_url else None
-        trainer = SelfPlayTrainer(cfg, served=served)
+        served = load_model(model, base_url=served_at) if served_at else None  # several URLs: an EndpointPool
+        runner = make_executor(follow=served)
+        trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report
         try:
             return await trainer.run(resume=resume)
         finally:
+            if runner is not None:
+                await runner.aclose()
             if served is not None:
                 await served.aclose()
             await close_models()
 
     try:
-        summary = asyncio.run(main())
+        with progress:
+            summary = asyncio.run(main())
     except TrainError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    console.print(_summary_table(summary))
     typer.echo(summary.model_dump_json(exclude={"metrics"}))
+
+
+def _train_progress(console: Console, iterations: int) -> Any:
+    """Iterations done, time elapsed and the last iteration's figures, live on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[figures]}"), console=console)
+    progress.add_task("iterations", total=iterations, figures="rollouts of the first iteration...")
+    return progress
+
+
+def _summary_table(summary: Any) -> Any:
+    """The figures that say whether training worked: first vs last iteration, and where time went."""
+    from rich.table import Table
+
+    table = Table(title=f"train {summary.run_id}: iterations {summary.first_iteration}..{summary.last_iteration}")
+    table.add_column("figure")
+    table.add_column("first", justify="right")
+    table.add_column("last", justify="right")
+    if not summary.metrics:
+        table.add_row("iterations run", "0", "0")
+        return table
+    first, last = summary.metrics[0], summary.metrics[-1]
+    names = [k for k in last if k.startswith("reward/")]
+    names += [k for k in ("solve_rate", "valid_proposal", "dropped_group_fraction", "samples", "trained_tokens",
+                          "off_policy_lag/mean") if k in last]
+    for name in names:
+        table.add_row(name, f"{first.get(name, float('nan')):.3f}", f"{last[name]:.3f}")
+    for name in ("time/rollout_s", "time/train_s", "time/update_s"):
+        mean = sum(m.get(name, 0.0) for m in summary.metrics) / len(summary.metrics)
+        table.add_row(f"{name} (mean)", "", f"{mean:.1f}")
+    table.add_row("weight version", "", str(summary.weight_version))
+    return table

@@ -16,6 +16,16 @@ from ._types import (
 )
 from ._weights import MissingModelPackageError, default_model_dir
 
+_LAZY = {
+    "AgentplayChatModel": "._langchain",
+    "EndpointPool": "._endpoints",
+    "NoLiveEndpointError": "._endpoints",
+    "ModelServerError": "._openai",
+    "OpenAIModel": "._openai",
+    "TextDelta": "._openai",
+    "create_app": "._server",
+}
+
 
 def __getattr__(name: str):
     # LocalModel pulls in torch and transformers; API-only users should not pay for that.
@@ -23,26 +33,37 @@ def __getattr__(name: str):
         from ._local import LocalModel
 
         return LocalModel
+    if name in _LAZY:  # API backend, server and LangChain adapter: imported on first use
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "DEFAULT_MODEL_SPEC",
+    "AgentplayChatModel",
     "ChatModel",
     "ChatResult",
     "Choice",
+    "EndpointPool",
     "FinishReason",
     "LocalModel",
     "Message",
     "MissingModelPackageError",
     "ModelConfig",
+    "ModelServerError",
     "ModelSpecError",
+    "NoLiveEndpointError",
+    "OpenAIModel",
     "SamplingParams",
+    "TextDelta",
     "ToolCall",
     "ToolCallParseFailure",
     "TopLogprob",
     "UpdatableModel",
     "Usage",
+    "create_app",
     "default_model_dir",
     "load_model",
     "parse_model_spec",

@@ -46,7 +46,8 @@ class ModelConfig(BaseModel):
     path: str | None = None
     """Hugging Face folder to load for `local`/`hf` (filled in when the model is loaded)."""
     base_url: str | None = None
-    """`openai`: API root, e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `agentplay serve`."""
+    """`openai`: API root, e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `agentplay serve`;
+    several comma-separated roots make an `EndpointPool` (episodes spread by load, dead servers skipped)."""
     api_key: str | None = None
     """`openai`: API key (local servers accept any value)."""
     device: str = "auto"
@@ -66,7 +67,7 @@ class ModelConfig(BaseModel):
     what TRL's GRPO recomputes for its importance ratio (the default); `raw`: the model's own
     distribution at T=1 (vLLM's default `raw_logprobs`); `processed`: after temperature and
     top_p, exactly the distribution sampled from. Greedy requests (T=0) report `raw`."""
-    prefix_cache_size: int = Field(4096, ge=0)
+    prefix_cache_size: int = Field(1024, ge=0)
     """Recent (text -> token ids) pairs kept so multi-turn prompts reuse the exact sampled ids."""
     timeout: float = Field(600.0, gt=0)
     """`openai`: request timeout in seconds."""
@@ -80,7 +81,7 @@ class ModelConfig(BaseModel):
     """`openai`: ask for vLLM's token-id fields (`return_token_ids`); turn off for APIs that reject unknown fields (api.openai.com)."""
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.backend == "local" and self.name not in LOCAL_MODELS:
             raise ValueError(
                 f"name: unknown local model {self.name!r}; known: {', '.join(LOCAL_MODELS)}"

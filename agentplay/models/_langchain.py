@@ -27,7 +27,6 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    SystemMessage,
     convert_to_openai_messages,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
@@ -101,7 +100,8 @@ def _ai_message(result: ChatResult, choice: Choice) -> AIMessage:
         content=choice.content or "",
         tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in choice.tool_calls],
         invalid_tool_calls=[
-            invalid_tool_call(name=None, args=f.raw, id=None, error=f.error) for f in choice.tool_call_failures
+            invalid_tool_call(name=None, args=f.raw, id=None, error=f.error)
+            for f in choice.tool_call_failures
         ],
         additional_kwargs={RAW_TEXT_KEY: choice.text},
         response_metadata=_metadata(result, choice),
@@ -134,7 +134,9 @@ def _run_sync(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _select_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
+def _select_tools(
+    tools: list[dict[str, Any]] | None, tool_choice: Any
+) -> list[dict[str, Any]] | None:
     """Apply `tool_choice` as far as a sampler without constrained decoding can:
     "none" hides the tools, a named tool is the only one offered; "any"/"required"
     cannot force a call, so they offer all tools (the parse path records what came)."""
@@ -142,7 +144,11 @@ def _select_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[
         return tools
     if tool_choice in ("none", False):
         return None
-    name = tool_choice if isinstance(tool_choice, str) else (tool_choice.get("function") or {}).get("name")
+    name = (
+        tool_choice
+        if isinstance(tool_choice, str)
+        else (tool_choice.get("function") or {}).get("name")
+    )
     chosen = [t for t in tools if t["function"]["name"] == name]
     if not chosen:
         known = ", ".join(t["function"]["name"] for t in tools)
@@ -174,7 +180,9 @@ class AgentplayChatModel(BaseChatModel):
 
         if isinstance(value, (str, ModelConfig)):
             return load_model(value)
-        raise TypeError(f"model: expected an agentplay ChatModel, spec string or ModelConfig, got {type(value).__name__}")
+        raise TypeError(
+            f"model: expected an agentplay ChatModel, spec string or ModelConfig, got {type(value).__name__}"
+        )
 
     @property
     def _llm_type(self) -> str:
@@ -184,9 +192,15 @@ class AgentplayChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model.spec, **self.sampling.model_dump(exclude_defaults=True)}
 
-    def _call_args(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, SamplingParams]:
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[Message], list[dict[str, Any]] | None, SamplingParams]:
+        """Engine messages, tools and sampling for one call; bad keyword arguments name themselves."""
         kwargs = dict(kwargs)
         kwargs.pop("ls_structured_output_format", None)
+        engine_messages = _with_instruction(
+            to_engine_messages(messages), kwargs.pop("system_instruction", None)
+        )
         tools = _select_tools(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
         unknown = set(kwargs) - _SAMPLING_FIELDS
         if unknown:
@@ -196,7 +210,7 @@ class AgentplayChatModel(BaseChatModel):
         if stop is not None:
             kwargs["stop"] = stop
         sampling = SamplingParams.model_validate(self.sampling.model_dump() | kwargs)
-        return tools, sampling
+        return engine_messages, tools, sampling
 
     async def _agenerate(
         self,
@@ -205,10 +219,11 @@ class AgentplayChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LCChatResult:
-        tools, sampling = self._call_args(stop, kwargs)
-        result = await self.model.chat(to_engine_messages(messages), tools=tools, sampling=sampling)
+        engine_messages, tools, sampling = self._prepare(messages, stop, kwargs)
+        result = await self.model.chat(engine_messages, tools=tools, sampling=sampling)
         generations = [
-            ChatGeneration(message=_ai_message(result, c), generation_info=_metadata(result, c)) for c in result.choices
+            ChatGeneration(message=_ai_message(result, c), generation_info=_metadata(result, c))
+            for c in result.choices
         ]
         return LCChatResult(
             generations=generations,
@@ -234,13 +249,14 @@ class AgentplayChatModel(BaseChatModel):
         """Real text deltas when the backend streams (`OpenAIModel.stream_chat`); the
         local engine decodes whole batches, so there the stream is one final chunk.
         Only the first choice is streamed (LangChain streams one generation)."""
-        tools, sampling = self._call_args(stop, kwargs)
-        engine_messages = to_engine_messages(messages)
+        engine_messages, tools, sampling = self._prepare(messages, stop, kwargs)
         stream_chat = getattr(self.model, "stream_chat", None)
         if stream_chat is None:
             result = await self.model.chat(engine_messages, tools=tools, sampling=sampling)
             chunk = _final_chunk(result, result.choice, streamed_content=False)
-            yield ChatGenerationChunk(message=chunk, generation_info=_metadata(result, result.choice))
+            yield ChatGenerationChunk(
+                message=chunk, generation_info=_metadata(result, result.choice)
+            )
             return
         streamed = False
         async for event in stream_chat(engine_messages, tools=tools, sampling=sampling):
@@ -306,13 +322,19 @@ class AgentplayChatModel(BaseChatModel):
                 "Answer with one JSON object and nothing else. It must match this JSON schema:\n"
                 + json.dumps(tool["function"].get("parameters", {}))
             )
-            llm = RunnableLambda(lambda value: self._prepend_system(value, instruction)) | self
+            llm = self.bind(system_instruction=instruction)
         else:
-            raise ValueError(f"method: {method!r} is not one of function_calling, json_mode, json_schema")
+            raise ValueError(
+                f"method: {method!r} is not one of function_calling, json_mode, json_schema"
+            )
 
         def parse(raw: AIMessage) -> dict[str, Any]:
             try:
-                return {"raw": raw, "parsed": _parse_structured(raw, schema, name), "parsing_error": None}
+                return {
+                    "raw": raw,
+                    "parsed": _parse_structured(raw, schema, name),
+                    "parsing_error": None,
+                }
             except OutputParserException as exc:
                 return {"raw": raw, "parsed": None, "parsing_error": exc}
 
@@ -324,12 +346,16 @@ class AgentplayChatModel(BaseChatModel):
         chain = llm | RunnableLambda(parse)
         return chain if include_raw else chain | RunnableLambda(unwrap)
 
-    def _prepend_system(self, value: LanguageModelInput, instruction: str) -> list[BaseMessage]:
-        messages = self._convert_input(value).to_messages()
-        if messages and isinstance(messages[0], SystemMessage):
-            first = SystemMessage(content=f"{messages[0].text}\n\n{instruction}")
-            return [first, *messages[1:]]
-        return [SystemMessage(content=instruction), *messages]
+
+def _with_instruction(messages: list[Message], instruction: str | None) -> list[Message]:
+    """Append `instruction` to the system message (or add one): how JSON mode asks for JSON."""
+    if not instruction:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        first = dict(messages[0])
+        first["content"] = f"{first.get('content') or ''}\n\n{instruction}".lstrip()
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
 
 
 def _parse_structured(raw: AIMessage, schema: dict[str, Any] | type, name: str) -> Any:
@@ -347,7 +373,9 @@ def _parse_structured(raw: AIMessage, schema: dict[str, Any] | type, name: str) 
                 obj = None
             if isinstance(obj, dict):
                 # a bare call object {"name": ..., "arguments": {...}} or the object itself
-                candidates.append(obj["arguments"] if isinstance(obj.get("arguments"), dict) else obj)
+                candidates.append(
+                    obj["arguments"] if isinstance(obj.get("arguments"), dict) else obj
+                )
     if not candidates:
         calls = [c["name"] for c in raw.tool_calls]
         raise OutputParserException(

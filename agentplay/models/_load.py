@@ -16,6 +16,10 @@ def load_model(spec: str | ModelConfig | dict[str, Any], **overrides: Any) -> Ch
     `overrides` are ModelConfig fields, e.g. `load_model("openai:qwen", base_url=..., api_key=...)`.
     """
     config = parse_model_spec(spec, **overrides)
+    if config.backend == "openai" and config.base_url and "," in config.base_url:
+        from ._endpoints import EndpointPool  # several servers: spread episodes, fail over
+
+        return EndpointPool(config)
     if config.backend == "openai":
         from ._openai import OpenAIModel  # the API backend; imported lazily (no torch needed)
 

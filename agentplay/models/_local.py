@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ._base import ChatModel, UpdatableModel
-from ._config import ModelConfig
+from ._config import ModelConfig, ModelSpecError
 from ._engine import Engine
 from ._prompt import PrefixCache, render_chat
 from ._sampler import RowControl
@@ -45,8 +45,14 @@ class LocalModel(ChatModel, UpdatableModel):
         self.model_dir = Path(folder)
         device = _pick_device(config.device)
         dtype = _pick_dtype(config.dtype, device)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        except OSError as exc:  # no such folder, and not in the local hub cache
+            raise ModelSpecError(
+                f"name: cannot load a Hugging Face model from {folder!r} for {config.spec!r}"
+                f" (a folder with config.json and weights, or a repo id already in the hub cache): {exc}"
+            ) from exc
         model.to(device).eval()
         self._engine = Engine(
             model,
@@ -112,7 +118,7 @@ class LocalModel(ChatModel, UpdatableModel):
     ) -> Choice:
         ids = row.tokens
         ended_on_eos = bool(ids) and ids[-1] in self._engine.eos_ids
-        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=False)  # noqa: E731
+        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=False)
         text = decode(ids[:-1] if ended_on_eos else ids)
         # The next turn re-renders this completion (plus the template's end-of-turn
         # marker); remember its exact ids so that prompt reuses them.

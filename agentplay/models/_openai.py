@@ -21,7 +21,17 @@ from pydantic import BaseModel
 
 from ._base import ChatModel, UpdatableModel
 from ._config import ModelConfig
-from ._types import ChatResult, Choice, FinishReason, Message, SamplingParams, ToolCall, ToolCallParseFailure, TopLogprob, Usage
+from ._types import (
+    ChatResult,
+    Choice,
+    FinishReason,
+    Message,
+    SamplingParams,
+    ToolCall,
+    ToolCallParseFailure,
+    TopLogprob,
+    Usage,
+)
 
 __all__ = ["ModelServerError", "OpenAIModel", "TextDelta"]
 
@@ -59,7 +69,9 @@ def _wire_message(message: Message) -> dict[str, Any]:
                 "type": "function",
                 "function": {
                     "name": call["function"]["name"],
-                    "arguments": a if isinstance(a := call["function"].get("arguments", {}), str) else json.dumps(a),
+                    "arguments": a
+                    if isinstance(a := call["function"].get("arguments", {}), str)
+                    else json.dumps(a),
                 },
             }
             for call in msg["tool_calls"]
@@ -105,10 +117,19 @@ class _ChoiceParts:
             try:
                 args = json.loads(c["arguments"] or "{}")
                 if not isinstance(args, dict):
-                    raise ValueError("arguments must be a JSON object")
-                calls.append(ToolCall(id=c["id"] or f"call_{self.index}_{k}", name=c["name"], arguments=args, raw=c["arguments"]))
+                    raise ValueError("arguments must be a JSON object")  # noqa: TRY004 - one except for both
+                calls.append(
+                    ToolCall(
+                        id=c["id"] or f"call_{self.index}_{k}",
+                        name=c["name"],
+                        arguments=args,
+                        raw=c["arguments"],
+                    )
+                )
             except ValueError as exc:
-                failures.append(ToolCallParseFailure(raw=c["arguments"], error=f"{c['name']}: {exc}"))
+                failures.append(
+                    ToolCallParseFailure(raw=c["arguments"], error=f"{c['name']}: {exc}")
+                )
         content = "".join(self.content) or None
         entries = self.logprob_entries
         reason: FinishReason = "tool_calls" if calls else _finish(self.finish_reason)
@@ -122,7 +143,10 @@ class _ChoiceParts:
             completion_token_ids=self.token_ids,
             logprobs=[e.logprob for e in entries] if entries else None,
             top_logprobs=[
-                [TopLogprob(token_id=_top_token_id(t), token=t.token, logprob=t.logprob) for t in e.top_logprobs or []]
+                [
+                    TopLogprob(token_id=_top_token_id(t), token=t.token, logprob=t.logprob)
+                    for t in e.top_logprobs or []
+                ]
                 for e in entries
             ]
             if entries and any(e.top_logprobs for e in entries)
@@ -163,7 +187,11 @@ class OpenAIModel(ChatModel, UpdatableModel):
         return self._version
 
     def _params(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None, s: SamplingParams, stream: bool
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None,
+        s: SamplingParams,
+        stream: bool,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.request_model,
@@ -199,7 +227,9 @@ class OpenAIModel(ChatModel, UpdatableModel):
     ) -> ChatResult:
         s = sampling or SamplingParams()
         async with self._limit:
-            resp = await self._client.chat.completions.create(**self._params(messages, tools, s, stream=False))
+            resp = await self._client.chat.completions.create(
+                **self._params(messages, tools, s, stream=False)
+            )
         parts = []
         for c in resp.choices:
             p = _ChoiceParts(c.index)
@@ -215,7 +245,13 @@ class OpenAIModel(ChatModel, UpdatableModel):
             prompt_tokens=resp.usage.prompt_tokens if resp.usage else 0,
             completion_tokens=resp.usage.completion_tokens if resp.usage else 0,
         )
-        return self._result(resp.model, parts, _extra(resp, "prompt_token_ids"), _extra(resp, "weight_version"), usage)
+        return self._result(
+            resp.model,
+            parts,
+            _extra(resp, "prompt_token_ids"),
+            _extra(resp, "weight_version"),
+            usage,
+        )
 
     async def stream_chat(
         self,
@@ -230,13 +266,18 @@ class OpenAIModel(ChatModel, UpdatableModel):
         parts: dict[int, _ChoiceParts] = {}
         prompt_ids, version, usage, model = None, None, Usage(), self.request_model
         async with self._limit:
-            stream = await self._client.chat.completions.create(**self._params(messages, tools, s, stream=True))
+            stream = await self._client.chat.completions.create(
+                **self._params(messages, tools, s, stream=True)
+            )
             async for chunk in stream:
                 model = chunk.model or model
                 prompt_ids = prompt_ids or _extra(chunk, "prompt_token_ids")
                 version = version if version is not None else _extra(chunk, "weight_version")
                 if chunk.usage:
-                    usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
+                    usage = Usage(
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
                 for c in chunk.choices:
                     p = parts.setdefault(c.index, _ChoiceParts(c.index))
                     p.add_tokens(_extra(c, "token_ids"))
@@ -244,7 +285,12 @@ class OpenAIModel(ChatModel, UpdatableModel):
                         p.logprob_entries.extend(c.logprobs.content)
                     for call in c.delta.tool_calls or []:
                         fn = call.function
-                        p.add_call(call.index, call.id, fn.name if fn else None, fn.arguments if fn else None)
+                        p.add_call(
+                            call.index,
+                            call.id,
+                            fn.name if fn else None,
+                            fn.arguments if fn else None,
+                        )
                     if c.finish_reason:
                         p.finish_reason = c.finish_reason
                     if c.delta.content:
@@ -269,7 +315,10 @@ class OpenAIModel(ChatModel, UpdatableModel):
         """POST one of vLLM's LoRA endpoints; the new version comes from our server's
         header, or is counted here for servers (vLLM) that do not report one."""
         url = f"{str(self._client.base_url).rstrip('/')}/{endpoint}"
-        headers = {"Authorization": f"Bearer {self._client.api_key}", **(self.config.extra_headers or {})}
+        headers = {
+            "Authorization": f"Bearer {self._client.api_key}",
+            **(self.config.extra_headers or {}),
+        }
         async with httpx.AsyncClient(timeout=self.config.timeout) as http:
             resp = await http.post(url, json=body, headers=headers)
         if resp.status_code >= 400:
@@ -284,7 +333,11 @@ class OpenAIModel(ChatModel, UpdatableModel):
         return self._version
 
     async def load_lora_adapter(self, name: str, path: str) -> int:
-        """`path` is read by the server, so it must exist on the server's file system."""
+        """`path` is read by the server, so it must exist on the server's file system.
+
+        Sends `load_inplace: true` so a trainer can push new weights under the same
+        name every step; vLLM needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and a
+        release that knows `load_inplace` (older ones refuse a name already loaded)."""
         version = await self._admin(
             "load_lora_adapter", {"lora_name": name, "lora_path": str(path), "load_inplace": True}
         )

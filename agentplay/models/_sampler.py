@@ -68,7 +68,7 @@ class RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return self._sample(scores)
 
-    def stopping_criteria(self) -> "RowStop":
+    def stopping_criteria(self) -> RowStop:
         """The criterion that ends each row when this sampler says it is done."""
         return RowStop(self.rows)
 

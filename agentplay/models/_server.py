@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ._base import ChatModel, UpdatableModel
 from ._server_protocol import (
@@ -57,10 +58,23 @@ class OpenAIError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
         return JSONResponse(body, status_code=self.status)
 
 
@@ -73,8 +87,15 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
             problems.append((None, f"request body is not valid JSON: {detail}"))
             continue
         # drop the `body` root and pydantic's validator / union-member labels from the path
-        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith("function-")]
-        problems.append((".".join(loc) or None, str(err.get("msg", "invalid value")).removeprefix("Value error, ")))
+        loc = [
+            str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith("function-")
+        ]
+        problems.append(
+            (
+                ".".join(loc) or None,
+                str(err.get("msg", "invalid value")).removeprefix("Value error, "),
+            )
+        )
     if not problems:
         problems.append((None, "invalid request"))
     message = "; ".join(f"{param}: {msg}" if param else msg for param, msg in problems[:3])
@@ -100,7 +121,9 @@ class _ServerState:
                 param="model",
                 code="model_not_found",
             )
-        active = getattr(self.model, "adapters", None)  # LocalModel: the last loaded adapter is live
+        active = getattr(
+            self.model, "adapters", None
+        )  # LocalModel: the last loaded adapter is live
         if name in self.adapters and active and name != active[-1]:
             raise OpenAIError(
                 400,
@@ -113,7 +136,9 @@ class _ServerState:
     def updatable(self) -> UpdatableModel:
         if not isinstance(self.model, UpdatableModel):
             raise OpenAIError(
-                400, f"the served model {self.base_name!r} cannot load adapters", code="not_supported"
+                400,
+                f"the served model {self.base_name!r} cannot load adapters",
+                code="not_supported",
             )
         return self.model
 
@@ -129,7 +154,8 @@ class _ServerState:
             "weight_version": version,
         }
         adapters = [
-            base | {"id": name, "root": path, "parent": self.base_name} for name, path in self.adapters.items()
+            base | {"id": name, "root": path, "parent": self.base_name}
+            for name, path in self.adapters.items()
         ]
         return [base, *adapters]
 
@@ -143,6 +169,12 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes and methods: the same error shape as everything else
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_server_error"
+        return OpenAIError(exc.status_code, str(exc.detail), type=kind).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -161,12 +193,20 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
         state.check_model(req.model)
         result = await _run_chat(model, req)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        headers = {WEIGHT_VERSION_HEADER: str(result.weight_version)} if result.weight_version is not None else {}
+        headers = (
+            {WEIGHT_VERSION_HEADER: str(result.weight_version)}
+            if result.weight_version is not None
+            else {}
+        )
         if req.stream:
             chunks = _stream_chunks(result, req, completion_id, created, state.tokenizer)
             return EventSourceResponse(chunks, sep="\n", headers=headers, ping=None)
         body = completion_response(
-            result, request=req, completion_id=completion_id, created=created, tokenizer=state.tokenizer
+            result,
+            request=req,
+            completion_id=completion_id,
+            created=created,
+            tokenizer=state.tokenizer,
         )
         return JSONResponse(body, headers=headers)
 
@@ -174,7 +214,9 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
     async def load_lora_adapter(req: LoadLoRAAdapterRequest) -> PlainTextResponse:
         engine = state.updatable()
         if req.lora_name == state.base_name:
-            raise OpenAIError(400, f"lora_name: {req.lora_name!r} is the base model's name", param="lora_name")
+            raise OpenAIError(
+                400, f"lora_name: {req.lora_name!r} is the base model's name", param="lora_name"
+            )
         if req.lora_name in state.adapters and not req.load_inplace:
             raise OpenAIError(
                 400,
@@ -183,11 +225,15 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
                 param="lora_name",
             )
         if not Path(req.lora_path).is_dir():
-            raise OpenAIError(404, f"lora_path: no adapter folder at {req.lora_path!r}", param="lora_path")
+            raise OpenAIError(
+                404, f"lora_path: no adapter folder at {req.lora_path!r}", param="lora_path"
+            )
         try:
             version = await engine.load_lora_adapter(req.lora_name, req.lora_path)
         except (ValueError, OSError) as exc:
-            raise OpenAIError(400, f"lora_path: cannot load adapter: {exc}", param="lora_path") from exc
+            raise OpenAIError(
+                400, f"lora_path: cannot load adapter: {exc}", param="lora_path"
+            ) from exc
         state.adapters[req.lora_name] = req.lora_path
         return PlainTextResponse(
             f"Success: LoRA adapter '{req.lora_name}' added successfully.",
@@ -199,7 +245,10 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
         engine = state.updatable()
         if req.lora_name not in state.adapters:
             raise OpenAIError(
-                404, f"The lora adapter '{req.lora_name}' cannot be found.", param="lora_name", code="not_found"
+                404,
+                f"The lora adapter '{req.lora_name}' cannot be found.",
+                param="lora_name",
+                code="not_found",
             )
         try:
             version = await engine.unload_lora_adapter(req.lora_name)
@@ -216,8 +265,12 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
 
 async def _run_chat(model: ChatModel, req: ChatCompletionRequest) -> ChatResult:
     try:
-        return await model.chat(req.engine_messages(), tools=req.engine_tools(), sampling=req.sampling())
-    except ValueError as exc:  # the engine's word for "this request cannot be served" (too long, ...)
+        return await model.chat(
+            req.engine_messages(), tools=req.engine_tools(), sampling=req.sampling()
+        )
+    except (
+        ValueError
+    ) as exc:  # the engine's word for "this request cannot be served" (too long, ...)
         raise OpenAIError(400, str(exc)) from exc
     except Exception as exc:
         log.exception("chat completion failed")
@@ -235,7 +288,12 @@ async def _stream_chunks(
     are cut from a finished result: the protocol (per-token deltas, ids and
     logprobs, vLLM's `prompt_token_ids` in the first chunk) is real, the latency
     is that of a non-streamed request."""
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": req.model}
+    base = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": req.model,
+    }
     first = True
     for choice in result.choices:
         for delta in choice_stream_deltas(choice, req, tokenizer):

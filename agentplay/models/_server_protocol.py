@@ -60,7 +60,7 @@ class MessageIn(_Lenient):
     tool_call_id: str | None = None
 
     @model_validator(mode="after")
-    def _check_role_fields(self) -> "MessageIn":
+    def _check_role_fields(self) -> MessageIn:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a message with role 'tool' needs 'tool_call_id'")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
@@ -91,7 +91,10 @@ class MessageIn(_Lenient):
                 {
                     "id": call.id,
                     "type": "function",
-                    "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments(call.function.arguments),
+                    },
                 }
                 for call in self.tool_calls
             ]
@@ -119,6 +122,15 @@ class ToolDef(_Lenient):
     function: FunctionDef
 
 
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class StreamOptions(_Lenient):
     include_usage: bool = False
 
@@ -141,8 +153,9 @@ class ChatCompletionRequest(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[ToolDef] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
-    """`required` and named tools need constrained decoding, which the local engine lacks."""
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """Best effort without constrained decoding: `none` hides the tools, a named tool is
+    the only one offered; nothing can force the model to call one."""
     response_format: dict[str, Any] | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -151,7 +164,7 @@ class ChatCompletionRequest(_Lenient):
     because token-exact traces are why this server exists."""
 
     @model_validator(mode="after")
-    def _check_supported(self) -> "ChatCompletionRequest":
+    def _check_supported(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("'top_logprobs' needs 'logprobs': true")
         if self.response_format and self.response_format.get("type", "text") != "text":
@@ -162,6 +175,12 @@ class ChatCompletionRequest(_Lenient):
         for field in ("presence_penalty", "frequency_penalty"):
             if getattr(self, field):
                 raise ValueError(f"'{field}' is not supported by this server; leave it at 0")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise ValueError(
+                    f"'tool_choice' names {self.tool_choice.function.name!r}, not one of the tools {names}"
+                )
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed with 'stream': true")
         return self
@@ -187,7 +206,10 @@ class ChatCompletionRequest(_Lenient):
     def engine_tools(self) -> list[dict[str, Any]] | None:
         if not self.tools or self.tool_choice == "none":
             return None
-        return [t.model_dump(exclude_none=True) for t in self.tools]
+        tools = self.tools
+        if isinstance(self.tool_choice, NamedToolChoice):
+            tools = [t for t in tools if t.function.name == self.tool_choice.function.name]
+        return [t.model_dump(exclude_none=True) for t in tools]
 
     @property
     def wants_token_ids(self) -> bool:
@@ -236,17 +258,25 @@ def logprobs_content(
             "bytes": list(token.encode("utf-8")),
             "token_id": ids[j],
             "top_logprobs": [
-                _top_entry(tokenizer, t.token_id, t.token, t.logprob) for t in (tops[j] if j < len(tops) else [])
+                _top_entry(tokenizer, t.token_id, t.token, t.logprob)
+                for t in (tops[j] if j < len(tops) else [])
             ],
         }
         entries.append(entry)
     return entries
 
 
-def _top_entry(tokenizer: TokenDecoder | None, token_id: int, token: str, logprob: float) -> dict[str, Any]:
+def _top_entry(
+    tokenizer: TokenDecoder | None, token_id: int, token: str, logprob: float
+) -> dict[str, Any]:
     # engines report alternatives in the tokenizer's internal spelling ("Ġthe"); OpenAI shows text
     text = _token_text(tokenizer, token_id) if tokenizer is not None and token_id >= 0 else token
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")), "token_id": token_id}
+    return {
+        "token": text,
+        "logprob": logprob,
+        "bytes": list(text.encode("utf-8")),
+        "token_id": token_id,
+    }
 
 
 def tool_calls_json(choice: Choice) -> list[dict[str, Any]]:
@@ -283,7 +313,9 @@ def completion_response(
         item: dict[str, Any] = {
             "index": choice.index,
             "message": message,
-            "logprobs": {"content": logprobs_content(choice, tokenizer)} if request.logprobs else None,
+            "logprobs": {"content": logprobs_content(choice, tokenizer)}
+            if request.logprobs
+            else None,
             "finish_reason": _finish_reason(choice),
         }
         if request.wants_token_ids:
@@ -308,7 +340,11 @@ def completion_response(
 def _usage(result: ChatResult) -> dict[str, int]:
     prompt = result.usage.prompt_tokens
     completion = result.usage.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _incremental_pieces(choice: Choice, tokenizer: TokenDecoder | None) -> list[str] | None:
@@ -343,8 +379,14 @@ def choice_stream_deltas(
     the tool calls, because a client must never see half-parsed markup as content.
     The last delta carries `finish_reason`."""
     ids = choice.completion_token_ids or []
-    pieces = None if choice.tool_calls or choice.tool_call_failures else _incremental_pieces(choice, tokenizer)
-    deltas: list[dict[str, Any]] = [{"index": choice.index, "delta": {"role": "assistant", "content": ""}}]
+    pieces = (
+        None
+        if choice.tool_calls or choice.tool_call_failures
+        else _incremental_pieces(choice, tokenizer)
+    )
+    deltas: list[dict[str, Any]] = [
+        {"index": choice.index, "delta": {"role": "assistant", "content": ""}}
+    ]
     if pieces is not None:
         for j, piece in enumerate(pieces):
             item: dict[str, Any] = {"index": choice.index, "delta": {"content": piece}}

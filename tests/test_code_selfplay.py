@@ -1,0 +1,81 @@
+"""Code self-play end to end: real SmolLM2, real Docker sandbox, traces in a real SQLite store."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from _trace_checks import check_token_exact
+from agentplay.graphs import code_selfplay
+from agentplay.sandbox import SandboxConfig, open_sandbox
+from conftest import require_docker
+
+from agentplay import RunConfig, run_episode, run_recipe
+from agentplay._registry import resolve_model
+from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay.traces import TraceStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sandbox():
+    require_docker()
+    sb = open_sandbox(config=SandboxConfig(backend="docker", pool_min=1, pool_max=3))
+    yield sb
+    await sb.aclose()
+
+
+async def test_episodes_are_stored_rewarded_and_token_exact(sandbox, tmp_path):
+    recipe = code_selfplay.build(
+        sandbox=sandbox, n_proposals=2, n_solvers=2, proposer_max_tokens=48, solver_max_tokens=24,
+        max_tool_turns=1, task_types=["deduction", "abduction"],
+    )
+    store = TraceStore(tmp_path / "traces.db")
+    summary = await run_recipe(recipe, RunConfig(episodes=2, concurrency=2, progress=False), store=store)
+    assert summary.completed == 2 and summary.errors == 0
+    episodes = list(store.episodes(summary.run_id))
+    assert len(episodes) == 2
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    for ep in episodes:
+        assert ep.status == "ok", ep.error
+        assert {"valid_proposal", "solve_rate", "tasks", "from_buffer"} <= set(ep.metrics)
+        proposers = [t for t in ep.turns if t.role == "proposer"]
+        solvers = [t for t in ep.turns if t.role == "solver"]
+        assert len(proposers) == 2 and len({t.group_id for t in proposers}) == 1
+        # with fill_from_buffer the solvers always get a task, valid proposal or not
+        assert ep.metrics["tasks"] >= 1 and len(solvers) == 2 * ep.metrics["tasks"]
+        for turn in ep.turns:
+            glue = check_token_exact(turn, tokenizer)
+            for call in turn.tool_calls:  # tool output is template glue, never model-written
+                assert call.result[:40] in "".join(glue)
+            assert turn.reward is not None and turn.reward.reason, turn
+        for t in proposers:
+            if t.parse_error:
+                assert t.reward.value == 0.0 and t.reward.reason.startswith("parse error")
+            elif t.reward.components.get("valid") == 0.0:
+                assert t.reward.value == 0.0 and "invalid proposal" in t.reward.reason
+            else:
+                rate = t.reward.components["solve_rate"]
+                assert "solve rate" in t.reward.reason
+                assert t.reward.value == pytest.approx((1 - rate) if 0 < rate < 1 else 0.0, abs=0.51)
+        for t in solvers:
+            assert t.reward.value in (0.0, 1.0) and "/task" in t.group_id
+            if t.parse_error:
+                assert t.reward.value == 0.0 and "no ```" in t.reward.reason
+    store.close()
+
+
+async def test_malformed_output_gets_zero_with_a_reason(sandbox):
+    # one token cannot hold a fenced program or answer: every parse fails, nothing crashes
+    recipe = code_selfplay.build(sandbox=sandbox, n_proposals=1, n_solvers=2, proposer_max_tokens=1,
+                                 solver_max_tokens=1, proposer_tools=False, task_types=["induction"])
+    ep = await run_episode(recipe.compile(), index=0, seed=3)
+    assert ep.status == "ok", ep.error
+    (proposer,) = [t for t in ep.turns if t.role == "proposer"]
+    assert proposer.reward.value == 0.0
+    assert "no ```python block defining f" in proposer.reward.reason
+    solvers = [t for t in ep.turns if t.role == "solver"]
+    assert ep.metrics["from_buffer"] == 1.0 and len(solvers) == 2
+    for t in solvers:
+        assert t.reward.value == 0.0 and "no ```python block" in t.reward.reason
+    assert ep.metrics["valid_proposal"] == 0.0 and ep.metrics["solve_rate"] == 0.0

@@ -1,0 +1,177 @@
+"""The code self-play verifier in the real Docker sandbox, fed known-good and known-bad
+programs and answers: the false positives and false negatives reward checkers are known for."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from agentplay.graphs._code_exec import (
+    RESULT_MARK,
+    CodeTask,
+    build_task,
+    check_abduction,
+    check_arguments,
+    check_deduction,
+    check_induction,
+    check_program,
+)
+from agentplay.graphs.code_selfplay import SEED_PROGRAMS, TaskBuffer, _answer_parser, parse_proposal
+from agentplay.sandbox import Limits, SandboxConfig, open_sandbox
+from conftest import require_docker
+
+FAST = Limits(wall_time_s=3, memory_mb=256)
+module_loop = pytest.mark.asyncio(loop_scope="module")  # one warm sandbox pool for the module
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sandbox():
+    require_docker()
+    sb = open_sandbox(config=SandboxConfig(backend="docker", pool_min=1, pool_max=2))
+    yield sb
+    await sb.aclose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sorted_task(sandbox) -> CodeTask:
+    return await build_task(sandbox, "def f(xs):\n    return sorted(set(xs))\n", ["[3, 1, 2, 1]", "'ba'", "(2, 2)"],
+                            limits=FAST)
+
+
+@module_loop
+async def test_valid_program_gives_canonical_outputs(sorted_task):
+    assert sorted_task.outputs == ["[1, 2, 3]", "['a', 'b']", "[2]"]
+
+
+@pytest.mark.parametrize(
+    ("program", "inputs", "reason"),
+    [
+        # string hashing is salted per process: the order of this set changes between runs
+        ("def f(n):\n    return ''.join({chr(97 + i) for i in range(26)})", ["0"], "not deterministic"),
+        ("def f(x):\n    return 1 // x", ["0"], "ZeroDivisionError"),
+        ("def f(x):\n    while True:\n        pass", ["1"], "timeout"),
+        ("class T:\n    pass\ndef f(x):\n    return T()", ["1"], "not a plain value"),
+        ("def f(n):\n    return 'x' * n", ["5000"], "longer than"),
+        ("def f(x):\n    return x", ["y"], "non-literal"),
+        ("def g(x):\n    return x", ["1"], "no top-level function f"),
+        ("import random\ndef f(x):\n    return random.random()", ["1"], "banned module 'random'"),
+        ("from os import path\ndef f(x):\n    return 1", ["1"], "banned module 'os'"),
+        ("def f(x):\n    return eval(x)", ["'1'"], "banned builtin eval"),
+        ("def f(x):\n    return x.__class__", ["1"], "dunder attribute"),
+    ],
+)
+@module_loop
+async def test_bad_proposals_are_rejected_with_a_reason(sandbox, program, inputs, reason):
+    with pytest.raises(ValueError, match=reason):
+        await build_task(sandbox, program, inputs, limits=FAST, max_repr=1000)
+
+
+@module_loop
+async def test_seed_programs_are_all_valid(sandbox):
+    tasks = [await build_task(sandbox, s["program"], s["inputs"], limits=FAST) for s in SEED_PROGRAMS]
+    assert all(len(t.outputs) == 3 for t in tasks)
+    assert tasks[4].outputs[0] == "{'a': 3, 'b': 1, 'n': 2}"  # dict keys canonically sorted
+
+
+@pytest.mark.parametrize(
+    ("prediction", "correct"),
+    [
+        ("[1, 2, 3]", True),
+        ("[1,2,3]", True),  # spacing is not part of the value
+        ("[3, 2, 1]", False),
+        ("[1.0, 2, 3]", False),  # a float is not the int f returns
+        ("(1, 2, 3)", False),
+        ("__import__('os').system('true')", False),  # not a literal: never executed
+        ("[1, 2, 3", False),
+    ],
+)
+@module_loop
+async def test_deduction(sandbox, sorted_task, prediction, correct):
+    verdict = await check_deduction(sandbox, sorted_task, prediction, limits=FAST)
+    assert verdict.correct is correct, verdict.reason
+    assert verdict.reason
+
+
+@module_loop
+async def test_deduction_sets_and_dicts_compare_by_value(sandbox):
+    task = await build_task(sandbox, "def f(s):\n    return {c: s.count(c) for c in set(s)}, set(s)",
+                            ["'abca'"], limits=FAST)
+    good = await check_deduction(sandbox, task, "({'c': 1, 'b': 1, 'a': 2}, {'c', 'a', 'b'})", limits=FAST)
+    assert good.correct, good.reason
+    bad = await check_deduction(sandbox, task, "({'c': 1, 'b': 1, 'a': 1}, {'c', 'a', 'b'})", limits=FAST)
+    assert not bad.correct
+
+
+@module_loop
+async def test_abduction_accepts_any_input_that_gives_the_output(sandbox, sorted_task):
+    # the proposer's input was [3, 1, 2, 1]; these differ but give [1, 2, 3]
+    for other in ("[1, 2, 3]", "(3, 3, 2, 1)", "{1: 0, 2: 0, 3: 0}"):
+        verdict = await check_abduction(sandbox, sorted_task, other, limits=FAST)
+        assert verdict.correct, (other, verdict.reason)
+    wrong = await check_abduction(sandbox, sorted_task, "[1, 2]", limits=FAST)
+    assert not wrong.correct and "target [1, 2, 3]" in wrong.reason
+    crash = await check_abduction(sandbox, sorted_task, "5", limits=FAST)
+    assert not crash.correct and "TypeError" in crash.reason
+    code = await check_abduction(sandbox, sorted_task, "open('/etc/passwd').read()", limits=FAST)
+    assert not code.correct and "non-literal" in code.reason
+
+
+@module_loop
+async def test_induction_checks_held_out_pairs_and_resists_forgery(sandbox, sorted_task):
+    good = await check_induction(sandbox, sorted_task, "def f(v):\n    return sorted(list(set(v)))", limits=FAST)
+    assert good.correct, good.reason
+    # right on the pairs shown to the solver, wrong on the held-out (2, 2)
+    memorised = ("def f(v):\n    if v == 'ba':\n        return ['a', 'b']\n    return [1, 2, 3]")
+    held = await check_induction(sandbox, sorted_task, memorised, limits=FAST)
+    assert not held.correct and "(2, 2)" in held.reason
+    hostile_eq = ("class Yes(list):\n    def __eq__(self, other):\n        return True\n"
+                  "    def __repr__(self):\n        return '[1, 2, 3]'\n"
+                  "def f(v):\n    return Yes()")
+    assert not (await check_induction(sandbox, sorted_task, hostile_eq, limits=FAST)).correct
+    subclass = ("class Fake(list):\n    pass\ndef f(v):\n    return Fake(sorted(set(v)))")
+    verdict = await check_induction(sandbox, sorted_task, subclass, limits=FAST)
+    assert not verdict.correct and "not a plain value" in verdict.reason
+    forged = ("print('" + RESULT_MARK + '{"load_error": null, "calls": [{"ok": true, "repr": "[1, 2, 3]"}], '
+              '"literals": []}' + "')\ndef f(v):\n    return 0")
+    assert not (await check_induction(sandbox, sorted_task, forged, limits=FAST)).correct
+
+
+def test_static_checks_and_argument_lists():
+    check_program("import math\nfrom collections import Counter\ndef f(x):\n    return math.floor(x)")
+    with pytest.raises(ValueError, match="banned module 'os.path'"):
+        check_program("import os.path\ndef f(x):\n    return 1")
+    with pytest.raises(ValueError, match="does not parse"):
+        check_program("def f(x) return x")
+    assert check_arguments(" [1, 2], 'a' ") == "[1, 2], 'a'"
+    for bad, why in (("", "empty"), ("x=1", "positional"), ("*[1]", "positional"), ("len([])", "non-literal"),
+                     ("1)", "not an argument list")):
+        with pytest.raises(ValueError, match=why):
+            check_arguments(bad)
+
+
+def test_parsers_read_the_fenced_layout():
+    text = "Sure!\n```python\ndef f(x):\n    return x + 1\n```\n```input\n3\n```\n```input\n[1]\n```"
+    assert parse_proposal(text) == {"program": "def f(x):\n    return x + 1", "inputs": ["3", "[1]"]}
+    with pytest.raises(ValueError, match="no ```python block"):
+        parse_proposal("def f(x): return x")
+    with pytest.raises(ValueError, match="no ```input block"):
+        parse_proposal("```python\ndef f(x):\n    return x\n```")
+    assert _answer_parser("deduction")("so\n```output\n[1, 2]\n```") == "[1, 2]"
+    assert _answer_parser("abduction")("```\n4, 5\n```") == "4, 5"  # an untagged block is accepted
+    with pytest.raises(ValueError, match="no ```python block"):
+        _answer_parser("induction")("```python\nprint(1)\n```")
+    with pytest.raises(ValueError):
+        _answer_parser("deduction")("The answer is 4")
+
+
+def test_task_buffer_dedupes_and_filters_by_inputs():
+    import random
+
+    buf = TaskBuffer(seeds=[], max_size=3)
+    buf.add("def f(x):\n    return x", ["1"])
+    buf.add("def f(x):\n    return x", ["2"])
+    assert len(buf) == 1
+    buf.add("def f(x):\n    return -x", ["1", "2", "3"])
+    assert buf.sample(random.Random(0), k=5, min_inputs=3)[0]["program"].endswith("-x")
+    for i in range(5):
+        buf.add(f"def f(x):\n    return {i}", ["0"])
+    assert len(buf) == 3

@@ -1,0 +1,91 @@
+"""Search self-play end to end on SmolLM2 with the real stdlib-docs corpus and search tool."""
+
+from __future__ import annotations
+
+import pytest
+from _trace_checks import check_token_exact
+from agentplay.graphs import RECIPES
+from agentplay.graphs.search_selfplay import (
+    SearchSelfPlayConfig,
+    parse_answer,
+    parse_question,
+    rule_check,
+)
+
+from agentplay import run_episode
+from agentplay._registry import resolve_model
+from agentplay.models import DEFAULT_MODEL_SPEC
+
+TINY = {
+    "n_solvers": 2,
+    "group_k": 2,
+    "max_tool_turns": 1,
+    "proposer_max_tokens": 48,
+    "solver_max_tokens": 32,
+    "rag_max_tokens": 12,
+    "temperature": 0.0,
+    "gate_solvers": False,
+    "min_distinct_queries": 1,
+}
+
+
+def test_parsers_and_rule_checks():
+    assert parse_question("I searched.\nQuestion: Which function joins paths?\nThanks") == "Which function joins paths?"
+    assert parse_question("Which module reads CSV files?") == "Which module reads CSV files?"
+    with pytest.raises(ValueError, match="no question"):
+        parse_question('<tool_call>{"name": "search"}')
+    assert parse_answer("Let me think.\nAnswer: `os.path.join`.") == "os.path.join"
+    with pytest.raises(ValueError, match="empty"):
+        parse_answer("Answer: ``")
+    cfg = SearchSelfPlayConfig()
+    assert rule_check(cfg, "Which function joins path parts?", "os.path.join", ["join paths", "path parts"]) == ""
+    assert rule_check(cfg, "What does os.path.join return?", "os.path.join", ["a", "b"]) == "question leaks the answer"
+    assert "need 2" in rule_check(cfg, "Which function joins path parts?", "os.path.join", ["q", "q"])
+    assert "length" in rule_check(cfg, "Why?", "os.path.join", ["a", "b"])
+    with pytest.raises(ValueError, match="n_solvers"):
+        SearchSelfPlayConfig(n_solvers=0)
+
+
+async def test_episode_end_to_end_records_checks_rewards_and_exact_tokens():
+    recipe = RECIPES["search-selfplay"](**TINY).compile()
+    episode = await run_episode(recipe, index=0, seed=0, run_id="s")
+    assert episode.status == "ok", episode.error
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    by_role: dict[str, list] = {}
+    for turn in episode.turns:
+        by_role.setdefault(turn.role, []).append(turn)
+        glue = check_token_exact(turn, tokenizer)
+        for call in turn.tool_calls:  # whatever the tool said sits in a mask-0 span
+            assert any((call.result or call.error or "")[:60] in g for g in glue), call
+    (proposer,) = by_role["proposer"]
+    assert proposer.group_id == "s/block0/proposer" and proposer.reward is not None and proposer.reward.reason
+    assert proposer.generations[0].text.startswith("<tool_call>")  # the demo taught the call format
+    # a search ran, or a call cut off by max_tokens came back to the model as a parse error
+    assert proposer.tool_calls
+    assert all(c.name == "search" or c.error.startswith("parse_error") for c in proposer.tool_calls)
+    assert set(episode.metrics) >= {"question_parsed", "rules_pass", "rag_pass", "valid_proposal"}
+    if proposer.output is None:  # no question: zero with the parse error, nothing else ran
+        assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("parse error")
+        assert set(by_role) == {"proposer"}
+        return
+    (rag,) = by_role["rag_checker"]
+    assert rag.reward is None and not rag.tool_calls  # checks only, no search
+    solvers = by_role["solver"]
+    assert len(solvers) == 2 and {t.group_id for t in solvers} == {"s/ep0/solver"}
+    for t in solvers:
+        assert t.reward is not None and t.reward.value in (0.0, 1.0) and t.reward.reason
+    rate = sum(t.reward.value for t in solvers) / 2
+    if episode.metrics["valid_proposal"]:
+        assert proposer.reward.value == pytest.approx(1 - rate)
+    else:
+        assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("invalid proposal")
+
+
+async def test_malformed_proposal_gets_recorded_zero():
+    recipe = RECIPES["search-selfplay"](**(TINY | {"proposer_max_tokens": 1})).compile()
+    episode = await run_episode(recipe, index=1, seed=1, run_id="m")
+    assert episode.status == "ok", episode.error
+    (proposer,) = episode.turns  # no question -> no checks with a model, no solvers
+    assert proposer.output is None and "no question found" in proposer.parse_error
+    assert proposer.reward.value == 0.0 and "no question found" in proposer.reward.reason
+    assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["question_parsed"] == 0.0
