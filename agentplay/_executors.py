@@ -282,7 +282,8 @@ class RayExecutor(Executor):
         try:
             while pending or inflight:
                 for w in self._workers:
-                    while w.alive and w.ready.done() and w.busy < self.config.per_worker and pending:
+                    while (w.alive and w.ready.done() and w.busy < self.config.per_worker and pending
+                           and len(inflight) < self.config.concurrency):
                         spec = pending.popleft()
                         fut = asyncio.wrap_future(w.actor.run.remote(spec, served_name).future())
                         inflight[fut] = (w, spec)

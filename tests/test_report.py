@@ -17,6 +17,7 @@ from agentplay.traces import SCHEMA_VERSION, TraceStore
 from agentplay.ui import SeriesCache, distinct_n, write_report
 
 runner = CliRunner()
+pytestmark = pytest.mark.timeout(1800)  # the first test to ask for recipe_store pays for the real run
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHARTS = ["reward", "solve_rate", "valid_proposal_rate", "dropped_group_fraction",
           "proposal_diversity", "time_split"]

@@ -106,7 +106,7 @@ async def test_one_iteration_over_http_loads_the_adapter(tmp_path):
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
     server = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for over HTTP
-        [sys.executable, "-m", "agentplay.cli._serve", "--model", "local:smollm2-135m-instruct",
+        [sys.executable, "-m", "agentplay.cli", "serve", "--model", "local:smollm2-135m-instruct",
          "--port", str(port), "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:

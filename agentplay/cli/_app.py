@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from agentplay.cli._corpus import corpus_app
+from agentplay.cli._demo import demo
 from agentplay.cli._run import run
 from agentplay.cli._sandbox import sandbox_app
 from agentplay.cli._serve import serve
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(traces_app, name="traces")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(corpus_app, name="corpus")
+app.command("demo")(demo)
 app.command("run")(run)
 app.command("train")(train)
 app.command("serve")(serve)
