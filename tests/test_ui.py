@@ -42,9 +42,16 @@ def _env() -> dict[str, str]:
             "AGENTPLAY_TORCH_THREADS": os.environ.get("AGENTPLAY_TORCH_THREADS", "2")}
 
 
+_RUNS: dict[str, tuple[Path, str]] = {}
+"""test_report.py imports the fixture, which makes it a second fixture definition with its
+own session cache; this keeps it to one real run per session."""
+
+
 @pytest.fixture(scope="session")
 def recipe_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(store file, run id) of a real 3-episode search-selfplay run on SmolLM2."""
+    if "run" in _RUNS:
+        return _RUNS["run"]
     path = tmp_path_factory.mktemp("ui-store") / "traces.db"
     cmd = [sys.executable, "-m", "agentplay.cli", "run", "search-selfplay", "--episodes", "3",
            "--concurrency", "3", "--store", str(path), "--run-id", "ui-run", "--no-progress"]
@@ -55,7 +62,8 @@ def recipe_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     with TraceStore(path, read_only=True) as store:
         run = store.get_run("ui-run")
     assert run.episodes == 3, run
-    return path, "ui-run"
+    _RUNS["run"] = (path, "ui-run")
+    return _RUNS["run"]
 
 
 def _free_port() -> int:
