@@ -35,6 +35,7 @@ def demo(
 ) -> None:
     """Self-play and train SmolLM2 on CPU for a few iterations, then write a report."""
     from agentplay.cli._train import train
+    from agentplay.cli._ui import report
 
     console = Console(stderr=True)
     _prepare_sandbox(console)
@@ -43,5 +44,6 @@ def demo(
     train(recipe=recipe, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
           concurrency=episodes_per_iteration, store=store, output_dir=output_dir / "train",
           run_name="demo", lora=True, resume=(output_dir / "train").exists())
-    console.print(f"\nlook at it: [bold]agentplay ui --store {store}[/] · "
+    report(run_id="demo", store=store, out=output_dir / "report")
+    console.print(f"\nreport: {output_dir / 'report' / 'index.html'} · live: [bold]agentplay ui --store {store}[/] · "
                   f"[bold]agentplay traces list --store {store}[/]")
