@@ -94,7 +94,6 @@ def test_second_load_reuses_the_dequantized_folder(monkeypatch):
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.slow
 def test_two_processes_dequantize_into_an_empty_cache_safely(tmp_path):
     """Both starters get the same complete folder; the lock lets only one write it."""
     import os

@@ -89,3 +89,36 @@ async def test_malformed_proposal_gets_recorded_zero():
     assert proposer.output is None and "no question found" in proposer.parse_error
     assert proposer.reward.value == 0.0 and "no question found" in proposer.reward.reason
     assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["question_parsed"] == 0.0
+
+
+GROUP_SEED = 1155229566  # the target block the probe found (derive_seed("group", "p", 1))
+
+
+async def test_question_reaches_rag_check_and_solvers():
+    """Greedy SmolLM2 on this target writes a question at once (found by probing seeds at these
+    budgets), so the RAG check and both solvers run and every branch's rewards are recorded."""
+    options = TINY | {"max_tool_turns": 2, "proposer_max_tokens": 96, "solver_max_tokens": 48, "rag_max_tokens": 16}
+    recipe = RECIPES["search-selfplay"](**options).compile()
+    episode = await run_episode(recipe, index=2, seed=2, run_id="q", group_seed=GROUP_SEED)
+    assert episode.status == "ok", episode.error
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    roles = [t.role for t in episode.turns]
+    assert roles.count("proposer") == 1 and roles.count("rag_checker") == 1 and roles.count("solver") == 2
+    proposer = next(t for t in episode.turns if t.role == "proposer")
+    assert proposer.output and proposer.output.endswith("?")
+    assert episode.metrics["question_parsed"] == 1.0
+    rag = next(t for t in episode.turns if t.role == "rag_checker")
+    assert rag.reward is None and not rag.tool_calls
+    assert any(proposer.output in (m.get("content") or "") for m in rag.messages)
+    solvers = [t for t in episode.turns if t.role == "solver"]
+    assert {t.group_id for t in solvers} == {"q/ep2/solver"}
+    for t in solvers:
+        check_token_exact(t, tokenizer)
+        assert t.reward is not None and t.reward.value in (0.0, 1.0) and t.reward.reason
+        assert any(proposer.output in (m.get("content") or "") for m in t.messages)
+    rate = sum(t.reward.value for t in solvers) / len(solvers)
+    assert episode.metrics["solve_rate"] == pytest.approx(rate)
+    if episode.metrics["valid_proposal"]:
+        assert proposer.reward.value == pytest.approx(1 - rate)
+    else:  # a question that failed a rule or the RAG check earns nothing, and says why
+        assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("invalid proposal")

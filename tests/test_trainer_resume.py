@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from agentplay.trainers import rollout_run_id
 
 from agentplay.traces import TraceStore
-from agentplay.trainers import rollout_run_id
 
 RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
 ITERATIONS, EPISODES = 3, 2
@@ -27,7 +26,6 @@ def _cmd(tmp: Path, *extra: str) -> list[str]:
             "--micro-batch-size", "8", "--set", "n=2", *extra]
 
 
-@pytest.mark.slow  # three `agentplay train` processes: ~1.5 min idle, ~4 min on a loaded box
 def test_resume_after_sigkill_neither_repeats_nor_skips(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
     first = subprocess.Popen(_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
