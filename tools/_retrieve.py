@@ -18,11 +18,11 @@ import time
 from collections import OrderedDict
 from typing import Any, Self
 
-import httpx
 from pydantic import BaseModel, Field
 
 from ._base import ToolError
 from ._documents import Document, Hit, split_contents
+from ._http import request_or_tool_error
 from ._index import CorpusIndex, SearchMode, check_query
 
 
@@ -147,16 +147,8 @@ class RetrieveClient:
         except ValueError as exc:
             raise ToolError(str(exc), kind="bad_arguments") from None
         body = {"queries": queries, "topk": k, "return_scores": True}
-        # One client per call: cheap on a local network, and safe across event loops.
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-                resp = await http.post(self.url, json=body)
-        except httpx.TimeoutException:
-            raise ToolError(f"retrieval server {self.url} gave no answer within {self.timeout_s:g} s",
-                            kind="timeout") from None
-        except httpx.HTTPError as exc:
-            raise ToolError(f"retrieval server {self.url} is unreachable ({type(exc).__name__}: {exc})",
-                            kind="unavailable") from None
+        resp = await request_or_tool_error("POST", self.url, what=f"retrieval server {self.url}",
+                                           timeout_s=self.timeout_s, json=body)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)

@@ -12,10 +12,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._base import Tool, ToolError
+from ._http import request_or_tool_error
 
 if TYPE_CHECKING:
     from agentplay.sandbox import Sandbox
@@ -75,15 +75,8 @@ class WebSearchTool(Tool):
             raise ToolError("query is empty: write a few words describing what to find", kind="bad_arguments")
         await self._spacer.wait()
         params = {**self.params, "q": query, "format": "json"}
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-                resp = await http.get(self.search_url, params=params)
-        except httpx.TimeoutException:
-            raise ToolError(f"web search engine {self.url} gave no answer within {self.timeout_s:g} s",
-                            kind="timeout") from None
-        except httpx.HTTPError as exc:
-            raise ToolError(f"web search engine {self.url} is unreachable ({type(exc).__name__}: {exc})",
-                            kind="unavailable") from None
+        resp = await request_or_tool_error("GET", self.search_url, what=f"web search engine {self.url}",
+                                           timeout_s=self.timeout_s, params=params)
         if resp.status_code == 429:
             raise ToolError("web search engine is rate limiting us; search less often", kind="rate_limited")
         if resp.status_code == 403:
