@@ -14,6 +14,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections import Counter
 
 import docker
 from agentplay.sandbox import SandboxConfig, open_sandbox
@@ -26,8 +27,12 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def warm_pool(runs: int, seconds: float, concurrency: int) -> tuple[list[float], float]:
+async def warm_pool(
+    runs: int, seconds: float, concurrency: int
+) -> tuple[list[float], float, Counter[str]]:
+    """Latencies of sequential runs, sustained runs/s, and how the runner started each run."""
     cfg = SandboxConfig(backend="docker", pool_min=concurrency, pool_max=concurrency)
+    spawns: Counter[str] = Counter()
     async with open_sandbox(config=cfg) as sb:
         for _ in range(5):  # fill the pool
             await sb.run_python(SNIPPET)
@@ -37,6 +42,7 @@ async def warm_pool(runs: int, seconds: float, concurrency: int) -> tuple[list[f
             res = await sb.run_python(SNIPPET)
             lat.append(time.perf_counter() - t)
             assert res.status == "ok" and res.stdout == "2\n", res
+            spawns[str(res.spawn)] += 1
         done = 0
         stop = time.perf_counter() + seconds
 
@@ -45,12 +51,13 @@ async def warm_pool(runs: int, seconds: float, concurrency: int) -> tuple[list[f
             while time.perf_counter() < stop:
                 res = await sb.run_python(SNIPPET)
                 assert res.status == "ok", res
+                spawns[str(res.spawn)] += 1
                 done += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency * 2)))
         rate = done / (time.perf_counter() - t0)
-    return lat, rate
+    return lat, rate, spawns
 
 
 def fresh_run(client: docker.DockerClient, image: str, runs: int) -> list[float]:
@@ -113,7 +120,7 @@ def main() -> None:
 
     client = docker.from_env()
     load_before = os.getloadavg()[0]
-    lat, rate = asyncio.run(warm_pool(args.runs, args.seconds, args.concurrency))
+    lat, rate, spawns = asyncio.run(warm_pool(args.runs, args.seconds, args.concurrency))
     fresh = fresh_run(client, args.image, args.baseline_runs)
     execs = exec_per_run(client, args.image, max(args.baseline_runs * 2, 10))
 
@@ -135,6 +142,8 @@ def main() -> None:
         f"{args.concurrency * 2} concurrent callers, {args.seconds:.0f} s)"
     )
     print(f"speed-up vs fresh docker run: {vs_run:.1f}x   vs docker exec: {vs_exec:.1f}x")
+    paths = ", ".join(f"{name} {n}" for name, n in spawns.most_common())
+    print(f"spawn path of the warm runs: {paths} (zygote = forked, no interpreter start-up)")
     checks = [
         ("warm p50 <= 25 ms", p50 <= 0.025),
         ("vs docker run >= 20x", vs_run >= 20),

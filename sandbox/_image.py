@@ -48,13 +48,18 @@ def rootfs_recipe() -> str:
     return _digest(SUITE.encode(), " ".join(PACKAGES).encode(), " ".join(_EXCLUDES).encode())
 
 
+RUNNER_FILES = ("_runner.py", "_zygote.py")
+"""Copied into the image by the Dockerfile: any change means a rebuild."""
+
+
 def recipe_hash(base: str) -> str:
-    """What the final image depends on: the Dockerfile, the runner and the base."""
-    return _digest(DOCKERFILE.read_bytes(), (HERE / "_runner.py").read_bytes(), base.encode())
+    """What the final image depends on: the Dockerfile, the runner files and the base."""
+    runner = [(HERE / f).read_bytes() for f in RUNNER_FILES]
+    return _digest(DOCKERFILE.read_bytes(), *runner, base.encode())
 
 
 def runner_hash() -> str:
-    return _digest((HERE / "_runner.py").read_bytes())
+    return _digest(*((HERE / f).read_bytes() for f in RUNNER_FILES))
 
 
 def cache_dir() -> Path:

@@ -89,6 +89,9 @@ class SandboxResult(BaseModel):
     """Which backend actually ran it."""
     detail: str | None = None
     """For sandbox_error: what failed, for the operator."""
+    spawn: Literal["zygote", "exec"] | None = None
+    """How the runner started the code: forked from its warm interpreter ("zygote", Docker
+    pool) or a fresh exec; None when the run never reached the runner."""
 
     @property
     def ok(self) -> bool:

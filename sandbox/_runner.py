@@ -13,6 +13,17 @@ When the runner is PID 1 of its namespace (the Docker and bwrap backends) the ke
 ignores SIGKILL sent to it from inside, so code cannot kill its harness, and
 `kill(-1, SIGKILL)` after each job removes every process the code left behind,
 including double-forked daemons that escaped the process group.
+
+Fork server: a long-lived runner (not `--once`) keeps `_zygote.py` (copied beside it)
+running, an idle interpreter that clones one child per plain Python job, so the job
+skips CPython start-up (~11 ms of a ~12 ms run). The child is the runner's own (clone
+with CLONE_PARENT): exit status, getppid() and reaping are as for an exec'd job. It
+starts only after the runner's "go", so a zygote that dies mid-request can never make a
+job run twice; if forking fails the job is exec'd and the result says `"spawn": "exec"`.
+Job code has the uid of the runner and the zygote, so after each job both are compared
+with their start-up state (rlimits, nice, affinity, scheduler; the zygote also alive,
+not stopped, no signal pending): a changed zygote is replaced, a changed runner marks
+the result dirty (the host discards the container).
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ _CHUNK = 65536
 _OOM_CONTROL = "/sys/fs/cgroup/memory/memory.oom_control"
 _PIDS_EVENTS = "/sys/fs/cgroup/pids/pids.events"
 _MAX_ARG = 100_000  # below Linux MAX_ARG_STRLEN (128 KiB) for `python -c`
+_PR_SET_DUMPABLE = 4
+_HARDENED = False  # set by _harden_self: this process and its forks are not dumpable
+_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
 
 
 def _read_exact(stream, n: int) -> bytes | None:
@@ -73,27 +87,48 @@ def _counter(path: str, key: str) -> int:
     return 0
 
 
-def _rlimits(lim: dict):
-    def apply() -> None:
-        mb = 1024 * 1024
-        pairs = [
-            (resource.RLIMIT_AS, lim["memory_mb"] * mb),
-            (resource.RLIMIT_CPU, int(lim["wall_time_s"]) + 1),
-            (resource.RLIMIT_FSIZE, lim["file_size_mb"] * mb),
-            (resource.RLIMIT_NOFILE, lim["open_files"]),
-            (resource.RLIMIT_CORE, 0),
-        ]
-        if lim.get("nproc"):
-            pairs.append((resource.RLIMIT_NPROC, lim["nproc"]))
-        for res, value in pairs:
-            resource.setrlimit(res, (value, value))
-        try:  # make the job, not the runner, the OOM killer's first choice
-            with open("/proc/self/oom_score_adj", "w") as fh:
-                fh.write("1000")
-        except OSError:
-            pass
+def _limit_pairs(lim: dict) -> list:
+    """(resource, value) for soft = hard = value: set in the job's process, however it started."""
+    mb = 1024 * 1024
+    pairs = [
+        (resource.RLIMIT_AS, lim["memory_mb"] * mb),
+        (resource.RLIMIT_CPU, int(lim["wall_time_s"]) + 1),
+        (resource.RLIMIT_FSIZE, lim["file_size_mb"] * mb),
+        (resource.RLIMIT_NOFILE, lim["open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if lim.get("nproc"):
+        pairs.append((resource.RLIMIT_NPROC, lim["nproc"]))
+    return pairs
 
-    return apply
+
+def _set_limits(lim: dict) -> None:
+    """In the exec'd job's process before exec (`_zygote` does the same for forked ones)."""
+    for res, value in _limit_pairs(lim):
+        resource.setrlimit(res, (value, value))
+    # A fork of the hardened runner is not dumpable, so /proc/self is root's and the write
+    # below failed silently: open it up now (exec would anyway; nothing untrusted is alive).
+    if _HARDENED:
+        _prctl(_PR_SET_DUMPABLE, 1)
+    try:  # make the job, not the runner, the OOM killer's first choice
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+
+
+def _snapshot(pid: int) -> tuple | None:
+    """What same-uid job code could change about a process it does not own (None: gone)."""
+    try:
+        return (
+            [resource.prlimit(pid, r) for r in _RLIMITS],
+            os.getpriority(os.PRIO_PROCESS, pid),
+            os.sched_getaffinity(pid),
+            os.sched_getscheduler(pid),
+            os.sched_getparam(pid).sched_priority,
+        )
+    except OSError:
+        return None
 
 
 def _write_files(workdir: str, files: dict) -> None:
@@ -149,29 +184,35 @@ def _live_pids(exclude: set) -> list:
     return pids
 
 
-def _kill_everything(proc: subprocess.Popen, pid1: bool) -> tuple:
+def _kill_everything(pid: int, pid1: bool, keep: set) -> tuple:
     """Kill the job's group and, as PID 1, every other process.
 
-    Returns (returncode, strays seen). The job is reaped by Popen before the
-    orphan sweep so its exit status is not lost to waitpid(-1).
+    Returns (returncode, strays seen, swept). The job is reaped before the orphan
+    sweep so its exit status is not lost to waitpid(-1). `kill(-1)` would take the
+    zygote (`keep`) too, so it runs only when something else is still alive.
     """
-    strays = len(_live_pids({os.getpid(), proc.pid})) if pid1 else 0
+    me = os.getpid()
+    strays = len(_live_pids({me, pid} | keep)) if pid1 else 0
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-    returncode = proc.wait()
-    if pid1:
-        for _ in range(200):  # a fork bomb may race the first sweeps
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            _reap_orphans()
-            if not _live_pids({os.getpid()}):
-                break
-            time.sleep(0.005)
-    return returncode, strays
+    returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if not pid1:
+        return returncode, strays, False
+    _reap_orphans()
+    if not _live_pids({me} | keep):
+        return returncode, strays, False
+    for _ in range(200):  # a fork bomb may race the first sweeps
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        _reap_orphans()
+        if not _live_pids({me}):
+            break
+        time.sleep(0.005)
+    return returncode, strays, True
 
 
 def _reap_orphans() -> None:
@@ -197,24 +238,21 @@ class _Capped:
         self.data += chunk[: max(room, 0)]
 
 
-def _pump(proc, stdin: bytes, lim: dict, deadline: float):
-    """Feed stdin, read both pipes and wait for exit; return (outs, reason)."""
-    outs = {
-        proc.stdout.fileno(): _Capped(lim["output_bytes"]),
-        proc.stderr.fileno(): _Capped(lim["output_bytes"]),
-    }
+def _pump(pid: int, wfd: int, rfds: tuple, stdin: bytes, lim: dict, deadline: float):
+    """Feed stdin (closing `wfd`), read both pipes and wait for exit; return (outs, reason)."""
+    outs = {fd: _Capped(lim["output_bytes"]) for fd in rfds}
     sel = selectors.DefaultSelector()
     for fd in outs:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
-    pidfd = os.pidfd_open(proc.pid)
+    pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ)
-    wfd = proc.stdin.fileno()
     os.set_blocking(wfd, False)
     if stdin:
         sel.register(wfd, selectors.EVENT_WRITE)
     else:
-        proc.stdin.close()
+        os.close(wfd)
+        wfd = -1
     view, reason = memoryview(stdin), None
     try:
         while reason is None:
@@ -235,7 +273,8 @@ def _pump(proc, stdin: bytes, lim: dict, deadline: float):
                         view = view[:0]
                     if not view:
                         sel.unregister(wfd)
-                        proc.stdin.close()
+                        os.close(wfd)
+                        wfd = -1
                 else:
                     chunk = os.read(fd, _CHUNK)
                     if not chunk:
@@ -247,6 +286,8 @@ def _pump(proc, stdin: bytes, lim: dict, deadline: float):
     finally:
         sel.close()
         os.close(pidfd)
+        if wfd >= 0:
+            os.close(wfd)
     return outs, reason
 
 
@@ -269,17 +310,35 @@ def _drain(outs: dict, budget_s: float) -> None:
     sel.close()
 
 
-def _argv(job: dict) -> list:
-    if job.get("code") is None:
-        return list(job["argv"])
-    python = job.get("python") or sys.executable
-    code = job["code"]
-    if len(code.encode()) < _MAX_ARG:
-        return [python, "-E", "-s", "-c", code]
+def _main_file(job: dict) -> str | None:
+    """Code too long for an argv entry goes to a file in the work dir (both spawn paths)."""
+    if len(job["code"].encode()) < _MAX_ARG:
+        return None
     path = os.path.join(job["workdir"], "__agentplay_main__.py")
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(code)
-    return [python, "-E", "-s", path]
+        fh.write(job["code"])
+    return path
+
+
+def _exec(job: dict, env: dict, lim: dict, theirs: tuple) -> int:
+    if job.get("code") is None:
+        argv = list(job["argv"])
+    else:
+        python, path = job.get("python") or sys.executable, _main_file(job)
+        argv = [python, "-E", "-s"] + (["-c", job["code"]] if path is None else [path])
+    proc = subprocess.Popen(
+        argv,
+        cwd=job["workdir"],
+        env=env,
+        stdin=theirs[0],
+        stdout=theirs[1],
+        stderr=theirs[2],
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=lambda: _set_limits(lim),  # noqa: PLW1509 - the runner has one thread
+    )
+    proc.returncode = 0  # reaped by pid in _kill_everything, like a zygote child: not by Popen
+    return proc.pid
 
 
 def _classify(reason, returncode: int, stderr: bytes, oom_killed: bool) -> str:
@@ -295,29 +354,37 @@ def _classify(reason, returncode: int, stderr: bytes, oom_killed: bool) -> str:
     return "ok" if returncode == 0 else "error"
 
 
-def run_job(job: dict) -> dict:
-    lim, pid1 = job["limits"], os.getpid() == 1
-    started = time.monotonic()
-    deadline = started + lim["wall_time_s"]
+def _start(job: dict, env: dict, lim: dict, forks, stdio: tuple) -> tuple:
+    """(pid, how): forked by the zygote when it can stand in for exec, else exec'd."""
+    code = job.get("code")
+    fork_ok = code is not None and not job.get("python") and not job.get("fresh")  # fresh: new hash seed
+    if forks is not None and fork_ok and forks.fits(code, env):
+        path = _main_file(job)
+        spec = {"code": None if path else code, "path": path, "cwd": job["workdir"], "env": env}
+        pid = forks.fork(dict(spec, rlimits=_limit_pairs(lim), python=sys.executable), stdio)
+        if pid is not None:
+            return pid, "zygote"
+    return _exec(job, env, lim, stdio), "exec"
+
+
+def run_job(job: dict, forks=None, baseline: tuple | None = None) -> dict:
+    """Run one job. `forks`: the fork server (`_zygote.ForkServer`) or None to exec;
+    `baseline`: this runner's `_snapshot` at start, to tell if the code changed it."""
+    lim, pid1 = dict(job["limits"]), os.getpid() == 1
+    if forks is not None and forks.pid and lim.get("nproc"):
+        lim["nproc"] += 1  # the zygote shares the uid too
     oom_before = _counter(_OOM_CONTROL, "oom_kill")
     pids_before = _counter(_PIDS_EVENTS, "max")
     _write_files(job["workdir"], job.get("files") or {})
     env = dict(job.get("env") or {})
+    (r0, w0), (r1, w1), (r2, w2) = os.pipe(), os.pipe(), os.pipe()
     try:
-        proc = subprocess.Popen(
-            _argv(job),
-            cwd=job["workdir"],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_rlimits(lim),  # noqa: PLW1509 - the runner has one thread
-        )
+        pid, how = _start(job, env, lim, forks, (r0, w1, w2))
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         # Like a shell: a missing (127) or unrunnable (126) program is the caller's error.
         # Any other OSError (fork failed, out of memory) propagates: a sandbox_error.
+        for fd in (w0, r1, r2):
+            os.close(fd)
         clean = _wipe(job["wipe"])
         return {
             "status": "error",
@@ -329,20 +396,30 @@ def run_job(job: dict) -> dict:
             "stderr_truncated": False,
             "strays": 0,
             "dirty": not clean,
+            "spawn": "exec",
         }
-    outs, reason = _pump(proc, base64.b64decode(job.get("stdin") or ""), lim, deadline)
+    finally:
+        for fd in (r0, w1, w2):
+            os.close(fd)
+    started = time.monotonic()  # the code's clock starts once it exists
+    stdin = base64.b64decode(job.get("stdin") or "")
+    outs, reason = _pump(pid, w0, (r1, r2), stdin, lim, started + lim["wall_time_s"])
     wall = time.monotonic() - started
-    returncode, strays = _kill_everything(proc, pid1)
+    keep = {forks.pid} if forks is not None and forks.alive() else set()  # spared by the sweep
+    returncode, strays, swept = _kill_everything(pid, pid1, keep)
+    if swept and forks is not None:
+        forks.stop()  # kill(-1) took it too
     _drain(outs, 0.5)
     if reason != "timeout" and any(o.over for o in outs.values()):
         reason = "output_limit"  # cut output is always reported, even if the cut came last
-    out, err = outs[proc.stdout.fileno()], outs[proc.stderr.fileno()]
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):  # explicit, not left to GC
-        pipe.close()
+    out, err = outs[r1], outs[r2]
+    os.close(r1)
+    os.close(r2)
     oom = _counter(_OOM_CONTROL, "oom_kill") > oom_before
     pids_hit = _counter(_PIDS_EVENTS, "max") > pids_before
     status = _classify(reason, returncode, bytes(err.data), oom)
     clean = _wipe(job["wipe"])
+    tampered = baseline is not None and _snapshot(0) != baseline  # code changed the runner
     return {
         "status": status,
         "exit_code": returncode,
@@ -352,25 +429,46 @@ def run_job(job: dict) -> dict:
         "stderr_truncated": err.over,
         "wall_time_s": wall,
         "strays": strays,
-        "dirty": not clean or pids_hit or oom,
+        "dirty": not clean or pids_hit or oom or tampered,
+        "spawn": how,
     }
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        import ctypes  # only when needed: the --once runners of bwrap start faster without
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _harden_self() -> None:
     """Stop code from signalling, ptracing or reading the runner (same uid otherwise)."""
+    global _HARDENED
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as PID 1, SIG_DFL means "ignored"
-    try:
-        import ctypes
+    _prctl(_PR_SET_DUMPABLE, 0)
+    _HARDENED = True
 
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
-    except (OSError, AttributeError):
-        pass
+
+def _fork_server(once: bool):
+    """One job per runner (bwrap, subprocess) gains nothing from a fork server."""
+    if once:
+        return None
+    try:
+        from _zygote import ForkServer  # beside us in the image (bwrap binds the runner alone)
+    except ImportError:
+        return None
+    return ForkServer(_snapshot, _snapshot(0))
 
 
 def main() -> None:
     once = "--once" in sys.argv
     if os.getpid() == 1:
         _harden_self()
+    forks = _fork_server(once)
+    if forks is not None:
+        forks.start()  # it boots while the host sends the first job
     rin, rout = sys.stdin.buffer, sys.stdout.buffer
     _write_frame(
         rout, {"ready": True, "python": sys.executable, "version": list(sys.version_info[:3])}
@@ -380,12 +478,18 @@ def main() -> None:
         if job is None:
             return
         try:
-            result = run_job(job)
+            if forks is not None:
+                forks.start()  # replaces one that failed or was stopped after the last job
+            result = run_job(job, forks, forks and forks.baseline)
         except Exception as exc:  # noqa: BLE001 - reported to the host as sandbox_error
             result = {"status": "sandbox_error", "error": f"runner: {exc!r}", "dirty": True}
         _write_frame(rout, result)
         if once:
             return
+        if forks is not None:  # off the critical path: the result is out
+            forks.check()
+            if result["status"] in ("ok", "error") and not (result["strays"] or result["dirty"]):
+                forks.start()  # now, as the host will keep this container
 
 
 if __name__ == "__main__":

@@ -41,10 +41,18 @@ class Sandbox:
         stdin: str | bytes | None = None,
         files: dict[str, str | bytes] | None = None,
         limits: Limits | None = None,
+        fresh_interpreter: bool = False,
     ) -> SandboxResult:
-        """Run `code` with a fresh Python interpreter in the work dir (files land there too)."""
+        """Run `code` as `python -c` in the work dir (files land there too).
+
+        The warm Docker pool forks a pre-started interpreter, so runs on one container
+        share its string-hash seed; `fresh_interpreter=True` starts a new one instead
+        (one interpreter start-up slower), for checks that must see hash-order effects,
+        e.g. "two runs agree" determinism checks.
+        """
         return await self._backend.execute(
-            code=code, argv=None, stdin=stdin, files=files, limits=limits or self.config.limits
+            code=code, argv=None, stdin=stdin, files=files, limits=limits or self.config.limits,
+            fresh=fresh_interpreter,
         )
 
     async def run_command(
@@ -57,7 +65,8 @@ class Sandbox:
     ) -> SandboxResult:
         """Run a program (looked up on the sandbox's PATH); a missing one is exit 127, status error."""
         return await self._backend.execute(
-            code=None, argv=argv, stdin=stdin, files=files, limits=limits or self.config.limits
+            code=None, argv=argv, stdin=stdin, files=files, limits=limits or self.config.limits,
+            fresh=True,
         )
 
     async def aclose(self) -> None:

@@ -81,6 +81,7 @@ def make_job(
     wipe: list[str],
     nproc: int | None,
     env: Mapping[str, str],
+    fresh: bool = False,
 ) -> dict:
     """The job frame the runner executes; raises SandboxError for caller mistakes."""
     if code is not None and not isinstance(code, str):
@@ -100,6 +101,7 @@ def make_job(
         "workdir": workdir,
         "wipe": wipe,
         "env": dict(env),
+        "fresh": fresh,
     }
 
 
@@ -116,6 +118,7 @@ def to_result(frame: Mapping, backend: BackendName) -> SandboxResult:
         stderr_truncated=frame["stderr_truncated"],
         wall_time_s=frame["wall_time_s"],
         backend=backend,
+        spawn=frame.get("spawn"),
     )
 
 

@@ -110,8 +110,27 @@ HARNESS = (
 import os
 probe("runner environ", lambda: open(f"/proc/{os.getppid()}/environ").read())
 probe("runner mem", lambda: open(f"/proc/{os.getppid()}/mem", "rb").read(1))
+for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]:
+    probe(f"{pid} environ", lambda: open(f"/proc/{pid}/environ").read())  # the zygote
+    probe(f"{pid} mem", lambda: open(f"/proc/{pid}/mem", "rb").read(1))
 """
 )
+
+# Job code has the uid of the runner and the zygote: it may lower their limits, renice,
+# pin or stop them. The next run must still get default limits (and, for Docker, a
+# healthy fork server): compared with a probe taken before the case.
+OTHERS = "import os, resource, signal\nothers = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]\n"
+TAMPER = {
+    "prlimit_harness": "for pid in others:\n"
+    "    for r, v in ((resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_STACK, 1 << 21),"
+    " (resource.RLIMIT_NPROC, 3), (resource.RLIMIT_CPU, 5)):\n"
+    "        resource.prlimit(pid, r, (v, v))\n",
+    "renice_harness": "for pid in others:\n    os.setpriority(os.PRIO_PROCESS, pid, 19)\n"
+    "    os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))\n",
+    "pin_harness": "for pid in others:\n    os.sched_setaffinity(pid, {min(os.sched_getaffinity(0))})\n",
+    "stop_harness": "for pid in others:\n    os.kill(pid, signal.SIGSTOP)\n",
+    "kill_zygote": "for pid in others:\n    os.kill(pid, signal.SIGKILL)\n",
+}
 
 DAEMON = """
 import os, time
@@ -260,14 +279,37 @@ CASES = [
         lambda r: (r.exit_code == 3 and r.stdout == "partial\n") or pytest.fail(repr(r)[:300]),
     ),
     Case("close_stdio", "import os, time\nos.close(1); os.close(2); time.sleep(0.2)", {"ok"}),
+    *(
+        Case(name, OTHERS + code + "print('done', len(others))", {"ok"})
+        for name, code in TAMPER.items()
+    ),
 ]
 
-NEXT = """
-import os
-left = [p for d in ("/work", "/tmp", "/dev/shm") for p in os.listdir(d)]
-procs = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
-print(6 * 7, left, procs)
+STATE = """
+import os, resource
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "gone"
+def state(pid):
+    limits = [resource.prlimit(pid, getattr(resource, r)) for r in dir(resource) if r.startswith("RLIMIT_")]
+    return (limits, os.getpriority(os.PRIO_PROCESS, pid), sorted(os.sched_getaffinity(pid)),
+            os.sched_getscheduler(pid))
+others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
+zygotes = [p for p in others if comm(p) == "agentplay-zygot"]
+print("state", state(0), state(1), [state(int(p)) for p in zygotes], "zygotes", len(zygotes))
 """
+"""Limits, nice, affinity and scheduler of the job, the runner and the fork server (if any)."""
+
+NEXT = (
+    STATE
+    + """
+left = [p for d in ("/work", "/tmp", "/dev/shm") for p in os.listdir(d)]
+print(6 * 7, left, [p for p in others if p not in zygotes])
+"""
+)
 
 
 def _sandbox_procs(uids: set[int]) -> list[psutil.Process]:
@@ -305,6 +347,8 @@ async def test_hostile(case: Case, backend_name: str):
     cfg = SandboxConfig(backend=backend_name, pool_min=1, pool_max=2, limits=SHORT)
     sb = open_sandbox(config=cfg)
     try:
+        before = await sb.run_python(STATE)
+        assert before.status == "ok", before
         limits = SHORT.model_copy(update={"wall_time_s": case.wall_time_s})
         res = await sb.run_python(case.code, limits=limits)
         assert res.backend == backend_name
@@ -313,7 +357,13 @@ async def test_hostile(case: Case, backend_name: str):
             case.check(res)
         nxt = await sb.run_python(NEXT)
         assert nxt.status == "ok", nxt
-        assert nxt.stdout.strip() == "42 [] []", f"dirty next run after {case.name}: {nxt.stdout}"
+        state, rest = nxt.stdout.splitlines()
+        assert rest == "42 [] []", f"dirty next run after {case.name}: {nxt.stdout}"
+        assert state == before.stdout.strip(), f"harness changed by {case.name}: {nxt.stdout}"
+        # Docker runs Python code forked from the warm fork server, again after any case.
+        assert nxt.spawn == ("zygote" if backend_name == "docker" else "exec"), nxt
+        zygotes = 1 if backend_name == "docker" else 0  # bwrap runs one job per runner
+        assert state.endswith(f"zygotes {zygotes}"), state
     finally:
         backend = sb._backend
         await sb.aclose()
