@@ -120,6 +120,9 @@ class CodeTask(BaseModel):
 class Verdict(BaseModel):
     correct: bool
     reason: str
+    well_formed: bool = True
+    """False when the answer is not the kind of thing asked for (a non-literal prediction,
+    arguments that are not literals, a program without f): a format error, not a wrong answer."""
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
@@ -186,14 +189,16 @@ async def execute(
     literals: list[str] = (),  # type: ignore[assignment]
     limits: Any = None,
     max_repr: int = 2000,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run the harness once: f(*args) for each call and the canonical repr of each literal.
+    `fresh`: in a newly started interpreter (its own string-hash seed), not a forked one.
 
     Returns {"status", "load_error", "calls", "literals"}; a non-ok run (error,
     timeout, oom, output_limit) comes back with an empty result and its status.
     """
     job = {"program": program, "calls": list(calls), "literals": list(literals), "max_repr": max_repr}
-    res = await sandbox.run_python(HARNESS, stdin=json.dumps(job), limits=limits)
+    res = await sandbox.run_python(HARNESS, stdin=json.dumps(job), limits=limits, fresh_interpreter=fresh)
     if res.status == "sandbox_error":
         raise SandboxFailure(f"sandbox failed: {res.detail or res.stderr[-300:]}")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith(RESULT_MARK)]
@@ -216,8 +221,10 @@ async def build_task(
     inputs = [check_arguments(i) for i in inputs]
     if not inputs:
         raise ValueError("no input given")
+    # fresh interpreters: two forks of one warm zygote share a hash seed, so a program whose
+    # output follows set or dict order of strings would pass as deterministic
     first, second = await asyncio.gather(*(
-        execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr) for _ in range(2)
+        execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True) for _ in range(2)
     ))
     for run in (first, second):
         if run["load_error"]:
@@ -237,7 +244,8 @@ async def check_deduction(sandbox: Any, task: CodeTask, predicted: str, **kw: An
     run = await execute(sandbox, None, literals=[predicted], **kw)
     item = run["literals"][0] if run["literals"] else {"ok": False, "error": run["load_error"]}
     if not item["ok"]:
-        return Verdict(correct=False, reason=f"prediction is not a plain literal: {item['error']}")
+        return Verdict(correct=False, reason=f"prediction is not a plain literal: {item['error']}",
+                       well_formed=False)
     if item["repr"] == task.outputs[0]:
         return Verdict(correct=True, reason="predicted output matches")
     return Verdict(correct=False, reason=f"predicted {item['repr'][:80]}, f returns {task.outputs[0][:80]}")
@@ -249,7 +257,7 @@ async def check_abduction(sandbox: Any, task: CodeTask, arguments: str, **kw: An
     try:
         arguments = check_arguments(arguments)
     except ValueError as exc:
-        return Verdict(correct=False, reason=str(exc))
+        return Verdict(correct=False, reason=str(exc), well_formed=False)
     run = await execute(sandbox, task.program, calls=[arguments], **kw)
     item = run["calls"][0] if run["calls"] else {"ok": False, "error": run["load_error"]}
     if not item["ok"]:
@@ -264,7 +272,7 @@ async def check_induction(sandbox: Any, task: CodeTask, program: str, **kw: Any)
     try:
         check_program(program)
     except ValueError as exc:
-        return Verdict(correct=False, reason=str(exc))
+        return Verdict(correct=False, reason=str(exc), well_formed=False)
     run = await execute(sandbox, program, calls=task.inputs, **kw)
     if run["load_error"]:
         return Verdict(correct=False, reason=f"program failed: {run['load_error']}")

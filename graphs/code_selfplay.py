@@ -9,10 +9,14 @@ succeed and agree with themselves. Each kept task goes to `n_solvers` solver sam
 - induction: given input/output pairs (the last `held_out` pairs hidden), write f.
 
 Every answer is checked by running it in the sandbox (`graphs/_code_exec.py`).
-Rewards: solver 1/0 with the verdict; proposer AZR learnability, 1 - solve rate when
-some but not all attempts succeed, else 0; an invalid proposal gets 0 with the
-reason, and near-duplicate programs within one episode lose `repetition_weight` x
-their repetition penalty. Valid programs join a process-level `TaskBuffer` that
+Rewards follow AZR: a solver gets 1 when its answer checks out; a proposer gets
+the learnability of its task, 1 - solve rate when some but not all attempts succeed,
+else 0. With `format_rewards` (the default, as in AZR) a well-formed but wrong answer
+or a proposal that parses but fails validation gets -0.5, and text with no answer to
+parse, or an answer of the wrong kind (an expression where a value was asked), gets -1, so a group that is all wrong still says which samples kept the layout:
+without it a small model's groups are all 0 and GRPO has nothing to learn from.
+Near-duplicate programs within one episode lose `repetition_weight` x their
+repetition penalty. Valid programs join a process-level `TaskBuffer` that
 feeds reference examples to later proposers and stands in when no proposal of an
 episode is valid (as AZR fills a batch from its buffer).
 
@@ -21,6 +25,7 @@ episode is valid (as AZR fills a batch from its buffer).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import random
 from collections import deque
@@ -71,6 +76,9 @@ class CodeSelfPlayConfig(BaseModel):
     """Buffered programs shown to the proposer as examples of the format (and of what to avoid repeating)."""
     fill_from_buffer: bool = True
     """When no proposal is valid, the solvers practise on a buffered task instead of idling."""
+    format_rewards: bool = True
+    """AZR's format-aware rewards: -0.5 for a wrong answer or an invalid proposal that
+    parsed, -1 for output with nothing to parse; False gives 0 to both."""
     proposer_max_tokens: int = Field(256, ge=1)
     solver_max_tokens: int = Field(192, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=5.0)
@@ -209,16 +217,43 @@ to f, in an ```input block.""",
 
 # -- parsing the model's text ------------------------------------------------------------------
 
+def _split_demo_calls(program: str) -> tuple[str, list[str]]:
+    """Top-level calls `f(...)`, `print(f(...))` or `assert f(...) == ...` in a program: cut
+    out, their arguments kept. Small models often show their input as a call under the definition instead of
+    in an ```input block; that is the same proposal, written the other way."""
+    try:
+        tree = ast.parse(program)
+    except SyntaxError:
+        return program, []
+    inputs: list[str] = []
+    cut: set[int] = set()
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr | ast.Assign) else None
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
+            call = node.test.left  # `assert f(3) == 9`: the claimed output is not trusted, only the input
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print" \
+                and len(call.args) == 1:
+            call = call.args[0]
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f" \
+                and call.args and not call.keywords:
+            inputs.append(", ".join(ast.get_source_segment(program, a) or "" for a in call.args))
+            cut.update(range(node.lineno - 1, node.end_lineno or node.lineno))
+    kept = "".join(line for i, line in enumerate(program.splitlines(keepends=True)) if i not in cut)
+    return kept.strip(), inputs
+
+
 def parse_proposal(text: str) -> dict[str, Any]:
-    """{"program", "inputs"} from the proposer's blocks; ValueError says what is missing."""
+    """{"program", "inputs"} from the proposer's blocks; ValueError says what is missing.
+    Inputs come from ```input blocks, else from demo calls of f in the program."""
     blocks = fenced_blocks(text)
     programs = [b for lang, b in blocks if lang in ("python", "py", "") and "def f" in b]
     if not programs:
         raise ValueError("no ```python block defining f")
-    inputs = [b for lang, b in blocks if lang == "input" and b]
+    program, calls = _split_demo_calls(programs[0])
+    inputs = [b for lang, b in blocks if lang == "input" and b] or calls
     if not inputs:
-        raise ValueError("no ```input block")
-    return {"program": programs[0], "inputs": inputs}
+        raise ValueError("no ```input block and no call of f to take the input from")
+    return {"program": program, "inputs": inputs}
 
 
 def _answer_parser(task_type: str):
@@ -293,7 +328,7 @@ def build(
         turns = await proposer.run_n(n=cfg.n_proposals, variables={
             "tools": code_tool is not None, "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
         return {"proposals": [
-            {"turn_id": turn.turn_id, "error": turn.parse_error, "task": None,
+            {"turn_id": turn.turn_id, "error": turn.parse_error, "parsed": turn.parse_error is None, "task": None,
              **(turn.output or {"program": "", "inputs": []})}
             for turn in turns
         ]}
@@ -362,10 +397,14 @@ def build(
                  if i == task_index and tid in state.get("verdicts", {})]
         return sum(marks) / len(marks) if marks else None
 
+    def penalty(parsed: bool) -> float:
+        return 0.0 if not cfg.format_rewards else -0.5 if parsed else -1.0
+
     def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
         prop = next(p for p in state["proposals"] if p["turn_id"] == turn.turn_id)
         if prop["error"] is not None:
-            return RewardRecord(value=0.0, reason=prop["error"], components={"valid": 0.0})
+            reason = prop["error"] if prop["parsed"] else f"parse error: {prop['error']}"
+            return RewardRecord(value=penalty(prop["parsed"]), reason=reason, components={"valid": 0.0})
         rate = solve_rate(state, prop["task"])
         if rate is None:
             return RewardRecord(value=0.0, reason="valid, but no solver attempt was checked", components={"valid": 1.0})
@@ -377,7 +416,13 @@ def build(
         verdict = state["verdicts"].get(turn.turn_id)
         if verdict is None:
             return RewardRecord(value=0.0, reason="answer was not checked")
-        return RewardRecord(value=float(verdict["correct"]), reason=verdict["reason"])
+        if verdict["correct"]:
+            return RewardRecord(value=1.0, reason=verdict["reason"], components={"correct": 1.0, "formatted": 1.0})
+        parsed = state["answers"].get(turn.turn_id) is not None
+        reason = verdict["reason"] if parsed else f"parse error: {turn.parse_error}"
+        formatted = parsed and verdict.get("well_formed", True)  # `x + 9` in the block is not a value
+        return RewardRecord(value=penalty(formatted), reason=reason,
+                            components={"correct": 0.0, "formatted": float(formatted)})
 
     def proposer_repetition(turns: list[RoleTurn]) -> list[float]:
         """Near-duplicate valid programs in one episode share a penalty; invalid ones keep their 0."""
@@ -397,6 +442,9 @@ def build(
             "tasks": float(len(state.get("tasks", []))),
             "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
             "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
+            "solver_format": (sum(v.get("well_formed", True) and state["answers"].get(tid) is not None
+                                  for tid, v in state.get("verdicts", {}).items()) / len(verdicts)
+                              if verdicts else 0.0),
             "buffer_size": float(len(buffer)),
         }
 
@@ -422,5 +470,6 @@ def build(
         group_rewards={"proposer": proposer_repetition},
         initial_state=initial_state,
         metrics=metrics,
+        zero_on_parse_error=not cfg.format_rewards,  # the reward fns give format errors their -1
         options={"model": model, **cfg.model_dump()},
     )

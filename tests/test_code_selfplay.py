@@ -50,32 +50,37 @@ async def test_episodes_are_stored_rewarded_and_token_exact(sandbox, tmp_path):
                 assert call.result[:40] in "".join(glue)
             assert turn.reward is not None and turn.reward.reason, turn
         for t in proposers:
-            if t.parse_error:
-                assert t.reward.value == 0.0 and t.reward.reason.startswith("parse error")
+            if t.parse_error:  # AZR format rewards: nothing to parse -1, parsed but invalid -0.5
+                assert t.reward.value == -1.0 and t.reward.reason.startswith("parse error")
             elif t.reward.components.get("valid") == 0.0:
-                assert t.reward.value == 0.0 and "invalid proposal" in t.reward.reason
+                assert t.reward.value == -0.5 and "invalid proposal" in t.reward.reason
             else:
                 rate = t.reward.components["solve_rate"]
                 assert "solve rate" in t.reward.reason
                 assert t.reward.value == pytest.approx((1 - rate) if 0 < rate < 1 else 0.0, abs=0.51)
         for t in solvers:
-            assert t.reward.value in (0.0, 1.0) and "/task" in t.group_id
+            assert "/task" in t.group_id
             if t.parse_error:
-                assert t.reward.value == 0.0 and "no ```" in t.reward.reason
+                assert t.reward.value == -1.0 and "no ```" in t.reward.reason
+            else:
+                c = t.reward.components
+                assert t.reward.value == (1.0 if c["correct"] else -0.5 if c["formatted"] else -1.0), t.reward
     store.close()
 
 
 async def test_malformed_output_gets_zero_with_a_reason(sandbox):
     # one token cannot hold a fenced program or answer: every parse fails, nothing crashes
     recipe = code_selfplay.build(sandbox=sandbox, n_proposals=1, n_solvers=2, proposer_max_tokens=1,
-                                 solver_max_tokens=1, proposer_tools=False, task_types=["induction"])
+                                 solver_max_tokens=1, proposer_tools=False, task_types=["induction"],
+                                 format_rewards=False)
     ep = await run_episode(recipe.compile(), index=0, seed=3)
     assert ep.status == "ok", ep.error
     (proposer,) = [t for t in ep.turns if t.role == "proposer"]
-    assert proposer.reward.value == 0.0
+    assert proposer.reward.value == 0.0  # format_rewards=False: no -1 for the missing layout
     assert "no ```python block defining f" in proposer.reward.reason
     solvers = [t for t in ep.turns if t.role == "solver"]
     assert ep.metrics["from_buffer"] == 1.0 and len(solvers) == 2
     for t in solvers:
         assert t.reward.value == 0.0 and "no ```python block" in t.reward.reason
     assert ep.metrics["valid_proposal"] == 0.0 and ep.metrics["solve_rate"] == 0.0
+    assert ep.metrics["solver_format"] == 0.0

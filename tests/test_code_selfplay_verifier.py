@@ -73,21 +73,23 @@ async def test_seed_programs_are_all_valid(sandbox):
 
 
 @pytest.mark.parametrize(
-    ("prediction", "correct"),
+    ("prediction", "correct", "well_formed"),
     [
-        ("[1, 2, 3]", True),
-        ("[1,2,3]", True),  # spacing is not part of the value
-        ("[3, 2, 1]", False),
-        ("[1.0, 2, 3]", False),  # a float is not the int f returns
-        ("(1, 2, 3)", False),
-        ("__import__('os').system('true')", False),  # not a literal: never executed
-        ("[1, 2, 3", False),
+        ("[1, 2, 3]", True, True),
+        ("[1,2,3]", True, True),  # spacing is not part of the value
+        ("[3, 2, 1]", False, True),
+        ("[1.0, 2, 3]", False, True),  # a float is not the int f returns
+        ("(1, 2, 3)", False, True),
+        ("__import__('os').system('true')", False, False),  # not a literal: never executed
+        ("sorted(v)", False, False),  # an expression where a value was asked: a format error
+        ("[1, 2, 3", False, False),
     ],
 )
 @module_loop
-async def test_deduction(sandbox, sorted_task, prediction, correct):
+async def test_deduction(sandbox, sorted_task, prediction, correct, well_formed):
     verdict = await check_deduction(sandbox, sorted_task, prediction, limits=FAST)
     assert verdict.correct is correct, verdict.reason
+    assert verdict.well_formed is well_formed, verdict.reason
     assert verdict.reason
 
 
@@ -110,9 +112,9 @@ async def test_abduction_accepts_any_input_that_gives_the_output(sandbox, sorted
     wrong = await check_abduction(sandbox, sorted_task, "[1, 2]", limits=FAST)
     assert not wrong.correct and "target [1, 2, 3]" in wrong.reason
     crash = await check_abduction(sandbox, sorted_task, "5", limits=FAST)
-    assert not crash.correct and "TypeError" in crash.reason
+    assert not crash.correct and crash.well_formed and "TypeError" in crash.reason
     code = await check_abduction(sandbox, sorted_task, "open('/etc/passwd').read()", limits=FAST)
-    assert not code.correct and "non-literal" in code.reason
+    assert not code.correct and not code.well_formed and "non-literal" in code.reason
 
 
 @module_loop
@@ -153,8 +155,16 @@ def test_parsers_read_the_fenced_layout():
     assert parse_proposal(text) == {"program": "def f(x):\n    return x + 1", "inputs": ["3", "[1]"]}
     with pytest.raises(ValueError, match="no ```python block"):
         parse_proposal("def f(x): return x")
-    with pytest.raises(ValueError, match="no ```input block"):
+    with pytest.raises(ValueError, match="no ```input block and no call of f"):
         parse_proposal("```python\ndef f(x):\n    return x\n```")
+    # a demo call under the definition is the input written the other way; it leaves the program
+    shown = ("```python\ndef f(xs, k):\n    return xs[:k]\n\nprint(f([3, 1], 2))\nf('a', 0)\ng(1)\n"
+             "assert f([], 1) == [9]\n```")
+    assert parse_proposal(shown) == {"program": "def f(xs, k):\n    return xs[:k]\n\ng(1)",
+                                     "inputs": ["[3, 1], 2", "'a', 0", "[], 1"]}
+    # an ```input block wins over demo calls, which still leave the program
+    both = "```python\ndef f(x):\n    return x\nf(1)\n```\n```input\n7\n```"
+    assert parse_proposal(both) == {"program": "def f(x):\n    return x", "inputs": ["7"]}
     assert _answer_parser("deduction")("so\n```output\n[1, 2]\n```") == "[1, 2]"
     assert _answer_parser("abduction")("```\n4, 5\n```") == "4, 5"  # an untagged block is accepted
     with pytest.raises(ValueError, match="no ```python block"):

@@ -36,7 +36,8 @@ class TrainConfig(BaseModel):
     """Episodes in flight at once during rollouts (the engine batches their requests)."""
     seed: int = 0
     time_budget_s: float | None = Field(None, gt=0)
-    """Stop before an iteration that would end past this many seconds of training (None: no limit)."""
+    """Stop before an iteration that would end past this many seconds of self-play and training
+    (None: no limit). Time spent in `on_iteration` callbacks, e.g. evaluation, is not counted."""
     recipe_options: dict[str, object] = Field(default_factory=dict)
     """Keyword options passed to the recipe's build function."""
 

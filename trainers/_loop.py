@@ -68,6 +68,26 @@ def _resolve_recipe(ref: Any, model: str, options: dict[str, Any]) -> Any:
     return recipe.compile()
 
 
+class TimeBudget:
+    """Wall-clock budget of a run: stop before an iteration that would end past it, taking
+    the last iteration's length as the estimate. Time in callbacks (evaluation) is paused
+    out, so adding an evaluation does not shorten the training it measures."""
+
+    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.perf_counter):
+        self.limit_s, self._clock = limit_s, clock
+        self._began, self._paused, self.last_iteration_s = clock(), 0.0, 0.0
+
+    @property
+    def spent_s(self) -> float:
+        return self._clock() - self._began - self._paused
+
+    def allows_another(self) -> bool:
+        return self.limit_s is None or self.spent_s + self.last_iteration_s <= self.limit_s
+
+    def pause(self, seconds: float) -> None:
+        self._paused += seconds
+
+
 def _trainable_copy(served: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     """The trainer's own weights, loaded from the folder the served model came from.
 
@@ -202,11 +222,11 @@ class SelfPlayTrainer:
         summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
                                weight_version=self._served.weight_version)
         store.set_run_status(cfg.run_name, "running")
-        began, last_duration = time.perf_counter(), 0.0
+        budget = TimeBudget(cfg.time_budget_s)
         for it in range(start, cfg.iterations):
-            t0 = time.perf_counter()
-            if cfg.time_budget_s is not None and t0 - began + last_duration > cfg.time_budget_s:
+            if not budget.allows_another():
                 break
+            t0 = time.perf_counter()
             episodes = await self.rollouts(compiled, it)
             t1 = time.perf_counter()
             version = self._served.weight_version
@@ -235,11 +255,13 @@ class SelfPlayTrainer:
             summary.metrics.append(metrics)
             summary.last_iteration = it
             summary.weight_version = new_version
-            last_duration = time.perf_counter() - t0
+            budget.last_iteration_s = time.perf_counter() - t0
             if self.on_iteration is not None:
+                t4 = time.perf_counter()
                 maybe = self.on_iteration(it, metrics)
                 if inspect.isawaitable(maybe):
                     await maybe
+                budget.pause(time.perf_counter() - t4)
         store.set_run_status(cfg.run_name, "finished")
         self.learner.close()
         return summary
