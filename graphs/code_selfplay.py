@@ -13,8 +13,9 @@ Rewards follow AZR: a solver gets 1 when its answer checks out; a proposer gets
 the learnability of its task, 1 - solve rate when some but not all attempts succeed,
 else 0. With `format_rewards` (the default, as in AZR) a well-formed but wrong answer
 or a proposal that parses but fails validation gets -0.5, and text with no answer to
-parse, or an answer of the wrong kind (an expression where a value was asked), gets -1, so a group that is all wrong still says which samples kept the layout:
-without it a small model's groups are all 0 and GRPO has nothing to learn from.
+parse, or an answer of the wrong kind (an expression where a value was asked), gets
+-1, so a group that is all wrong still says which samples kept the layout: without
+it a small model's groups are all 0 and GRPO has nothing to learn from.
 Near-duplicate programs within one episode lose `repetition_weight` x their
 repetition penalty. Valid programs join a process-level `TaskBuffer` that
 feeds reference examples to later proposers and stands in when no proposal of an
@@ -219,8 +220,9 @@ to f, in an ```input block.""",
 
 def _split_demo_calls(program: str) -> tuple[str, list[str]]:
     """Top-level calls `f(...)`, `print(f(...))` or `assert f(...) == ...` in a program: cut
-    out, their arguments kept. Small models often show their input as a call under the definition instead of
-    in an ```input block; that is the same proposal, written the other way."""
+    out, their arguments kept. Small models often show their input as a call under the
+    definition instead of in an ```input block; that is the same proposal, written the
+    other way."""
     try:
         tree = ast.parse(program)
     except SyntaxError:
@@ -328,7 +330,7 @@ def build(
         turns = await proposer.run_n(n=cfg.n_proposals, variables={
             "tools": code_tool is not None, "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
         return {"proposals": [
-            {"turn_id": turn.turn_id, "error": turn.parse_error, "parsed": turn.parse_error is None, "task": None,
+            {"turn_id": turn.turn_id, "error": turn.parse_error, "task": None,
              **(turn.output or {"program": "", "inputs": []})}
             for turn in turns
         ]}
@@ -400,11 +402,16 @@ def build(
     def penalty(parsed: bool) -> float:
         return 0.0 if not cfg.format_rewards else -0.5 if parsed else -1.0
 
+    def well_formed(state: dict[str, Any], turn_id: str) -> bool:
+        """The solver wrote an answer of the asked kind (`x + 9` in the block is not a value)."""
+        return state["answers"].get(turn_id) is not None and state["verdicts"][turn_id]["well_formed"]
+
     def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
         prop = next(p for p in state["proposals"] if p["turn_id"] == turn.turn_id)
         if prop["error"] is not None:
-            reason = prop["error"] if prop["parsed"] else f"parse error: {prop['error']}"
-            return RewardRecord(value=penalty(prop["parsed"]), reason=reason, components={"valid": 0.0})
+            parsed = turn.parse_error is None  # else `error` is the validation's reason
+            reason = prop["error"] if parsed else f"parse error: {prop['error']}"
+            return RewardRecord(value=penalty(parsed), reason=reason, components={"valid": 0.0})
         rate = solve_rate(state, prop["task"])
         if rate is None:
             return RewardRecord(value=0.0, reason="valid, but no solver attempt was checked", components={"valid": 1.0})
@@ -418,9 +425,8 @@ def build(
             return RewardRecord(value=0.0, reason="answer was not checked")
         if verdict["correct"]:
             return RewardRecord(value=1.0, reason=verdict["reason"], components={"correct": 1.0, "formatted": 1.0})
-        parsed = state["answers"].get(turn.turn_id) is not None
-        reason = verdict["reason"] if parsed else f"parse error: {turn.parse_error}"
-        formatted = parsed and verdict.get("well_formed", True)  # `x + 9` in the block is not a value
+        reason = verdict["reason"] if turn.parse_error is None else f"parse error: {turn.parse_error}"
+        formatted = well_formed(state, turn.turn_id)
         return RewardRecord(value=penalty(formatted), reason=reason,
                             components={"correct": 0.0, "formatted": float(formatted)})
 
@@ -442,8 +448,7 @@ def build(
             "tasks": float(len(state.get("tasks", []))),
             "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
             "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
-            "solver_format": (sum(v.get("well_formed", True) and state["answers"].get(tid) is not None
-                                  for tid, v in state.get("verdicts", {}).items()) / len(verdicts)
+            "solver_format": (sum(well_formed(state, tid) for tid in state["verdicts"]) / len(verdicts)
                               if verdicts else 0.0),
             "buffer_size": float(len(buffer)),
         }
