@@ -43,6 +43,10 @@ class Role(BaseModel):
     """Plain text or a Jinja2 template rendered with `run(variables=...)` (missing names fail loudly)."""
     user_template: str | None = None
     """Optional Jinja2 template for the user message, used when `run()` gets no message."""
+    examples: list[Message] = Field(default_factory=list)
+    """Few-shot turns (user/assistant messages) put between the system prompt and the task.
+    Small models copy a worked example's layout far more reliably than they follow a
+    described one; the turns are prompt, so they are never trained on."""
     tools: list[Any] = Field(default_factory=list)
     """agentplay tools or LangChain BaseTools (wrapped in one `agentplay.tools.Toolbox`), or a Toolbox."""
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=256))
@@ -138,10 +142,11 @@ class Role(BaseModel):
     # -- pieces a recipe may reuse -------------------------------------------------------------
 
     def build_messages(self, message: str | list[Message] | None, variables: dict[str, Any]) -> list[Message]:
-        """System prompt (rendered) followed by the user message(s)."""
+        """System prompt (rendered), the few-shot examples, then the user message(s)."""
         messages: list[Message] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": self._render("system_prompt", self.system_prompt, variables)})
+        messages += [dict(m) for m in self.examples]
         if message is None:
             if self.user_template is None:
                 raise ValueError(f"Role {self.name!r}: run() got no message and the role has no user_template")

@@ -32,6 +32,7 @@ import random
 from collections import deque
 from typing import Any, TypedDict
 
+import jinja2
 from agentplay.sandbox import Limits, open_sandbox
 from agentplay.tools import CodeTool
 from langgraph.graph import END, START, StateGraph
@@ -53,7 +54,9 @@ from ._code_exec import (
     fenced_blocks,
 )
 
-__all__ = ["SEED_PROGRAMS", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build"]
+_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+__all__ = ["SEED_PROGRAMS", "SOLVER_EXAMPLES", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build"]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -80,6 +83,8 @@ class CodeSelfPlayConfig(BaseModel):
     format_rewards: bool = True
     """AZR's format-aware rewards: -0.5 for a wrong answer or an invalid proposal that
     parsed, -1 for output with nothing to parse; False gives 0 to both."""
+    solver_examples: bool = True
+    """Show the solver one worked example of its task type (`SOLVER_EXAMPLES`) before the task."""
     proposer_max_tokens: int = Field(256, ge=1)
     solver_max_tokens: int = Field(192, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=5.0)
@@ -181,14 +186,36 @@ def f(...):
 ```"""
 
 PROPOSER_USER = """Task type: {{ task_type }}. {{ purpose }}
-{% if references %}Here is an example puzzle. Write a new, different one.
-{% for ref in references %}```python
+Write a puzzle."""
+
+PROPOSER_AGAIN = "Write a new puzzle, different from the ones above."
+
+PROPOSER_REFERENCE = """```python
 {{ ref.program }}
 ```
 {% for inp in ref.inputs[:n_inputs] %}```input
 {{ inp }}
 ```
-{% endfor %}{% endfor %}{% else %}Write a new puzzle.{% endif %}"""
+{% endfor %}"""
+"""A buffered program written as the proposer's own earlier reply. Shown as turns
+(task, reference reply, "a new one"), the 135M model kept that layout, input block
+included, in 11 of 24 samples (abduction, T 0.7); with the same reference quoted inside
+the user message 2 of its first 48 proposals parsed."""
+
+
+def proposer_messages(task_type: str, references: list[dict[str, Any]], n_inputs: int) -> list[dict[str, str]]:
+    """The proposer's conversation: its task, each reference as a reply of its own, then
+    the request for a new puzzle (AZR conditions on buffer references the same way)."""
+    task = _TEMPLATES.from_string(PROPOSER_USER).render(task_type=task_type, purpose=PURPOSE[task_type])
+    if not references:
+        return [{"role": "user", "content": task}]
+    reply = _TEMPLATES.from_string(PROPOSER_REFERENCE)
+    turns = [{"role": "user", "content": task}]
+    for i, ref in enumerate(references):
+        turns += [{"role": "assistant", "content": reply.render(ref=ref, n_inputs=n_inputs).strip()},
+                  {"role": "user", "content": PROPOSER_AGAIN}]
+    return turns
+
 
 PURPOSE = {
     "deduction": "The student sees f and your input and must predict the output.",
@@ -215,6 +242,25 @@ to f, in an ```input block.""",
 {% endfor %}Write f. Give the whole definition in a ```python block.""",
 }
 
+SOLVER_EXAMPLES: dict[str, dict[str, Any]] = {
+    "deduction": {"task": {"program": "def f(xs):\n    return xs + [1]", "inputs": ["[5]"]},
+                  "answer": "f([5]) returns [5, 1].\n```output\n[5, 1]\n```"},
+    "abduction": {"task": {"program": "def f(xs):\n    return xs + [1]", "outputs": ["[5, 1]"]},
+                  "answer": "f([5]) returns [5, 1].\n```input\n[5]\n```"},
+    "induction": {"task": {"shown_inputs": ["1", "2"], "outputs": ["3", "4"]},
+                  "answer": "f adds 2.\n```python\ndef f(x):\n    return x + 2\n```"},
+}
+"""One worked task per type, shown as a user/assistant turn before the real task. The
+135M default model writes the asked-for block in 5 of the learning bench's 80 held-out
+deduction tasks from the instructions alone and in 79 of 80 after one example, so its
+rewards can be about answers, not layout."""
+
+
+def solver_example_turns(task_type: str) -> list[dict[str, str]]:
+    """`SOLVER_EXAMPLES[task_type]` as chat turns, the user turn rendered from `SOLVER_USER`."""
+    ex = SOLVER_EXAMPLES[task_type]
+    user = _TEMPLATES.from_string(SOLVER_USER[task_type]).render(**ex["task"])
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": ex["answer"]}]
 
 # -- parsing the model's text ------------------------------------------------------------------
 
@@ -301,13 +347,14 @@ def build(
 
     code_tool = CodeTool(limits=limits()) if cfg.proposer_tools else None
     proposer = Role(
-        name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, user_template=PROPOSER_USER,
+        name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,
         sampling=SamplingParams(max_tokens=cfg.proposer_max_tokens, temperature=cfg.temperature),
         output_parser=parse_proposal, tools=[code_tool] if code_tool else [],
         max_tool_turns=cfg.max_tool_turns,
     )
     solvers = {
         t: Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[t],
+                examples=solver_example_turns(t) if cfg.solver_examples else [],
                 sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
                 output_parser=_answer_parser(t))
         for t in ("deduction", "abduction", "induction")
@@ -327,8 +374,9 @@ def build(
         t = state["task_type"]
         if code_tool is not None:
             code_tool.sandbox = get_sandbox()
-        turns = await proposer.run_n(n=cfg.n_proposals, variables={
-            "tools": code_tool is not None, "task_type": t, "purpose": PURPOSE[t], "references": state["references"], "n_inputs": n_inputs(t)})
+        turns = await proposer.run_n(
+            proposer_messages(t, state["references"], n_inputs(t)), n=cfg.n_proposals,
+            variables={"tools": code_tool is not None, "n_inputs": n_inputs(t)})
         return {"proposals": [
             {"turn_id": turn.turn_id, "error": turn.parse_error, "task": None,
              **(turn.output or {"program": "", "inputs": []})}

@@ -60,6 +60,12 @@ async def test_episodes_are_stored_rewarded_and_token_exact(sandbox, tmp_path):
                 assert t.reward.value == pytest.approx((1 - rate) if 0 < rate < 1 else 0.0, abs=0.51)
         for t in solvers:
             assert "/task" in t.group_id
+            # the worked example is prompt: shown before the task, never among the trained tokens
+            assert [m["role"] for m in t.messages[:4]] == ["system", "user", "assistant", "user"]
+            shown = t.messages[2]["content"]
+            assert shown in {ex["answer"] for ex in code_selfplay.SOLVER_EXAMPLES.values()}
+            assert shown.splitlines()[-2] in tokenizer.decode(t.prompt_token_ids)
+            assert len(t.token_ids) == len(t.mask) and t.mask[0] == 1
             if t.parse_error:
                 assert t.reward.value == -1.0 and "no ```" in t.reward.reason
             else:

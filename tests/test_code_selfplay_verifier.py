@@ -15,7 +15,16 @@ from agentplay.graphs._code_exec import (
     check_induction,
     check_program,
 )
-from agentplay.graphs.code_selfplay import SEED_PROGRAMS, TaskBuffer, _answer_parser, parse_proposal
+from agentplay.graphs.code_selfplay import (
+    PROPOSER_AGAIN,
+    PURPOSE,
+    SEED_PROGRAMS,
+    TaskBuffer,
+    _answer_parser,
+    parse_proposal,
+    proposer_messages,
+    solver_example_turns,
+)
 from agentplay.sandbox import Limits, SandboxConfig, open_sandbox
 from conftest import require_docker
 
@@ -185,3 +194,25 @@ def test_task_buffer_dedupes_and_filters_by_inputs():
     for i in range(5):
         buf.add(f"def f(x):\n    return {i}", ["0"])
     assert len(buf) == 3
+
+
+def test_worked_examples_are_in_the_layout_the_parsers_read():
+    """The proposer's references come back as its own earlier replies and the solvers see
+    one worked task each; both must be exactly what the parsers accept, or the small
+    model learns a layout that scores -1."""
+    refs = [{"program": "def f(x):\n    return -x", "inputs": ["5", "-8", "0"]},
+            {"program": "def f(s):\n    return s * 2", "inputs": ["'ab'", "'x'", "''"]}]
+    turns = proposer_messages("induction", refs, n_inputs=3)
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[0]["content"].startswith("Task type: induction. " + PURPOSE["induction"])
+    assert turns[-1]["content"] == PROPOSER_AGAIN
+    assert [parse_proposal(t["content"]) for t in turns[1::2]] == refs  # each reply parses back to its reference
+    assert parse_proposal(proposer_messages("deduction", refs[:1], n_inputs=1)[1]["content"])["inputs"] == ["5"]
+    assert proposer_messages("deduction", [], n_inputs=1) == [turns[0] | {
+        "content": turns[0]["content"].replace("induction", "deduction").replace(
+            PURPOSE["induction"], PURPOSE["deduction"])}]
+    for task_type in ("deduction", "abduction", "induction"):
+        user, reply = solver_example_turns(task_type)
+        assert user["role"] == "user" and reply["role"] == "assistant"
+        assert _answer_parser(task_type)(reply["content"])  # the shown answer parses
+    assert _answer_parser("abduction")(solver_example_turns("abduction")[1]["content"]) == "[5]"

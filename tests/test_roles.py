@@ -45,6 +45,27 @@ async def test_tool_loop_is_token_exact_and_masks_tool_output(search_tool):
     assert turn.output and turn.parse_error is None and turn.role == "searcher"
 
 
+async def test_examples_sit_between_system_prompt_and_task_as_prompt_tokens():
+    shot = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Teal."}]
+    role = Role(name="namer", model=DEFAULT_MODEL_SPEC, system_prompt="Answer in one word.",
+                user_template="Name a {{ thing }}.", examples=shot,
+                sampling=SamplingParams(max_tokens=3, temperature=0.0))
+    messages = role.build_messages(None, {"thing": "fruit"})
+    assert messages == [{"role": "system", "content": "Answer in one word."}, *shot,
+                        {"role": "user", "content": "Name a fruit."}]
+    messages[1]["content"] = "changed"  # the role's examples are copied, not shared
+    assert role.examples[0]["content"] == "Name a colour."
+
+    turn = await role.run(variables={"thing": "fruit"})
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    prompt = tokenizer.decode(turn.prompt_token_ids)
+    assert prompt.index("Answer in one word.") < prompt.index("Teal.") < prompt.index("Name a fruit.")
+    assert turn.messages[:4] == role.build_messages(None, {"thing": "fruit"})
+    assert 1 <= len(turn.token_ids) <= 3 and all(turn.mask)  # only the model's reply is trained on
+    with pytest.raises(ValidationError, match="examples"):
+        Role(name="bad", model=DEFAULT_MODEL_SPEC, examples="Name a colour.")
+
+
 async def test_run_n_shares_one_prompt_and_records_parse_errors():
     class Verdict(BaseModel):
         ok: bool
