@@ -156,21 +156,14 @@ async def evaluate(model: Any, problems: list[dict[str, Any]], task_type: str = 
     checked by the recipe's checker in the sandbox; deduction answers are literals compared
     in-process, and also get a `lenient_accuracy` (any literal answer in the text) that
     tells knowing the value apart from writing it where asked."""
-    import jinja2
     from agentplay.graphs._code_exec import CodeTask, check_abduction
-    from agentplay.graphs.code_selfplay import (
-        SOLVER_SYSTEM,
-        SOLVER_USER,
-        _answer_parser,
-        solver_example_turns,
-    )
+    from agentplay.graphs.code_selfplay import solver_role
 
     from agentplay.models import SamplingParams
 
-    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(SOLVER_USER[task_type])
-    strict = _answer_parser(task_type)
+    solver = solver_role(task_type)
+    strict = solver.output_parser
     greedy = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=False)
-    head = [{"role": "system", "content": SOLVER_SYSTEM}, *solver_example_turns(task_type)]
     samples: list[str] = []
 
     async def mark(parse: Any, text: str, p: dict[str, Any]) -> tuple[int, int]:
@@ -184,8 +177,9 @@ async def evaluate(model: Any, problems: list[dict[str, Any]], task_type: str = 
         return int(_same(answer, p["output"])), 1
 
     async def one(p: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
-        user = template.render(program=p["program"], inputs=[p["input"]], outputs=[p["output"]])
-        res = await model.chat([*head, {"role": "user", "content": user}], sampling=greedy)
+        messages = solver.build_messages(None, {"program": p["program"], "inputs": [p["input"]],
+                                                "outputs": [p["output"]]})
+        res = await model.chat(messages, sampling=greedy)
         if len(samples) < 3:
             samples.append(res.choice.text)
         lenient = (await mark(lenient_deduction_parser, res.choice.text, p)) if task_type == "deduction" else (0, 0)

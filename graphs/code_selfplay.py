@@ -56,7 +56,7 @@ from ._code_exec import (
 
 _TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined)
 
-__all__ = ["SEED_PROGRAMS", "SOLVER_EXAMPLES", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build"]
+__all__ = ["SEED_PROGRAMS", "SOLVER_EXAMPLES", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build", "solver_role"]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -207,11 +207,9 @@ def proposer_messages(task_type: str, references: list[dict[str, Any]], n_inputs
     """The proposer's conversation: its task, each reference as a reply of its own, then
     the request for a new puzzle (AZR conditions on buffer references the same way)."""
     task = _TEMPLATES.from_string(PROPOSER_USER).render(task_type=task_type, purpose=PURPOSE[task_type])
-    if not references:
-        return [{"role": "user", "content": task}]
     reply = _TEMPLATES.from_string(PROPOSER_REFERENCE)
     turns = [{"role": "user", "content": task}]
-    for i, ref in enumerate(references):
+    for ref in references:
         turns += [{"role": "assistant", "content": reply.render(ref=ref, n_inputs=n_inputs).strip()},
                   {"role": "user", "content": PROPOSER_AGAIN}]
     return turns
@@ -322,6 +320,17 @@ def _answer_parser(task_type: str):
 
 # -- build: roles, nodes, rewards, graph -------------------------------------------------------
 
+def solver_role(task_type: TaskType, model: str = DEFAULT_MODEL_SPEC,
+                cfg: CodeSelfPlayConfig | None = None) -> Role:
+    """The solver of one task type: prompt, worked example, sampling and answer parser.
+    Evaluations build their prompts from it so they ask exactly what training asks."""
+    cfg = cfg or CodeSelfPlayConfig()
+    return Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[task_type],
+                examples=solver_example_turns(task_type) if cfg.solver_examples else [],
+                sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
+                output_parser=_answer_parser(task_type))
+
+
 def build(
     model: str = DEFAULT_MODEL_SPEC,
     *,
@@ -352,13 +361,7 @@ def build(
         output_parser=parse_proposal, tools=[code_tool] if code_tool else [],
         max_tool_turns=cfg.max_tool_turns,
     )
-    solvers = {
-        t: Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[t],
-                examples=solver_example_turns(t) if cfg.solver_examples else [],
-                sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
-                output_parser=_answer_parser(t))
-        for t in ("deduction", "abduction", "induction")
-    }
+    solvers = {t: solver_role(t, model, cfg) for t in ("deduction", "abduction", "induction")}
     checkers = {"deduction": check_deduction, "abduction": check_abduction, "induction": check_induction}
 
     def n_inputs(task_type: str) -> int:
