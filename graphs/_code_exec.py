@@ -212,30 +212,83 @@ async def execute(
     return out
 
 
+def _nearby(value: Any) -> list[Any]:
+    """Small edits of one literal value, of the same type where there is one."""
+    t = type(value)
+    if t is bool:
+        return [not value]
+    if t is int:
+        return [value + 1, value - 1, -value - 1, 3 * value + 7]
+    if t is float:
+        return [value + 1.5, -value - 2.0]
+    if t is str:
+        return [value + "a", value[1:] or "b", value[::-1] + "z"]
+    if t is list or t is tuple:
+        edits = [list(value[:-1]), list(value) + list(value[-1:] or [1]),
+                 [(_nearby(v) or [v])[0] for v in value]]  # every item edited: catches xs[1], xs[-1]
+        if value:
+            edits.append([(_nearby(value[0]) or [value[0]])[0], *value[1:]])
+        return [t(e) for e in edits]
+    if t is dict:
+        return [{}, {**value, "zz": 0}] if value else [{"a": 1}]
+    if t is set or t is frozenset:
+        return [t(), t({*value, 99})]
+    if value is None:
+        return [0]
+    return []
+
+
+def probe_arguments(arguments: str, limit: int = 8) -> list[str]:
+    """Argument lists one small edit away from `arguments` (one argument changed at a
+    time), to ask whether f's output depends on its input at all."""
+    try:
+        args = [ast.literal_eval(a) for a in ast.parse(f"f({arguments})", mode="eval").body.args]
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return []
+    probes = []
+    for i, arg in enumerate(args):
+        for edit in _nearby(arg):
+            probes.append(", ".join(repr(a) for a in (*args[:i], edit, *args[i + 1:])))
+    return [p for p in dict.fromkeys(probes) if p != arguments][:limit]
+
+
 async def build_task(
-    sandbox: Any, program: str, inputs: list[str], *, limits: Any = None, max_repr: int = 2000
+    sandbox: Any, program: str, inputs: list[str], *, limits: Any = None, max_repr: int = 2000,
+    require_input_dependence: bool = False,
 ) -> CodeTask:
     """Validate a proposal: static checks, then two independent runs that must both
-    succeed on every input and agree exactly. ValueError carries the rejection reason."""
+    succeed on every input and agree exactly. ValueError carries the rejection reason.
+
+    `require_input_dependence` also runs f on small edits of the first input and rejects
+    a program whose output never changes (`return 10 if len(xs) == 2 else 10`): every
+    input solves such an abduction task and every prediction of it is a constant, so a
+    solver trained on them learns a shortcut, not how to read code. Edits that raise are
+    ignored; a program none of whose edits run is kept (nothing shows it is constant)."""
     check_program(program)
     inputs = [check_arguments(i) for i in inputs]
     if not inputs:
         raise ValueError("no input given")
+    probes = probe_arguments(inputs[0]) if require_input_dependence else []
     # fresh interpreters: two forks of one warm zygote share a hash seed, so a program whose
     # output follows set or dict order of strings would pass as deterministic
     first, second = await asyncio.gather(*(
-        execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True) for _ in range(2)
+        execute(sandbox, program, calls=inputs + probes, limits=limits, max_repr=max_repr, fresh=True)
+        for _ in range(2)
     ))
     for run in (first, second):
         if run["load_error"]:
             raise ValueError(f"program failed: {run['load_error']}")
-        for arg, item in zip(inputs, run["calls"], strict=True):
+        for arg, item in zip(inputs, run["calls"], strict=False):
             if not item["ok"]:
                 raise ValueError(f"f({arg[:60]}) failed: {item['error']}")
-    a = [c["repr"] for c in first["calls"]]
-    b = [c["repr"] for c in second["calls"]]
+    a = [c["repr"] for c in first["calls"][: len(inputs)]]
+    b = [c["repr"] for c in second["calls"][: len(inputs)]]
     if a != b:
         raise ValueError("program is not deterministic: two runs gave different outputs")
+    nearby = [c["repr"] for c in first["calls"][len(inputs):] if c["ok"]]
+    if require_input_dependence and len(set(a)) == 1 and nearby and set(nearby) == {a[0]}:
+        raise ValueError(f"output does not depend on the input: f gives {a[0][:60]} for "
+                         f"{len(nearby) + len(inputs)} different inputs")
     return CodeTask(program=program, inputs=inputs, outputs=a)
 
 

@@ -84,10 +84,14 @@ class CodeSelfPlayConfig(BaseModel):
     """AZR's format-aware rewards: -0.5 for a wrong answer or an invalid proposal that
     parsed, -1 for output with nothing to parse; False gives 0 to both."""
     solver_examples: bool = True
-    """Show the solver one worked example of its task type (`SOLVER_EXAMPLES`) before the task."""
+    """Show the solver the worked examples of its task type (`SOLVER_EXAMPLES`) before the task."""
     proposer_max_tokens: int = Field(256, ge=1)
     solver_max_tokens: int = Field(192, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=5.0)
+    require_input_dependence: bool = True
+    """Reject a program whose output stays the same when its input is edited slightly (see
+    `build_task`). Not in AZR; the 135M proposer wrote such programs for 14 of the 55
+    tasks one learning run trained its solver on, and the solver learned "any input"."""
     wall_time_s: float = Field(5.0, gt=0, le=120)
     """Sandbox wall-clock limit of each run (a proposal that loops is rejected as a timeout)."""
     memory_mb: int = Field(256, ge=32)
@@ -240,25 +244,33 @@ to f, in an ```input block.""",
 {% endfor %}Write f. Give the whole definition in a ```python block.""",
 }
 
-SOLVER_EXAMPLES: dict[str, dict[str, Any]] = {
-    "deduction": {"task": {"program": "def f(xs):\n    return xs + [1]", "inputs": ["[5]"]},
-                  "answer": "f([5]) returns [5, 1].\n```output\n[5, 1]\n```"},
-    "abduction": {"task": {"program": "def f(xs):\n    return xs + [1]", "outputs": ["[5, 1]"]},
-                  "answer": "f([5]) returns [5, 1].\n```input\n[5]\n```"},
-    "induction": {"task": {"shown_inputs": ["1", "2"], "outputs": ["3", "4"]},
-                  "answer": "f adds 2.\n```python\ndef f(x):\n    return x + 2\n```"},
+SOLVER_EXAMPLES: dict[str, list[dict[str, Any]]] = {
+    "deduction": [{"task": {"program": "def f(xs):\n    return xs + [1]", "inputs": ["[5]"]},
+                   "answer": "f([5]) returns [5, 1].\n```output\n[5, 1]\n```"}],
+    "abduction": [{"task": {"program": "def f(x):\n    return x * 3", "outputs": ["12"]},
+                   "answer": "f(4) returns 12.\n```input\n4\n```"},
+                  {"task": {"program": "def f(xs):\n    return xs + [1]", "outputs": ["[5, 1]"]},
+                   "answer": "f([5]) returns [5, 1].\n```input\n[5]\n```"}],
+    "induction": [{"task": {"shown_inputs": ["1", "2"], "outputs": ["3", "4"]},
+                   "answer": "f adds 2.\n```python\ndef f(x):\n    return x + 2\n```"}],
 }
-"""One worked task per type, shown as a user/assistant turn before the real task. The
-135M default model writes the asked-for block in 5 of the learning bench's 80 held-out
+"""Worked tasks per type, shown as user/assistant turns before the real task. The 135M
+default model writes the asked-for block in 5 of the learning bench's 80 held-out
 deduction tasks from the instructions alone and in 79 of 80 after one example, so its
-rewards can be about answers, not layout."""
+rewards can be about answers, not layout. It also copies the example's *type*: with only
+the list example its abduction answers were lists even for `f(x) = x + 1` (0 of 24 scalar
+held-out tasks solved, and scalar training tasks never had a correct sample to learn
+from); a scalar and a list example give both kinds (78 of 80 blocks written)."""
 
 
 def solver_example_turns(task_type: str) -> list[dict[str, str]]:
-    """`SOLVER_EXAMPLES[task_type]` as chat turns, the user turn rendered from `SOLVER_USER`."""
-    ex = SOLVER_EXAMPLES[task_type]
-    user = _TEMPLATES.from_string(SOLVER_USER[task_type]).render(**ex["task"])
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": ex["answer"]}]
+    """`SOLVER_EXAMPLES[task_type]` as chat turns, each user turn rendered from `SOLVER_USER`."""
+    user = _TEMPLATES.from_string(SOLVER_USER[task_type])
+    turns: list[dict[str, str]] = []
+    for ex in SOLVER_EXAMPLES[task_type]:
+        turns += [{"role": "user", "content": user.render(**ex["task"])},
+                  {"role": "assistant", "content": ex["answer"]}]
+    return turns
 
 # -- parsing the model's text ------------------------------------------------------------------
 
@@ -391,7 +403,7 @@ def build(
         if len(inputs) < need:
             raise ValueError(f"{task_type} needs {need} inputs, got {len(inputs)}")
         return await build_task(get_sandbox(), program, inputs[:need], limits=limits(),
-                                max_repr=cfg.max_output_chars)
+                                max_repr=cfg.max_output_chars, require_input_dependence=cfg.require_input_dependence)
 
     async def validate(state: CodeState) -> dict[str, Any]:
         t = state["task_type"]

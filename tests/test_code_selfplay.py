@@ -61,10 +61,12 @@ async def test_episodes_are_stored_rewarded_and_token_exact(sandbox, tmp_path):
         for t in solvers:
             assert "/task" in t.group_id
             # the worked example is prompt: shown before the task, never among the trained tokens
-            assert [m["role"] for m in t.messages[:4]] == ["system", "user", "assistant", "user"]
-            shown = t.messages[2]["content"]
-            assert shown in {ex["answer"] for ex in code_selfplay.SOLVER_EXAMPLES.values()}
-            assert shown.splitlines()[-2] in tokenizer.decode(t.prompt_token_ids)
+            roles = [m["role"] for m in t.messages]  # system, examples, task, the solver's reply
+            assert roles[0] == "system" and roles[-2:] == ["user", "assistant"] and len(roles) >= 5
+            assert roles[1:-2] == ["user", "assistant"] * ((len(roles) - 3) // 2)
+            shown = [m["content"] for m in t.messages[2:-2:2]]
+            assert shown in ([ex["answer"] for ex in exs] for exs in code_selfplay.SOLVER_EXAMPLES.values())
+            assert all(answer.splitlines()[-2] in tokenizer.decode(t.prompt_token_ids) for answer in shown)
             assert len(t.token_ids) == len(t.mask) and t.mask[0] == 1
             if t.parse_error:
                 assert t.reward.value == -1.0 and "no ```" in t.reward.reason

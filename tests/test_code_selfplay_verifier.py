@@ -14,11 +14,13 @@ from agentplay.graphs._code_exec import (
     check_deduction,
     check_induction,
     check_program,
+    probe_arguments,
 )
 from agentplay.graphs.code_selfplay import (
     PROPOSER_AGAIN,
     PURPOSE,
     SEED_PROGRAMS,
+    SOLVER_EXAMPLES,
     TaskBuffer,
     _answer_parser,
     parse_proposal,
@@ -74,9 +76,49 @@ async def test_bad_proposals_are_rejected_with_a_reason(sandbox, program, inputs
         await build_task(sandbox, program, inputs, limits=FAST, max_repr=1000)
 
 
+def test_probes_edit_one_argument_at_a_time_and_keep_types():
+    assert probe_arguments("4") == ["5", "3", "-5", "19"]
+    assert probe_arguments("[2, 7], 'ab'") == ["[2], 'ab'", "[2, 7, 7], 'ab'", "[3, 8], 'ab'", "[3, 7], 'ab'",
+                                               "[2, 7], 'aba'", "[2, 7], 'b'", "[2, 7], 'baz'"]
+    assert probe_arguments("True, None") == ["False, None", "True, 0"]
+    assert probe_arguments("()") == ["(1,)"]  # the "drop the last item" edit is the input itself: left out
+    assert len(probe_arguments("1, 2, 3")) == 8  # capped
+    assert probe_arguments("x") == []  # not a literal: nothing to probe (check_arguments rejects it)
+
+
+@pytest.mark.parametrize(
+    ("program", "inputs", "constant"),
+    [
+        ("def f(xs):\n    return 10 if len(xs) == 2 else 10", ["[1, 2]"], True),
+        ("def f(s):\n    return len({100000000})", ["'abc'"], True),
+        ("def f(x):\n    return 'dog'", ["3"], True),
+        ("def f(a, b):\n    return a * 0 + b * 0", ["4, 5"], True),
+        ("def f(x):\n    return x // 100", ["5"], False),  # 0 for 4, 6 and 22, but -1 for -6
+        ("def f(x):\n    return x[0]", ["[6, 2]"], False),
+        ("def f(x):\n    return x[1]\ndef g():\n    return 10", ["[7, 10]"], False),  # only items past the first matter
+        ("def f(x):\n    return [v + 1 for v in range(1, 9) if v % 2 == 0]", ["[2, 4]"], True),
+        ("def f(x):\n    return x > 3", ["10"], False),
+        ("def f(x, y):\n    return y", ["1, 2"], False),  # ignores x but not y
+        ("def f(x):\n    return 1 if x == 7 else 1 // 0", ["7"], False),  # every edit raises: kept
+        ("def f(x):\n    return 0", ["1", "2"], True),
+    ],
+)
+@module_loop
+async def test_programs_whose_output_ignores_the_input_are_rejected(sandbox, program, inputs, constant):
+    if constant:
+        with pytest.raises(ValueError, match="does not depend on the input"):
+            await build_task(sandbox, program, inputs, limits=FAST, require_input_dependence=True)
+    else:
+        task = await build_task(sandbox, program, inputs, limits=FAST, require_input_dependence=True)
+        assert task.inputs == inputs and len(task.outputs) == len(inputs)
+    # off by default (AZR has no such check): the same program is a valid task
+    assert (await build_task(sandbox, program, inputs, limits=FAST)).inputs == inputs
+
+
 @module_loop
 async def test_seed_programs_are_all_valid(sandbox):
-    tasks = [await build_task(sandbox, s["program"], s["inputs"], limits=FAST) for s in SEED_PROGRAMS]
+    tasks = [await build_task(sandbox, s["program"], s["inputs"], limits=FAST, require_input_dependence=True)
+             for s in SEED_PROGRAMS]
     assert all(len(t.outputs) == 3 for t in tasks)
     assert tasks[4].outputs[0] == "{'a': 3, 'b': 1, 'n': 2}"  # dict keys canonically sorted
 
@@ -211,7 +253,9 @@ def test_worked_examples_are_in_the_layout_the_parsers_read():
     assert proposer_messages("deduction", [], n_inputs=1) == [
         {"role": "user", "content": f"Task type: deduction. {PURPOSE['deduction']}\nWrite a puzzle."}]
     for task_type in ("deduction", "abduction", "induction"):
-        user, reply = solver_example_turns(task_type)
-        assert user["role"] == "user" and reply["role"] == "assistant"
-        assert _answer_parser(task_type)(reply["content"])  # the shown answer parses
-    assert _answer_parser("abduction")(solver_example_turns("abduction")[1]["content"]) == "[5]"
+        turns = solver_example_turns(task_type)
+        assert [t["role"] for t in turns] == ["user", "assistant"] * len(SOLVER_EXAMPLES[task_type])
+        for reply in turns[1::2]:
+            assert _answer_parser(task_type)(reply["content"])  # each shown answer parses
+    # abduction shows a scalar and a list answer, so neither type is the only one it sees
+    assert [_answer_parser("abduction")(t["content"]) for t in solver_example_turns("abduction")[1::2]] == ["4", "[5]"]
