@@ -263,30 +263,31 @@ async def build_task(
     a program whose output never changes (`return 10 if len(xs) == 2 else 10`): every
     input solves such an abduction task and every prediction of it is a constant, so a
     solver trained on them learns a shortcut, not how to read code. Edits that raise are
-    ignored; a program none of whose edits run is kept (nothing shows it is constant)."""
+    ignored; a program none of whose edits run (or whose probe run times out) is kept."""
     check_program(program)
     inputs = [check_arguments(i) for i in inputs]
     if not inputs:
         raise ValueError("no input given")
     probes = probe_arguments(inputs[0]) if require_input_dependence else []
     # fresh interpreters: two forks of one warm zygote share a hash seed, so a program whose
-    # output follows set or dict order of strings would pass as deterministic
-    first, second = await asyncio.gather(*(
-        execute(sandbox, program, calls=inputs + probes, limits=limits, max_repr=max_repr, fresh=True)
-        for _ in range(2)
-    ))
+    # output follows set or dict order of strings would pass as deterministic. The probes
+    # run on their own, so one that loops or crashes the run cannot reject the proposal.
+    first, second, probed = await asyncio.gather(
+        *(execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True) for _ in range(2)),
+        execute(sandbox, program, calls=probes, limits=limits, max_repr=max_repr) if probes else asyncio.sleep(0),
+    )
     for run in (first, second):
         if run["load_error"]:
             raise ValueError(f"program failed: {run['load_error']}")
-        for arg, item in zip(inputs, run["calls"], strict=False):
+        for arg, item in zip(inputs, run["calls"], strict=True):
             if not item["ok"]:
                 raise ValueError(f"f({arg[:60]}) failed: {item['error']}")
-    a = [c["repr"] for c in first["calls"][: len(inputs)]]
-    b = [c["repr"] for c in second["calls"][: len(inputs)]]
+    a = [c["repr"] for c in first["calls"]]
+    b = [c["repr"] for c in second["calls"]]
     if a != b:
         raise ValueError("program is not deterministic: two runs gave different outputs")
-    nearby = [c["repr"] for c in first["calls"][len(inputs):] if c["ok"]]
-    if require_input_dependence and len(set(a)) == 1 and nearby and set(nearby) == {a[0]}:
+    nearby = [c["repr"] for c in (probed or {}).get("calls", []) if c["ok"]]
+    if len(set(a)) == 1 and nearby and set(nearby) == {a[0]}:
         raise ValueError(f"output does not depend on the input: f gives {a[0][:60]} for "
                          f"{len(nearby) + len(inputs)} different inputs")
     return CodeTask(program=program, inputs=inputs, outputs=a)

@@ -100,6 +100,7 @@ def test_probes_edit_one_argument_at_a_time_and_keep_types():
         ("def f(x):\n    return x > 3", ["10"], False),
         ("def f(x, y):\n    return y", ["1, 2"], False),  # ignores x but not y
         ("def f(x):\n    return 1 if x == 7 else 1 // 0", ["7"], False),  # every edit raises: kept
+        ("def f(n):\n    while n != 3:\n        n += 1\n    return 0", ["1"], False),  # edit 3n+7 loops: kept
         ("def f(x):\n    return 0", ["1", "2"], True),
     ],
 )
