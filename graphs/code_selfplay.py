@@ -334,7 +334,7 @@ def _answer_parser(task_type: str):
 
 def solver_role(task_type: TaskType, model: str = DEFAULT_MODEL_SPEC,
                 cfg: CodeSelfPlayConfig | None = None) -> Role:
-    """The solver of one task type: prompt, worked example, sampling and answer parser.
+    """The solver of one task type: prompt, worked examples, sampling and answer parser.
     Evaluations build their prompts from it so they ask exactly what training asks."""
     cfg = cfg or CodeSelfPlayConfig()
     return Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER[task_type],
