@@ -20,6 +20,8 @@ Defaults: abduction (the task where the 135M model starts highest, 25% greedy, s
 there is something to sharpen), 4 proposals and 8 solver samples per episode,
 temperature 0.7, LoRA lr 2e-4, DAPO loss, AZR format rewards, a buffer seeded with
 simple programs unlike the held-out families (`--buffer easy`), greedy evaluation.
+`--beta` adds TRL's KL penalty against the base model (with LoRA, the adapter disabled:
+no second copy of the weights); `--role-weights '{"proposer": 0}'` trains the solver only.
 `--eval-samples 4 --eval-temperature 0.7` scores the expected accuracy of a sampled answer
 instead (what GRPO optimises; slower). `--buffer heldout-families` is an ablation, not a
 held-out claim: the proposer's references come from the held-out templates, which
@@ -85,10 +87,16 @@ TRAIN_SEEDS: list[dict[str, Any]] = [
     {"program": "def f(s):\n    return s[0]", "inputs": ["'dog'", "'apple'", "'z'"]},
     {"program": "def f(xs):\n    return xs + [0]", "inputs": ["[1, 2]", "[]", "[9]"]},
     {"program": "def f(x):\n    return str(x)", "inputs": ["12", "-3", "0"]},
+    {"program": "def f(x):\n    return max(x, 0)", "inputs": ["7", "-2", "15"]},
+    {"program": "def f(x):\n    return min(x, 50)", "inputs": ["12", "80", "-4"]},
+    {"program": "def f(s):\n    return s.strip()", "inputs": ["' hi '", "'ok'", "'  tab'"]},
 ]
 """Easy training-buffer programs (`--buffer easy`, the default): other operations than the held-out
 families (square, abs, negation, indexing, repetition...), so the held-out problems
-stay unseen while the solver gets tasks it sometimes solves (reward variance)."""
+stay unseen while the solver gets tasks it sometimes solves (reward variance). Integer,
+list and string arguments all occur, and for each some answers are the target itself
+(`max(x, 0)`, `s.strip()`) or the target in a list (`xs[0]`): a solver trained only on
+list-argument tasks learned to answer every abduction task with a list."""
 
 
 def _instantiate(template: str, rng: random.Random) -> str:
@@ -303,8 +311,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = TrainConfig(recipe="code-selfplay", iterations=args.max_iterations,
                       episodes_per_iteration=args.episodes, concurrency=args.episodes, store=out / "traces.db",
                       output_dir=out, run_name="learning", lora=args.lora, learning_rate=args.lr,
-                      loss_type=args.loss_type, micro_batch_size=4, max_completion_length=256,
-                      time_budget_s=args.budget_min * 60, recipe_options=options, seed=args.seed,
+                      loss_type=args.loss_type, beta=args.beta,
+                      role_weights=json.loads(args.role_weights), micro_batch_size=4,
+                      max_completion_length=256, time_budget_s=args.budget_min * 60,
+                      recipe_options=options, seed=args.seed,
                       temperature=options.get("temperature", 1.0))
     recipe = None
     if args.buffer != "recipe":
@@ -381,6 +391,9 @@ def main() -> None:
     ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--loss-type", default="dapo")
+    ap.add_argument("--beta", type=float, default=0.0,
+                    help="KL coefficient against the base model (with LoRA: the adapter disabled)")
+    ap.add_argument("--role-weights", default="{}", help='loss weight per role as JSON, e.g. {"proposer": 0}')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe-options", default=json.dumps({
         "task_types": ["abduction"], "n_proposals": 4, "n_solvers": 8, "proposer_tools": False,

@@ -42,6 +42,29 @@ def test_family_seeds_are_new_inputs_of_the_heldout_templates(learning):
 
 
 @pytest.mark.asyncio
+async def test_easy_training_seeds_are_valid_tasks_outside_the_heldout_set(learning):
+    """`--buffer easy` seeds the solver's first tasks: each must pass the recipe's own
+    validation (input dependence included) in the Docker sandbox, and none may be a
+    held-out program, or the held-out set would be trained on from the start."""
+    from agentplay.graphs._code_exec import build_task
+    from agentplay.sandbox import Limits, SandboxConfig, open_sandbox
+    from conftest import require_docker
+
+    require_docker()
+    heldout = {p["program"] for p in learning.load_heldout()}
+    assert not heldout & {s["program"] for s in learning.TRAIN_SEEDS}
+    sandbox = open_sandbox(config=SandboxConfig(backend="docker", pool_min=1, pool_max=2))
+    try:
+        tasks = [await build_task(sandbox, s["program"], s["inputs"], limits=Limits(wall_time_s=3, memory_mb=256),
+                                  require_input_dependence=True) for s in learning.TRAIN_SEEDS]
+    finally:
+        await sandbox.aclose()
+    assert [len(t.outputs) for t in tasks] == [3] * len(learning.TRAIN_SEEDS)
+    kinds = {s["program"].split("(")[1].split(")")[0] for s in learning.TRAIN_SEEDS}
+    assert kinds == {"x", "xs", "s"}  # integer, list and string arguments all occur
+
+
+@pytest.mark.asyncio
 async def test_sampled_evaluation_is_seeded_per_problem(learning):
     """Before/after comparisons draw the same random numbers: two sampled evaluations of
     the same weights give the same per-problem scores, and a score is a fraction of k."""

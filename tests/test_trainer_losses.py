@@ -53,3 +53,35 @@ def test_loss_normalisation_matches_each_loss_type(tmp_path, model_and_tokenizer
     }[loss_type]
     assert out["micro_batches"] == 3
     assert out["loss"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_kl_is_measured_against_the_initial_model(tmp_path, lora):
+    """beta > 0: the first step's policy is the reference (KL 0 and the loss is the pure
+    policy loss); after an update KL is positive and adds to the loss. With
+    LoRA the reference is the adapter disabled; with full fine-tuning, a frozen copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = default_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    initial = {k: v.detach().clone() for k, v in model.named_parameters()}
+    beta = 0.5
+    cfg = TrainConfig(output_dir=tmp_path, loss_type="grpo", beta=beta, lora=lora,
+                      learning_rate=1e-2 if lora else 1e-4, micro_batch_size=4,
+                      max_completion_length=MAX_LEN, report_to=[])
+    learner = GRPOLearner(model, tok, cfg)
+    samples = _samples(tok)
+    policy_loss = -sum(s.advantage for s in samples) / len(samples)  # on-policy: every ratio is 1
+    first = learner.step(samples)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert first["loss"] == pytest.approx(policy_loss, abs=1e-5)
+    second = learner.step(samples)
+    assert second["kl"] > 1e-4
+    assert second["loss"] - policy_loss > beta * 1e-5  # the (non-negative) KL term is in the loss
+    if not lora:  # the reference is a separate module that kept the initial weights
+        ref = learner.trainer.ref_model
+        assert ref is not None and ref is not learner.model
+        name = "model.layers.0.self_attn.q_proj.weight"
+        assert torch.equal(dict(ref.named_parameters())[name], initial[name])
+        assert not torch.equal(dict(learner.model.named_parameters())[name], initial[name])
