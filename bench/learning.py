@@ -318,7 +318,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       episodes_per_iteration=args.episodes, concurrency=args.episodes, store=out / "traces.db",
                       output_dir=out, run_name="learning", lora=args.lora, learning_rate=args.lr,
                       loss_type=args.loss_type, beta=args.beta,
-                      role_weights=json.loads(args.role_weights), micro_batch_size=4,
+                      role_weights=args.role_weights, micro_batch_size=4,
                       max_completion_length=256, time_budget_s=args.budget_min * 60,
                       recipe_options=options, seed=args.seed,
                       temperature=options.get("temperature", 1.0))
@@ -399,7 +399,8 @@ def main() -> None:
     ap.add_argument("--loss-type", default="dapo")
     ap.add_argument("--beta", type=float, default=0.0,
                     help="KL coefficient against the base model (with LoRA: the adapter disabled)")
-    ap.add_argument("--role-weights", default="{}", help='loss weight per role as JSON, e.g. {"proposer": 0}')
+    ap.add_argument("--role-weights", type=json.loads, default={},
+                    help='loss weight per role as JSON, e.g. {"proposer": 0}')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe-options", default=json.dumps({
         "task_types": ["abduction"], "n_proposals": 4, "n_solvers": 8, "proposer_tools": False,
