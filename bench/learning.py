@@ -31,9 +31,13 @@ bounds what 30 minutes of this trainer can do when the tasks are of the right ki
 
 Measured so far (greedy, 30 minutes, 2-core CPU): no configuration has reached +2 SE; runs
 range from -0.5 SE (KL 0.04) to -3.0 SE (solver-only updates) and -3.6 SE (the
-heldout-families ablation). The 135M solver mostly echoes the target, and GRPO shifts one
-global answer shape (a scalar vs. the target in a list) towards whichever the self-play
-tasks happened to reward, losing held-out problems that need the other shape.
+heldout-families ablation). The 135M solver mostly echoes the target or wraps it in a list
+(`shape_strategies`: such guesses solve 21-36 of the 80 problems, 27 if the parameter's
+name picks the shape), and GRPO teaches it "answer with the target's type". Four runs
+(type-balanced seeds; plus `replay_tasks`; plus type-changing seeds; plus
+`accepted_input_reward`) each lost the same six held-out problems whose input type differs
+from the output's (`len`, `sum`, `max` of a list; `len` of a string) and gained two or three
+echo-solvable ones: -1.0 to -1.7 SE.
 """
 
 from __future__ import annotations
@@ -96,13 +100,22 @@ TRAIN_SEEDS: list[dict[str, Any]] = [
     {"program": "def f(x):\n    return max(x, 0)", "inputs": ["7", "-2", "15"]},
     {"program": "def f(x):\n    return min(x, 50)", "inputs": ["12", "80", "-4"]},
     {"program": "def f(s):\n    return s.strip()", "inputs": ["' hi '", "'ok'", "'  tab'"]},
+    # the answer's type differs from the target's (a list for an int, an int for a list...)
+    {"program": "def f(xs):\n    return xs[1]", "inputs": ["[4, 8, 1]", "[0, 5]", "[7, 3, 3, 2]"]},
+    {"program": "def f(s):\n    return s.find('a')", "inputs": ["'cat'", "'abc'", "'xxa'"]},
+    {"program": "def f(x):\n    return [x, x]", "inputs": ["3", "-1", "12"]},
+    {"program": "def f(x):\n    return 'a' * x", "inputs": ["2", "0", "4"]},
+    {"program": "def f(s):\n    return list(s)", "inputs": ["'ab'", "'xyz'", "'q'"]},
+    {"program": "def f(s):\n    return s.split()", "inputs": ["'a b'", "'one two three'", "'hi'"]},
 ]
 """Easy training-buffer programs (`--buffer easy`, the default): other operations than the held-out
 families (square, abs, negation, indexing, repetition...), so the held-out problems
 stay unseen while the solver gets tasks it sometimes solves (reward variance). Integer,
 list and string arguments all occur, and for each some answers are the target itself
 (`max(x, 0)`, `s.strip()`) or the target in a list (`xs[0]`): a solver trained only on
-list-argument tasks learned to answer every abduction task with a list."""
+list-argument tasks learned to answer every abduction task with a list. Nine programs change
+the type (`xs[1]`: list in, int out): self-play tasks mostly keep it, and a solver trained on
+those alone learned "answer with the target's type", losing held-out `sum`/`len` problems."""
 
 
 def _instantiate(template: str, rng: random.Random) -> str:
@@ -177,6 +190,29 @@ def lenient_deduction_parser(text: str) -> str:
 
 def load_heldout(path: Path = HELDOUT) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shape_strategies(problems: list[dict[str, Any]]) -> dict[str, int]:
+    """How many abduction problems answer-shape guesses alone solve: the target itself, the
+    target in a list, the one of the two the parameter's name suggests (`xs` -> list), or
+    either. The 135M solver's answers are mostly such guesses, so this bounds what GRPO can
+    gain by only reshaping them. Runs our own committed templates in-process."""
+    def solves(p: dict[str, Any], answer: str) -> bool:
+        scope: dict[str, Any] = {}
+        exec(p["program"], scope)  # noqa: S102 - the committed held-out templates, not model output
+        try:
+            return repr(eval(f"f({answer})", scope)) == p["output"]  # the same trusted templates
+        except Exception:  # noqa: BLE001 - a guess of the wrong type just does not solve it
+            return False
+
+    counts = {"echo": 0, "list": 0, "by_parameter_name": 0, "either": 0}
+    for p in problems:
+        echo, wrapped = solves(p, p["output"]), solves(p, f"[{p['output']}]")
+        counts["echo"] += echo
+        counts["list"] += wrapped
+        counts["by_parameter_name"] += wrapped if p["program"].startswith("def f(xs)") else echo
+        counts["either"] += echo or wrapped
+    return counts
 
 
 def _same(predicted: str, expected: str) -> bool:
@@ -309,6 +345,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return await evaluate(served, problems, task_type, max_tokens=args.eval_max_tokens, sandbox=sandbox,
                               samples=args.eval_samples, temperature=args.eval_temperature)
 
+    if task_type == "abduction":
+        print(f"held-out problems solved by answer-shape guesses alone: {shape_strategies(problems)}", flush=True)
     t0 = time.perf_counter()
     before = await held_out()
     eval_s = time.perf_counter() - t0
@@ -362,7 +400,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "improvement_in_paired_se": diff / diff_se if diff_se > 0 else float("nan"),
         "improvement_in_unpaired_se": diff / se_unpaired if se_unpaired > 0 else float("nan"),
         "lenient_improvement": ldiff, "lenient_paired_stderr": ldiff_se,
-        "task_type": task_type, "contamination": contamination(out / "traces.db", problems),
+        "task_type": task_type,
+        "shape_strategies": shape_strategies(problems) if task_type == "abduction" else None,
+        "contamination": contamination(out / "traces.db", problems),
         "iterations": summary.last_iteration + 1, "train_wall_s": train_s, "curve": curve,
         "history": history, "config": cfg.model_dump(mode="json"), "load_avg_at_end": os.getloadavg(),
     }

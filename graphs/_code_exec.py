@@ -123,6 +123,9 @@ class Verdict(BaseModel):
     well_formed: bool = True
     """False when the answer is not the kind of thing asked for (a non-literal prediction,
     arguments that are not literals, a program without f): a format error, not a wrong answer."""
+    ran: bool = False
+    """Abduction: f returned for the answer instead of raising (an input of the kind f takes),
+    whether or not it gave the target."""
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
@@ -317,8 +320,9 @@ async def check_abduction(sandbox: Any, task: CodeTask, arguments: str, **kw: An
     if not item["ok"]:
         return Verdict(correct=False, reason=f"f({arguments[:60]}) failed: {item['error']}")
     if item["repr"] == task.outputs[0]:
-        return Verdict(correct=True, reason="f(input) gives the target output")
-    return Verdict(correct=False, reason=f"f(input) gives {item['repr'][:80]}, target {task.outputs[0][:80]}")
+        return Verdict(correct=True, reason="f(input) gives the target output", ran=True)
+    return Verdict(correct=False, reason=f"f(input) gives {item['repr'][:80]}, target {task.outputs[0][:80]}",
+                   ran=True)
 
 
 async def check_induction(sandbox: Any, task: CodeTask, program: str, **kw: Any) -> Verdict:

@@ -30,6 +30,7 @@ import ast
 import asyncio
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, TypedDict
 
 import jinja2
@@ -80,6 +81,18 @@ class CodeSelfPlayConfig(BaseModel):
     """Buffered programs shown to the proposer as examples of the format (and of what to avoid repeating)."""
     fill_from_buffer: bool = True
     """When no proposal is valid, the solvers practise on a buffered task instead of idling."""
+    replay_tasks: int = Field(0, ge=0, le=8)
+    """Seed tasks the solvers also practise on in every episode, besides the proposals. A
+    proposer that drifts to one kind of program (the 135M one drifts to integer functions)
+    leaves the solver a one-kind curriculum, and its GRPO updates learn that kind's answer
+    shape everywhere; replaying the seeds keeps every kind they cover in each batch. Not in
+    AZR, which draws from its buffer only when the proposals fall short."""
+    accepted_input_reward: float = Field(0.0, ge=0.0, lt=1.0)
+    """Abduction: added to a wrong answer's reward when f returns for it instead of raising.
+    The 135M solver answers `sum(xs) -> 26` with `26`, which raises: self-play tasks mostly
+    keep the argument's type, so GRPO on right/wrong alone teaches "answer with the target's
+    type". This rewards the step before the right input, an input of the kind f takes.
+    0 (the default) keeps AZR's rewards."""
     format_rewards: bool = True
     """AZR's format-aware rewards: -0.5 for a wrong answer or an invalid proposal that
     parsed, -1 for output with nothing to parse; False gives 0 to both."""
@@ -159,8 +172,10 @@ class TaskBuffer:
 
     def __init__(self, seeds: list[dict[str, Any]] | None = None, max_size: int = 512):
         self._items: deque[dict[str, Any]] = deque(maxlen=max_size)
-        for s in SEED_PROGRAMS if seeds is None else seeds:
-            self.add(s["program"], list(s["inputs"]))
+        self._seeds = [{"program": s["program"], "inputs": list(s["inputs"])}
+                       for s in (SEED_PROGRAMS if seeds is None else seeds)]
+        for s in self._seeds:
+            self.add(s["program"], s["inputs"])
 
     def __len__(self) -> int:
         return len(self._items)
@@ -170,8 +185,16 @@ class TaskBuffer:
             self._items.append({"program": program, "inputs": inputs})
 
     def sample(self, rng: random.Random, k: int = 1, min_inputs: int = 1) -> list[dict[str, Any]]:
-        pool = [item for item in self._items if len(item["inputs"]) >= min_inputs]
-        return rng.sample(pool, min(k, len(pool)))
+        return _draw(self._items, rng, k, min_inputs)
+
+    def sample_seeds(self, rng: random.Random, k: int = 1, min_inputs: int = 1) -> list[dict[str, Any]]:
+        """Seed programs only (`replay_tasks`): the buffer's later items follow the proposer's drift."""
+        return _draw(self._seeds, rng, k, min_inputs)
+
+
+def _draw(items: Iterable[dict[str, Any]], rng: random.Random, k: int, min_inputs: int) -> list[dict[str, Any]]:
+    pool = [item for item in items if len(item["inputs"]) >= min_inputs]
+    return rng.sample(pool, min(k, len(pool)))
 
 
 # -- role prompts ------------------------------------------------------------------------------
@@ -421,14 +444,15 @@ def build(
                 p["task"] = len(tasks)
                 tasks.append({**res.model_dump(), "source": "proposal"})
                 buffer.add(res.program, res.inputs)
-        if not tasks and cfg.fill_from_buffer:
-            rng = random.Random(state["seed"])
-            for item in buffer.sample(rng, 1, n_inputs(t)):
+        buffered = buffer.sample(random.Random(state["seed"]), 1, n_inputs(t)) if not tasks and cfg.fill_from_buffer else []
+        replayed = buffer.sample_seeds(random.Random(f"replay/{state['seed']}"), cfg.replay_tasks, n_inputs(t))
+        for source, items in (("buffer", buffered), ("replay", replayed)):
+            for item in items:
                 try:
                     res = await _validate_one(item["program"], item["inputs"], t)
                 except ValueError:
                     continue  # a buffered program that stopped validating (e.g. a tighter limit)
-                tasks.append({**res.model_dump(), "source": "buffer"})
+                tasks.append({**res.model_dump(), "source": source})
         return {"proposals": proposals, "tasks": tasks}
 
     async def solve(state: CodeState) -> dict[str, Any]:
@@ -490,8 +514,9 @@ def build(
             return RewardRecord(value=1.0, reason=verdict["reason"], components={"correct": 1.0, "formatted": 1.0})
         reason = verdict["reason"] if turn.parse_error is None else f"parse error: {turn.parse_error}"
         formatted = well_formed(state, turn.turn_id)
-        return RewardRecord(value=penalty(formatted), reason=reason,
-                            components={"correct": 0.0, "formatted": float(formatted)})
+        ran = bool(verdict.get("ran"))  # absent from verdicts stored before the field existed
+        return RewardRecord(value=penalty(formatted) + (cfg.accepted_input_reward if ran else 0.0), reason=reason,
+                            components={"correct": 0.0, "formatted": float(formatted), "ran": float(ran)})
 
     def proposer_repetition(turns: list[RoleTurn]) -> list[float]:
         """Near-duplicate valid programs in one episode share a penalty; invalid ones keep their 0."""
@@ -510,6 +535,7 @@ def build(
             "valid_proposal": sum(p["error"] is None for p in props) / max(len(props), 1),
             "tasks": float(len(state.get("tasks", []))),
             "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
+            "replayed": float(sum(t["source"] == "replay" for t in state.get("tasks", []))),
             "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
             "solver_format": (sum(well_formed(state, tid) for tid in state["verdicts"]) / len(verdicts)
                               if verdicts else 0.0),

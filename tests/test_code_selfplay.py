@@ -92,3 +92,26 @@ async def test_malformed_output_gets_zero_with_a_reason(sandbox):
         assert t.reward.value == 0.0 and "no ```python block" in t.reward.reason
     assert ep.metrics["valid_proposal"] == 0.0 and ep.metrics["solve_rate"] == 0.0
     assert ep.metrics["solver_format"] == 0.0
+
+
+async def test_replayed_seed_tasks_are_solved_beside_the_proposals(sandbox):
+    seeds = [{"program": "def f(xs):\n    return xs[0]", "inputs": ["[6, 2, 5]"]},
+             {"program": "def f(s):\n    return s * 2", "inputs": ["'ab'"]}]
+    buffer = code_selfplay.TaskBuffer(seeds=seeds)
+    buffer.add("def f(x):\n    return x + 100", ["1"])  # a later, proposer-made item: never replayed
+    # one proposer token cannot hold a program, so every task the solvers get is a replay
+    recipe = code_selfplay.build(sandbox=sandbox, buffer=buffer, n_proposals=1, n_solvers=2,
+                                 proposer_max_tokens=1, solver_max_tokens=1, proposer_tools=False,
+                                 task_types=["deduction"], fill_from_buffer=False, replay_tasks=2)
+    ep = await run_episode(recipe.compile(), index=0, seed=5)
+    assert ep.status == "ok", ep.error
+    assert ep.metrics["replayed"] == 2.0 and ep.metrics["tasks"] == 2.0 and ep.metrics["from_buffer"] == 0.0
+    solvers = [t for t in ep.turns if t.role == "solver"]
+    assert len(solvers) == 4 and len({t.group_id for t in solvers}) == 2  # one GRPO group per task
+    shown = {s["program"] for s in seeds if any(s["program"] in t.messages[-2]["content"] for t in solvers)}
+    assert shown == {s["program"] for s in seeds}
+    # without replay (and no fill) the invalid proposal leaves the solvers nothing
+    bare = code_selfplay.build(sandbox=sandbox, buffer=buffer, n_proposals=1, n_solvers=2, proposer_max_tokens=1,
+                               proposer_tools=False, task_types=["deduction"], fill_from_buffer=False)
+    ep = await run_episode(bare.compile(), index=0, seed=5)
+    assert ep.metrics["replayed"] == 0.0 and not [t for t in ep.turns if t.role == "solver"]

@@ -8,6 +8,7 @@ import pytest_asyncio
 from agentplay.graphs._code_exec import (
     RESULT_MARK,
     CodeTask,
+    Verdict,
     build_task,
     check_abduction,
     check_arguments,
@@ -160,11 +161,11 @@ async def test_abduction_accepts_any_input_that_gives_the_output(sandbox, sorted
     # the proposer's input was [3, 1, 2, 1]; these differ but give [1, 2, 3]
     for other in ("[1, 2, 3]", "(3, 3, 2, 1)", "{1: 0, 2: 0, 3: 0}"):
         verdict = await check_abduction(sandbox, sorted_task, other, limits=FAST)
-        assert verdict.correct, (other, verdict.reason)
+        assert verdict.correct and verdict.ran, (other, verdict.reason)
     wrong = await check_abduction(sandbox, sorted_task, "[1, 2]", limits=FAST)
-    assert not wrong.correct and "target [1, 2, 3]" in wrong.reason
+    assert not wrong.correct and wrong.ran and "target [1, 2, 3]" in wrong.reason
     crash = await check_abduction(sandbox, sorted_task, "5", limits=FAST)
-    assert not crash.correct and crash.well_formed and "TypeError" in crash.reason
+    assert not crash.correct and crash.well_formed and not crash.ran and "TypeError" in crash.reason
     code = await check_abduction(sandbox, sorted_task, "open('/etc/passwd').read()", limits=FAST)
     assert not code.correct and not code.well_formed and "non-literal" in code.reason
 
@@ -260,3 +261,23 @@ def test_worked_examples_are_in_the_layout_the_parsers_read():
             assert _answer_parser(task_type)(reply["content"])  # each shown answer parses
     # abduction shows a scalar and a list answer, so neither type is the only one it sees
     assert [_answer_parser("abduction")(t["content"]) for t in solver_example_turns("abduction")[1::2]] == ["4", "[5]"]
+
+
+@pytest.mark.parametrize("format_rewards, ran, expected", [
+    (False, True, 0.25), (False, False, 0.0), (True, True, -0.25), (True, False, -0.5)])
+def test_accepted_input_reward_adds_to_a_wrong_answer_f_returns_for(format_rewards, ran, expected):
+    from agentplay.graphs import code_selfplay
+
+    from agentplay.traces import RoleTurn
+
+    recipe = code_selfplay.build(accepted_input_reward=0.25, format_rewards=format_rewards)
+    turn, right = RoleTurn(role="solver"), RoleTurn(role="solver")
+    wrong = Verdict(correct=False, reason="f(input) gives 3, target 26" if ran else "failed: TypeError", ran=ran)
+    state = {"answers": {turn.turn_id: "26", right.turn_id: "[26]"},
+             "verdicts": {turn.turn_id: wrong.model_dump(),
+                          right.turn_id: Verdict(correct=True, reason="ok", ran=True).model_dump()}}
+    reward = recipe.rewards["solver"](turn, state, None)
+    assert reward.value == pytest.approx(expected) and reward.components["ran"] == float(ran)
+    assert recipe.rewards["solver"](right, state, None).value == 1.0  # a right answer still gets exactly 1
+    default = code_selfplay.build(format_rewards=format_rewards).rewards["solver"](turn, state, None)
+    assert default.value == (-0.5 if format_rewards else 0.0)  # off by default: AZR's rewards

@@ -3,6 +3,7 @@ statistics and the sampled evaluation it reports (with the real model)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 from pathlib import Path
@@ -31,6 +32,17 @@ def test_paired_difference_and_its_standard_error(learning):
     assert mean == 0 and se == pytest.approx(math.sqrt((2 / 3) / 4))
     mean, se = learning.paired_z([0.25, 0.5], [0.75, 1.0])  # fractional (sampled) scores pair the same way
     assert mean == 0.5 and se == 0
+
+
+def test_shape_strategies_count_what_each_guess_solves(learning):
+    problems = [
+        {"program": "def f(x):\n    return x % 9", "output": "4"},        # the target itself
+        {"program": "def f(xs):\n    return sum(xs)", "output": "7"},     # the target in a list
+        {"program": "def f(xs):\n    return sorted(xs)", "output": "[1, 2]"},  # a list param, echoed
+        {"program": "def f(x):\n    return x + 3", "output": "5"},        # needs 2: no guess works
+        {"program": "def f(s):\n    return s.upper()", "output": "'AB'"},  # echo; a list raises
+    ]
+    assert learning.shape_strategies(problems) == {"echo": 3, "list": 1, "by_parameter_name": 3, "either": 4}
 
 
 def test_family_seeds_are_new_inputs_of_the_heldout_templates(learning):
@@ -62,6 +74,8 @@ async def test_easy_training_seeds_are_valid_tasks_outside_the_heldout_set(learn
     assert [len(t.outputs) for t in tasks] == [3] * len(learning.TRAIN_SEEDS)
     kinds = {s["program"].split("(")[1].split(")")[0] for s in learning.TRAIN_SEEDS}
     assert kinds == {"x", "xs", "s"}  # integer, list and string arguments all occur
+    changes_type = [type(ast.literal_eval(t.inputs[0])) is not type(ast.literal_eval(t.outputs[0])) for t in tasks]
+    assert sum(changes_type) >= len(tasks) // 3  # and so do answers of another type than the target
 
 
 @pytest.mark.asyncio

@@ -18,7 +18,7 @@ import torch
 from agentplay.models import SamplingParams, load_model
 from agentplay.models._weights import default_model_dir
 from agentplay.traces import RewardRecord, RoleTurn, TraceStore
-from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id
+from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id, sync_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer_recipe import build as build_recipe
@@ -140,3 +140,54 @@ async def test_one_iteration_over_http_loads_the_adapter(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _sequence_logps(model, prompt: list[int], completions: list[list[int]], temperature: float) -> list[torch.Tensor]:
+    """Per-token logprobs of each completion under `model`, at the sampling temperature."""
+    out = []
+    with torch.no_grad():
+        for ids in completions:
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1: -1].float() / temperature
+            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(ids).unsqueeze(1)).squeeze(1))
+    return out
+
+
+async def test_a_step_moves_the_served_model_toward_rewarded_samples(tmp_path):
+    """The property everything else rests on: the served model's own samples, scored on
+    policy, rewarded +1/-1, become more/less likely *in the served model* after one LoRA step."""
+    from transformers import AutoModelForCausalLM
+
+    temperature = 0.7
+    served = load_model("local:smollm2-135m-instruct")
+    try:
+        res = await served.chat([{"role": "user", "content": "Name a colour and a number."}],
+                                sampling=SamplingParams(max_tokens=10, temperature=temperature, n=8, seed=3))
+        distinct = list({tuple(c.completion_token_ids): c for c in res.choices}.values())
+        assert len(distinct) >= 4
+        prompt, completions = res.prompt_token_ids, [c.completion_token_ids for c in distinct]
+        cfg = TrainConfig(output_dir=tmp_path, lora=True, learning_rate=2e-4, loss_type="dapo",
+                          temperature=temperature, micro_batch_size=4, report_to=[])
+        learner = GRPOLearner(AutoModelForCausalLM.from_pretrained(served.model_dir, dtype=torch.float32),
+                              served.tokenizer, cfg)
+        # on policy: the trainer scores the samples as the engine did when it drew them
+        # (temperature-scaled logprobs; raw ones would make every ratio != 1 and clip tokens)
+        scored = _sequence_logps(learner.model, prompt, completions, temperature)
+        assert max(float((s - torch.tensor(c.logprobs)).abs().max()) for s, c in zip(scored, distinct)) < 1e-3
+        advantages = [1.0 if i % 2 == 0 else -1.0 for i in range(len(distinct))]
+        samples = [TrainSample(turn=RoleTurn(role="r", group_id="g", prompt_token_ids=prompt, token_ids=c.completion_token_ids,
+                                             mask=[1] * len(c.completion_token_ids), logprobs=c.logprobs,
+                                             reward=RewardRecord(value=a)),
+                               episode_id="e", advantage=a, reward=a) for a, c in zip(advantages, distinct)]
+        before = _sequence_logps(served.hf_model, prompt, completions, temperature)
+        out = learner.step(samples)
+        assert out["clip_ratio/region_mean"] == 0.0
+        await sync_weights(served, learner.model, lora=True, adapter_name="policy", adapter_dir=tmp_path / "adapter")
+        after = _sequence_logps(served.hf_model, prompt, completions, temperature)
+        trained = _sequence_logps(learner.model, prompt, completions, temperature)
+        assert max(float((a - t).abs().max()) for a, t in zip(after, trained)) < 1e-4  # served == trainer
+        change = [float(a.sum() - b.sum()) for a, b in zip(after, before)]
+        up = [c for c, a in zip(change, advantages) if a > 0]
+        down = [c for c, a in zip(change, advantages) if a < 0]
+        assert sum(up) / len(up) > 0.05 and sum(down) / len(down) < -0.05, change
+    finally:
+        await served.aclose()
