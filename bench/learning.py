@@ -39,7 +39,7 @@ name picks the shape), and GRPO teaches it "answer with the target's type". Four
 from the output's (`len`, `sum`, `max` of a list; `len` of a string) and gained two or three
 echo-solvable ones: -1.0 to -1.7 SE. The last of them at `--lr 5e-5` instead of 2e-4 kept
 all six and gained one (+1.0 SE, 2 iterations): one 2e-4 step moves a sequence's logprob
-by 1-5 nats, enough to flip answers the base model gets right with p 0.1-0.6.
+by up to 4.6 nats, enough to flip answers the base model gets right with p 0.1-0.6.
 """
 
 from __future__ import annotations
