@@ -199,17 +199,17 @@ def shape_strategies(problems: list[dict[str, Any]]) -> dict[str, int]:
     target in a list, the one of the two the parameter's name suggests (`xs` -> list), or
     either. The 135M solver's answers are mostly such guesses, so this bounds what GRPO can
     gain by only reshaping them. Runs our own committed templates in-process."""
-    def solves(p: dict[str, Any], answer: str) -> bool:
-        scope: dict[str, Any] = {}
-        exec(p["program"], scope)  # noqa: S102 - the committed held-out templates, not model output
+    def solves(scope: dict[str, Any], answer: str, output: str) -> bool:
         try:
-            return repr(eval(f"f({answer})", scope)) == p["output"]  # the same trusted templates
+            return repr(eval(f"f({answer})", scope)) == output  # the committed templates, not model output
         except Exception:  # noqa: BLE001 - a guess of the wrong type just does not solve it
             return False
 
     counts = {"echo": 0, "list": 0, "by_parameter_name": 0, "either": 0}
     for p in problems:
-        echo, wrapped = solves(p, p["output"]), solves(p, f"[{p['output']}]")
+        scope: dict[str, Any] = {}
+        exec(p["program"], scope)  # noqa: S102 - the committed held-out templates, not model output
+        echo, wrapped = solves(scope, p["output"], p["output"]), solves(scope, f"[{p['output']}]", p["output"])
         counts["echo"] += echo
         counts["list"] += wrapped
         counts["by_parameter_name"] += wrapped if p["program"].startswith("def f(xs)") else echo
@@ -347,8 +347,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return await evaluate(served, problems, task_type, max_tokens=args.eval_max_tokens, sandbox=sandbox,
                               samples=args.eval_samples, temperature=args.eval_temperature)
 
-    if task_type == "abduction":
-        print(f"held-out problems solved by answer-shape guesses alone: {shape_strategies(problems)}", flush=True)
+    shapes = shape_strategies(problems) if task_type == "abduction" else None
+    if shapes is not None:
+        print(f"held-out problems solved by answer-shape guesses alone: {shapes}", flush=True)
     t0 = time.perf_counter()
     before = await held_out()
     eval_s = time.perf_counter() - t0
@@ -403,7 +404,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "improvement_in_unpaired_se": diff / se_unpaired if se_unpaired > 0 else float("nan"),
         "lenient_improvement": ldiff, "lenient_paired_stderr": ldiff_se,
         "task_type": task_type,
-        "shape_strategies": shape_strategies(problems) if task_type == "abduction" else None,
+        "shape_strategies": shapes,
         "contamination": contamination(out / "traces.db", problems),
         "iterations": summary.last_iteration + 1, "train_wall_s": train_s, "curve": curve,
         "history": history, "config": cfg.model_dump(mode="json"), "load_avg_at_end": os.getloadavg(),

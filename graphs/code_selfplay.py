@@ -445,7 +445,8 @@ def build(
                 tasks.append({**res.model_dump(), "source": "proposal"})
                 buffer.add(res.program, res.inputs)
         buffered = buffer.sample(random.Random(state["seed"]), 1, n_inputs(t)) if not tasks and cfg.fill_from_buffer else []
-        replayed = buffer.sample_seeds(random.Random(f"replay/{state['seed']}"), cfg.replay_tasks, n_inputs(t))
+        replayed = (buffer.sample_seeds(random.Random(f"replay/{state['seed']}"), cfg.replay_tasks, n_inputs(t))
+                    if cfg.replay_tasks else [])
         for source, items in (("buffer", buffered), ("replay", replayed)):
             for item in items:
                 try:
