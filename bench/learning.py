@@ -39,7 +39,10 @@ name picks the shape), and GRPO teaches it "answer with the target's type". Four
 from the output's (`len`, `sum`, `max` of a list; `len` of a string) and gained two or three
 echo-solvable ones: -1.0 to -1.7 SE. The last of them at `--lr 5e-5` instead of 2e-4 kept
 all six and gained one (+1.0 SE, 2 iterations): one 2e-4 step moves a sequence's logprob
-by up to 4.6 nats, enough to flip answers the base model gets right with p 0.1-0.6.
+by up to 4.6 nats, enough to flip answers the base model gets right with p 0.1-0.6. More
+iterations at 5e-5 only delay the drift: with the GRPO step 4.5x faster (prompts encoded
+once per group) and rollouts 1.6x faster (one prefill per distinct prompt), the same run
+fits 6 iterations instead of 2 and by iteration 2 has lost the same six (-1.42 SE at 6).
 """
 
 from __future__ import annotations
@@ -359,7 +362,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       episodes_per_iteration=args.episodes, concurrency=args.episodes, store=out / "traces.db",
                       output_dir=out, run_name="learning", lora=args.lora, learning_rate=args.lr,
                       loss_type=args.loss_type, beta=args.beta,
-                      role_weights=args.role_weights, micro_batch_size=4,
+                      role_weights=args.role_weights, micro_batch_size=16,
                       max_completion_length=256, time_budget_s=args.budget_min * 60,
                       recipe_options=options, seed=args.seed,
                       temperature=options.get("temperature", 1.0))

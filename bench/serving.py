@@ -7,6 +7,11 @@ weights. Decoding is greedy in both, so each request produces the same tokens
 (and the same number of them) in every run. Target: >= 3x the baseline at
 concurrency 8.
 
+Then GRPO groups: 4 concurrent requests for n=16 seeded samples of the code-selfplay
+solver's ~250-token abduction prompt, with each distinct prompt prefilled once and its
+KV cache shared by the group's rows (`share_prefill`, the default) against one prefill
+per row, same seeds, same tokens. Target: >= 1.5x.
+
     python bench/serving.py                    # defaults: 16 requests x 32 tokens, 2 threads
     python bench/serving.py --threads 1 --requests 8
 """
@@ -70,12 +75,38 @@ async def through_engine(model, n_requests: int, max_tokens: int, concurrency: i
     return tokens, time.perf_counter() - started, time.process_time() - cpu
 
 
+def _solver_prompts(groups: int) -> list[list[dict[str, str]]]:
+    import json
+    from pathlib import Path
+
+    from agentplay.graphs.code_selfplay import solver_role
+
+    solver = solver_role("abduction")
+    lines = (Path(__file__).parent / "heldout_code.jsonl").read_text().splitlines()
+    problems = [json.loads(line) for line in lines][:: len(lines) // groups][:groups]
+    return [solver.build_messages(None, {"program": p["program"], "inputs": [p["input"]], "outputs": [p["output"]]})
+            for p in problems]
+
+
+async def groups_through(model, prompts: list[list[dict[str, str]]], n: int, max_tokens: int) -> tuple[list, float]:
+    from agentplay.models import SamplingParams
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(
+        model.chat(m, sampling=SamplingParams(n=n, max_tokens=max_tokens, temperature=0.7, seed=100 * i))
+        for i, m in enumerate(prompts)))
+    return [[c.completion_token_ids for c in r.choices] for r in results], time.perf_counter() - started
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--concurrency", default="1,4,8")
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=16)
+    parser.add_argument("--group-tokens", type=int, default=64)
     args = parser.parse_args()
 
     from agentplay.models import SamplingParams, load_model
@@ -109,6 +140,24 @@ async def main() -> None:
         row(f"engine, concurrency {c}", tokens, secs, cpu)
         print(f"{'':<4}batch rows: {model._engine.batch_sizes[before:]}")
     await model.aclose()
+
+    prompts = _solver_prompts(args.groups)
+    times: dict[bool, float] = {}
+    reference: list = []
+    for share in (False, True):
+        served = load_model("local:smollm2-135m-instruct", torch_threads=args.threads, max_batch_size=64,
+                            share_prefill=share)
+        await groups_through(served, prompts[:1], 2, 2)  # warm-up
+        tokens, times[share] = await groups_through(served, prompts, args.group_size, args.group_tokens)
+        if share:
+            assert tokens == reference, "shared prefill sampled different tokens"
+        reference = tokens
+        await served.aclose()
+    rows = args.groups * args.group_size
+    print(f"GRPO groups: {args.groups} prompts x n={args.group_size}, <= {args.group_tokens} tokens, "
+          f"{sum(len(t) for g in reference for t in g)} tokens sampled in one batch of {rows} rows")
+    print(f"one prefill per row: {times[False]:.1f} s; shared prefill: {times[True]:.1f} s; "
+          f"ratio {times[False] / times[True]:.2f}x")
 
 
 if __name__ == "__main__":

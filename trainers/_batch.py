@@ -40,20 +40,46 @@ def _completion(sample: TrainSample, max_len: int) -> tuple[list[int], list[int]
     return ids, mask, None
 
 
+def _row_order(parts: list[tuple], micro_batch_size: int, share_prompts: bool) -> list[list[int]]:
+    """Micro-batches as lists of sample indices. With `share_prompts`, rows of one prompt
+    go together (up to `micro_batch_size` each) so the learner encodes the prompt once;
+    rows whose prompt no other row has are batched by length (less padding)."""
+    def length(i: int) -> int:
+        return len(parts[i][0].turn.prompt_token_ids or []) + len(parts[i][1])
+
+    singles = list(range(len(parts)))
+    chunks: list[list[int]] = []
+    if share_prompts and micro_batch_size > 1:
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, (s, *_) in enumerate(parts):
+            by_prompt.setdefault(tuple(s.turn.prompt_token_ids or []), []).append(i)
+        singles = []
+        for rows in by_prompt.values():
+            for start in range(0, len(rows), micro_batch_size):
+                chunk = rows[start : start + micro_batch_size]
+                if len(chunk) > 1:
+                    chunks.append(chunk)
+                else:
+                    singles.extend(chunk)
+    singles.sort(key=length)
+    return chunks + [singles[s : s + micro_batch_size] for s in range(0, len(singles), micro_batch_size)]
+
+
 def make_micro_batches(
-    samples: list[TrainSample], *, micro_batch_size: int, max_completion_length: int, pad_token_id: int
+    samples: list[TrainSample], *, micro_batch_size: int, max_completion_length: int, pad_token_id: int,
+    share_prompts: bool = False,
 ) -> list[MicroBatch]:
-    """Split the batch into micro-batches of similar length (less padding).
+    """Split the batch into micro-batches: rows of one prompt together (`share_prompts`,
+    see `_shared_prompt`), the rest by similar length.
 
     `num_items_in_batch` is the number of trained tokens of the WHOLE batch, the
     normaliser TRL's dapo/cispo losses divide by; every micro-batch carries it.
     """
     parts = [(s, *_completion(s, max_completion_length)) for s in samples]
     total_tokens = float(sum(sum(mask) for _, _, mask, _ in parts))
-    order = sorted(range(len(parts)), key=lambda i: len(parts[i][0].turn.prompt_token_ids or []) + len(parts[i][1]))
     batches: list[MicroBatch] = []
-    for start in range(0, len(order), micro_batch_size):
-        rows = [parts[i] for i in order[start : start + micro_batch_size]]
+    for chunk in _row_order(parts, micro_batch_size, share_prompts):
+        rows = [parts[i] for i in chunk]
         p_len = max(len(s.turn.prompt_token_ids or []) for s, *_ in rows)
         c_len = max(len(ids) for _, ids, _, _ in rows)
         b = len(rows)

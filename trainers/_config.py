@@ -64,8 +64,11 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(1e-5, gt=0.0)
     weight_decay: float = 0.0
     max_grad_norm: float = Field(1.0, gt=0.0)
-    micro_batch_size: int = Field(4, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward pass; gradients accumulate over the whole batch (one optimizer step)."""
+    share_prompts: bool = True
+    """Encode a prompt once for all its completions in a micro-batch (one packed forward with a
+    block mask, same logprobs and gradients); False scores every row with its own copy."""
     lora: bool = False
     """Train a PEFT LoRA adapter instead of all weights (required for HTTP-served models)."""
     lora_r: int = Field(16, ge=1)

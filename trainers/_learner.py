@@ -24,6 +24,7 @@ import torch
 from ._advantages import TrainSample
 from ._batch import MicroBatch, make_micro_batches
 from ._config import TrainConfig
+from ._shared_prompt import install_shared_prompt_scoring
 
 __all__ = ["GRPOLearner"]
 
@@ -95,6 +96,8 @@ class GRPOLearner:
             if isinstance(cb, TensorBoardCallback) and tensorboard_dir is not None:
                 cb.logging_dir = str(tensorboard_dir)
         t = self.trainer
+        if cfg.share_prompts:
+            install_shared_prompt_scoring(t)
         t.callback_handler.on_train_begin(t.args, t.state, t.control)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad)
@@ -144,6 +147,7 @@ class GRPOLearner:
             micro_batch_size=self.cfg.micro_batch_size,
             max_completion_length=self.cfg.max_completion_length,
             pad_token_id=self.pad_token_id,
+            share_prompts=self.cfg.share_prompts,
         )
         # TRL divides per-micro-batch losses by the accumulation count (grpo, bnpo,
         # dr_grpo) or by num_items * accumulation / steps_per_generation (dapo,

@@ -30,7 +30,7 @@ def train(
     loss_type: Annotated[str, typer.Option(help="TRL loss: grpo, bnpo, dr_grpo, dapo, cispo, sapo.")] = "dapo",
     learning_rate: Annotated[float, typer.Option(help="Optimizer learning rate.")] = 1e-5,
     beta: Annotated[float, typer.Option(help="KL coefficient against the initial model (0: no KL).")] = 0.0,
-    micro_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 4,
+    micro_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass (rows of one prompt share it).")] = 8,
     seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from it and the iteration.")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe build option name=value (JSON values), "
                                                                   "repeatable.")] = None,

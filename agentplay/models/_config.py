@@ -56,6 +56,10 @@ class ModelConfig(BaseModel):
     """`auto`: float32 on CPU (bf16 matmuls are slow there), bfloat16 on GPU."""
     max_batch_size: int = Field(16, ge=1, le=1024)
     """Most sequences (rows: requests x n) decoded together in one batch."""
+    share_prefill: bool = True
+    """`local`: encode each distinct prompt of a batch once and copy its KV cache to every row
+    sampling from it (n > 1, or the same prompt twice), instead of one prefill per row
+    (vLLM does the same with its automatic prefix caching)."""
     batch_wait_ms: float = Field(4.0, ge=0.0, le=1000.0)
     """How long the batcher waits for more requests after the first one arrives."""
     torch_threads: int | None = Field(default_factory=lambda: _env_threads(), ge=1)

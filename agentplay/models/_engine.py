@@ -56,6 +56,7 @@ class Engine:
         max_batch_size: int,
         batch_wait_ms: float,
         logprobs_mode: str,
+        share_prefill: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -65,6 +66,7 @@ class Engine:
         self._max_rows = max_batch_size
         self._wait = batch_wait_ms / 1000.0
         self._mode = logprobs_mode
+        self._share_prefill = share_prefill
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="agentplay-engine")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Request] | None = None
@@ -184,6 +186,7 @@ class Engine:
         self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
+            past_key_values=self._prefill_once_per_prompt(prompts, width) if self._share_prefill else None,
             max_new_tokens=max(r.max_tokens for r in rows),
             do_sample=False,
             temperature=None,
@@ -203,3 +206,29 @@ class Engine:
             out.append((rows[start : start + req.sampling.n], version))
             start += req.sampling.n
         return out
+
+    def _prefill_once_per_prompt(self, prompts: list[list[int]], width: int) -> Any | None:
+        """The KV cache of every row's prompt but its last token, each distinct prompt
+        encoded once, or None when no two rows share a prompt.
+
+        A GRPO group is n samples of one prompt; `generate` would encode that prompt n
+        times (the solver's ~250-token prompt cost more than its ~27 sampled tokens). Passing
+        `generate` a cache of the prompt minus its last token is transformers' documented
+        prefix-reuse path: it then feeds only the last prompt token and decodes as usual.
+        The rows' left padding and positions are laid out exactly as `generate` would."""
+        unique: dict[tuple[int, ...], int] = {}
+        index = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        if len(unique) == len(prompts) or min(len(p) for p in prompts) < 2:
+            return None
+        ids = torch.full((len(unique), width - 1), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(unique), width - 1), dtype=torch.long)
+        for prompt, u in unique.items():
+            ids[u, width - len(prompt) :] = torch.tensor(prompt[:-1], dtype=torch.long)
+            mask[u, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate() numbers left-padded rows
+        device = self.model.device
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                         use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.reorder_cache(torch.tensor(index, dtype=torch.long, device=device))
+        return cache

@@ -60,6 +60,7 @@ class LocalModel(ChatModel, UpdatableModel):
             max_batch_size=config.max_batch_size,
             batch_wait_ms=config.batch_wait_ms,
             logprobs_mode=config.logprobs_mode,
+            share_prefill=config.share_prefill,
         )
         self._prefix = PrefixCache(self.tokenizer, config.prefix_cache_size)
         self._adapters: list[str] = []

@@ -1,0 +1,112 @@
+"""GRPO step time: prompts encoded once per group (`share_prompts`) vs row by row.
+
+The batch is what code self-play trains on: groups of solver completions of one
+abduction prompt (the recipe's own solver prompt with its worked examples, ~250 tokens,
+on held-out problems) with answers of 8-60 tokens, LoRA, DAPO, KL against the adapter
+disabled (beta 0.04), as in `bench/learning.py`. Both learners start from the same
+weights in one process; the baseline is TRL's row-by-row scoring at 4 and at 16 rows
+per forward. Also prints the tokens each forward carries. Target: >= 2x.
+
+    python bench/train_step.py --groups 2 --group-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from agentplay.graphs.code_selfplay import solver_role
+from agentplay.trainers import GRPOLearner, TrainConfig, TrainSample, make_micro_batches
+
+from agentplay.models._weights import default_model_dir
+from agentplay.traces import RewardRecord, RoleTurn
+
+HELDOUT = Path(__file__).parent / "heldout_code.jsonl"
+FILLER = ["because", "f", "returns", "its", "input", "unchanged", "so", "the", "output", "is", "the", "same", "value", "as", "the", "input"]
+
+
+def group_samples(tok, groups: int, group_size: int, seed: int = 0) -> list[TrainSample]:
+    rng = random.Random(seed)
+    solver = solver_role("abduction")
+    problems = [json.loads(line) for line in HELDOUT.read_text().splitlines()][:: 80 // groups][:groups]
+    samples = []
+    for g, p in enumerate(problems):
+        messages = solver.build_messages(None, {"program": p["program"], "inputs": [p["input"]],
+                                                "outputs": [p["output"]]})
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        rewards = [rng.choice([0.0, 1.0]) for _ in range(group_size)]
+        mean = statistics.fmean(rewards)
+        std = statistics.pstdev(rewards) or 1.0
+        for r in rewards:
+            words = " ".join(rng.choices(FILLER, k=rng.randint(0, 40)))
+            text = f"```input\n{rng.randint(0, 999)!r}\n```\n{words}"
+            ids = tok.encode(text, add_special_tokens=False)[:60]
+            turn = RoleTurn(role="solver", group_id=f"g{g}", prompt_token_ids=prompt, token_ids=ids,
+                            mask=[1] * len(ids), logprobs=None, reward=RewardRecord(value=r))
+            samples.append(TrainSample(turn=turn, episode_id=f"e{g}", advantage=(r - mean) / std, reward=r))
+    return samples
+
+
+def forwarded_tokens(samples: list[TrainSample], micro_batch_size: int, share: bool) -> int:
+    """Tokens the model reads per pass over the batch (padding included, packed rows once)."""
+    total = 0
+    for mb in make_micro_batches(samples, micro_batch_size=micro_batch_size, max_completion_length=64,
+                                 pad_token_id=0, share_prompts=share):
+        x = mb.inputs
+        if share and mb.size > 1 and bool((x["prompt_ids"] == x["prompt_ids"][:1]).all()):
+            total += int(x["prompt_mask"][0].sum() + x["completion_mask"].sum())
+        else:
+            total += x["prompt_ids"].numel() + x["completion_ids"].numel()
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--groups", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=1, help="timed steps per learner (median)")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("AGENTPLAY_TORCH_THREADS", "2")))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = default_model_dir()
+    tok = AutoTokenizer.from_pretrained(folder)
+    samples = group_samples(tok, args.groups, args.group_size)
+    n_prompt = len(samples[0].turn.prompt_token_ids)
+    n_completion = statistics.fmean(len(s.turn.token_ids) for s in samples)
+    print(f"{len(samples)} rows in {args.groups} groups; prompt {n_prompt} tokens, completions {n_completion:.1f} on average")
+    setups = [("row by row, 4 rows per forward", 4, False), ("row by row, 16 rows per forward", 16, False),
+              ("shared prompt, 16 rows per forward", 16, True)]
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, mbs, share in setups:
+            cfg = TrainConfig(output_dir=Path(tmp) / label.replace(" ", "_"), lora=True, loss_type="dapo", beta=0.04,
+                              learning_rate=1e-9, micro_batch_size=mbs, max_completion_length=64, report_to=[],
+                              share_prompts=share)
+            learner = GRPOLearner(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tok, cfg)
+            learner.step(samples[:2])  # warm-up: allocator, kernels
+            runs = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                learner.step(samples)
+                runs.append(time.perf_counter() - t0)
+            times[label] = statistics.median(runs)
+            learner.close()
+            print(f"{label:36s} {times[label]:7.1f} s/step  {forwarded_tokens(samples, mbs, share):7d} tokens per pass",
+                  flush=True)
+    packed = times[setups[-1][0]]
+    for label, *_ in setups[:-1]:
+        print(f"speed-up of shared prompts over {label}: {times[label] / packed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
