@@ -42,7 +42,8 @@ all six and gained one (+1.0 SE, 2 iterations): one 2e-4 step moves a sequence's
 by up to 4.6 nats, enough to flip answers the base model gets right with p 0.1-0.6. More
 iterations at 5e-5 only delay the drift: with the GRPO step 4.5x faster (prompts encoded
 once per group) and rollouts 1.6x faster (one prefill per distinct prompt), the same run
-fits 6 iterations instead of 2 and by iteration 2 has lost the same six (-1.42 SE at 6).
+fits 6 iterations instead of 2 and by iteration 2 has lost the same six (-1.42 SE at 6);
+a 5x stronger KL anchor (`--beta 0.2`, 7 iterations) too (-1.00 SE, -6/+3).
 """
 
 from __future__ import annotations
