@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from agentplay.graphs.code_selfplay import solver_role
 from agentplay.trainers import GRPOLearner, TrainConfig, TrainSample, make_micro_batches
+from agentplay.trainers._shared_prompt import shared_prompt_length
 
 from agentplay.models._weights import default_model_dir
 from agentplay.traces import RewardRecord, RoleTurn
@@ -62,8 +63,11 @@ def forwarded_tokens(samples: list[TrainSample], micro_batch_size: int, share: b
     for mb in make_micro_batches(samples, micro_batch_size=micro_batch_size, max_completion_length=64,
                                  pad_token_id=0, share_prompts=share):
         x = mb.inputs
-        if share and mb.size > 1 and bool((x["prompt_ids"] == x["prompt_ids"][:1]).all()):
-            total += int(x["prompt_mask"][0].sum() + x["completion_mask"].sum())
+        ids = torch.cat([x["prompt_ids"], x["completion_ids"]], 1)
+        mask = torch.cat([x["prompt_mask"], x["completion_mask"]], 1)
+        prompt = shared_prompt_length(ids, mask, x["completion_ids"].size(1)) if share else None
+        if prompt is not None:  # the learner's own test for taking the packed path
+            total += prompt + int(x["completion_mask"].sum())
         else:
             total += x["prompt_ids"].numel() + x["completion_ids"].numel()
     return total
