@@ -32,7 +32,9 @@ of 80 solved, 4 gained, none lost; the same four in both runs: `sum`, `max`, `mi
 `len` of a string), +2.04 paired SE. Seed 0: 12 iterations, curve 0.100, 0.125, 0.138,
 0.138, 0.150; seed 1: 10 iterations, 0.100, 0.138, 0.150, 0.150. Each run's proposer
 rediscovered one held-out program (`len(xs)`; `s.upper()`), and none of its problems is
-among the gained.
+among the gained. The solver trained on the replayed buffer seeds (64% of its tasks:
+indexing, slicing, `min`/`max` against a constant, string methods) and the proposer's
+programs (mostly small arithmetic).
 
 Abduction does not improve, and the runs say why. The 135M solver starts higher there
 (0.263 greedy) but mostly echoes the target or wraps it in a list (`shape_strategies`:
@@ -42,12 +44,10 @@ differs from the output's (`len`, `sum`, `max` of a list; `len` of a string) and
 two or three echo-solvable ones: lr 2e-4 runs -0.5 to -3.6 SE (one 2e-4 step moves a
 sequence's logprob by up to 4.6 nats, enough to flip answers the base model gets right with
 p 0.1-0.6); lr 5e-5 -1.42 SE at 6 iterations (it keeps the six for 2 iterations, +1.0 SE,
-then drifts); a 5x stronger KL (`--beta 0.2`) -1.00 SE. Scored by sampled accuracy (8 samples at T 0.7) the same drift
-shows (0.125 -> 0.114, -0.62 SE over 9 iterations; greedy 0.263 -> 0.225, -1.00 SE): it is
-not greedy decoding hiding a sharpened distribution. Deduction has no such shortcut: an
-answer has to be f's value. Its solver trained on the replayed buffer seeds (64% of
-its tasks: indexing, slicing, `min`/`max` against a constant, string methods) and the
-proposer's programs (mostly small arithmetic), and gained list reductions and `len`.
+then drifts); a 5x stronger KL (`--beta 0.2`) -1.00 SE. Scored by sampled accuracy (8
+samples at T 0.7) the same drift shows (0.125 -> 0.114, -0.62 SE over 9 iterations; greedy
+0.263 -> 0.225, -1.00 SE): it is not greedy decoding hiding a sharpened distribution.
+Deduction has no such shortcut: an answer has to be f's value.
 
     python bench/learning.py --budget-min 30             # deduction, the defaults above
     python bench/learning.py --budget-min 30 --recipe-options \
@@ -326,6 +326,10 @@ def _point(iteration: int, e: dict[str, Any]) -> dict[str, Any]:
     return point
 
 
+def in_se(diff: float, se: float) -> float:
+    return diff / se if se > 0 else float("nan")
+
+
 def paired_z(before: list[float], after: list[float]) -> tuple[float, float]:
     """Mean paired difference and its standard error (same problems before and after)."""
     return _mean_se([a - b for a, b in zip(after, before)])
@@ -427,14 +431,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     greedy = None
     if "greedy" in before:
         gdiff, gdiff_se = paired_z(before["greedy"]["correct"], after["greedy"]["correct"])
-        greedy = {"improvement": gdiff, "paired_stderr": gdiff_se,
-                  "improvement_in_paired_se": gdiff / gdiff_se if gdiff_se > 0 else float("nan")}
+        greedy = {"improvement": gdiff, "paired_stderr": gdiff_se, "improvement_in_paired_se": in_se(gdiff, gdiff_se)}
     result = {
         "before": before,
         "after": after,
         "improvement": diff, "paired_stderr": diff_se,
-        "improvement_in_paired_se": diff / diff_se if diff_se > 0 else float("nan"),
-        "improvement_in_unpaired_se": diff / se_unpaired if se_unpaired > 0 else float("nan"),
+        "improvement_in_paired_se": in_se(diff, diff_se), "improvement_in_unpaired_se": in_se(diff, se_unpaired),
         "lenient_improvement": ldiff, "lenient_paired_stderr": ldiff_se, "greedy_improvement": greedy,
         "task_type": task_type,
         "shape_strategies": shapes,
