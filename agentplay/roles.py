@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agentplay._recorder import current_recorder
 from agentplay._registry import ModelLike, resolve_model
 from agentplay._role_loop import continue_loop
+from agentplay.prompts import ENVIRONMENT
 from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams
 from agentplay.traces import RoleTurn
 
 __all__ = ["Role"]
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_JINJA = ENVIRONMENT
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
