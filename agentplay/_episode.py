@@ -93,25 +93,44 @@ async def _reward(compiled: CompiledRecipe, state: dict[str, Any], ctx: EpisodeC
             turn.reward = as_reward(await call_maybe_async(fn, turn, state, view))
         except Exception as exc:  # noqa: BLE001 - recorded as the reason, not raised
             turn.reward = RewardRecord(value=0.0, reason=f"reward fn failed: {type(exc).__name__}: {exc}")
+    await apply_episode_rewards(recipe, turns)
+
+
+async def apply_episode_rewards(recipe: Recipe, turns: list[RoleTurn]) -> None:
+    """The per-episode hook: each role's rewarded turns of one group in this episode, one call each."""
     by_group: dict[tuple[str, str], list[RoleTurn]] = defaultdict(list)
     for turn in turns:
-        if turn.role in recipe.group_rewards and turn.reward is not None:
+        if turn.role in recipe.episode_rewards and turn.reward is not None:
             by_group[(turn.role, turn.group_id or "")].append(turn)
     for (role, _), members in by_group.items():
-        try:
-            deltas = list(await call_maybe_async(recipe.group_rewards[role], members))
-            if len(deltas) != len(members):
-                raise ValueError(f"returned {len(deltas)} deltas for {len(members)} turns")
-        except Exception as exc:  # noqa: BLE001
-            for t in members:
-                assert t.reward is not None
-                t.reward.components["group_reward_error"] = 0.0
-                t.reward.reason += f"; group reward failed: {type(exc).__name__}: {exc}"
-            continue
-        for t, delta in zip(members, deltas):
+        await apply_deltas(recipe.episode_rewards[role], members, [members], component="episode")
+
+
+async def apply_deltas(fn: Any, members: list[RoleTurn], args: list[Any], *, component: str) -> None:
+    """Call a per-episode or per-group reward fn and add its deltas to the members' rewards.
+
+    It returns one delta per member (a number, (number, reason), or a RewardRecord whose
+    components are merged in); each is added to the turn's reward and recorded as
+    `components[component]`. A fn that raises or returns the
+    wrong count adds nothing, and the failure is written into every member's reward reason.
+    """
+    try:
+        deltas = [as_reward(d) for d in await call_maybe_async(fn, *args)]
+        if len(deltas) != len(members):
+            raise ValueError(f"returned {len(deltas)} deltas for {len(members)} turns")
+    except Exception as exc:  # noqa: BLE001 - recorded on the turns, not raised
+        for t in members:
             assert t.reward is not None
-            t.reward.value += float(delta)
-            t.reward.components["group"] = float(delta)
+            t.reward.components[f"{component}_reward_error"] = 0.0
+            t.reward.reason += f"; {component} reward failed: {type(exc).__name__}: {exc}"
+        return
+    for t, delta in zip(members, deltas):
+        assert t.reward is not None
+        t.reward.value += delta.value
+        t.reward.components.update(delta.components)
+        t.reward.components[component] = delta.value
+        if delta.reason:
+            t.reward.reason = f"{t.reward.reason}; {delta.reason}" if t.reward.reason else delta.reason
 
 
 def as_reward(value: Any) -> RewardRecord:

@@ -130,9 +130,23 @@ def learnability(p: float) -> float:
 
 
 def uncertainty(p: float) -> float:
-    """R-Zero / Agent0 challenger reward: min(p, 1 - p), highest at p = 0.5."""
+    """min(p, 1 - p): the minority share of a vote, highest (0.5) at p = 0.5.
+
+    Half of what the R-Zero and Agent0 papers use; `r_zero_uncertainty` is their form.
+    Kept as is because recipes tuned their other reward terms against this scale.
+    """
     p = _check_probability(p)
     return min(p, 1.0 - p)
+
+
+def r_zero_uncertainty(p: float) -> float:
+    """R-Zero's (and Agent0's) challenger reward 1 - 2|p - 1/2|: 1 at p = 0.5, 0 at p = 0 or 1.
+
+    p is the share of solver samples agreeing with the majority answer (`majority_vote`).
+    Equal to 2 * `uncertainty(p)`.
+    """
+    p = _check_probability(p)
+    return 1.0 - 2.0 * abs(p - 0.5)
 
 
 def format_check(

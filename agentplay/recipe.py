@@ -9,17 +9,20 @@ nodes become training data, so a `Recipe` states it in three small maps and
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentplay._recorder import EpisodeContext
+from agentplay._train_spec import Advantage, SampleFilter
 from agentplay.roles import Role
-from agentplay.traces import RewardRecord, RoleTurn
+from agentplay.traces import Episode, RewardRecord, RoleTurn
 
-__all__ = ["CompiledRecipe", "EpisodeView", "GroupBy", "Recipe", "RecipeError", "RewardFn"]
+__all__ = ["CompiledRecipe", "EpisodeRewardFn", "EpisodeView", "GroupBy", "GroupRewardFn", "Recipe",
+           "RecipeError", "RewardFn", "RewardGroup"]
 
 
 class RecipeError(ValueError):
@@ -40,18 +43,39 @@ class EpisodeView:
         return [t for t in self.turns if t.role == role]
 
 
+@dataclass
+class RewardGroup:
+    """One GRPO group of one role, across the episodes it spans: what a group reward fn sees.
+
+    `turns` are the group's rewarded turns in episode-index order; `episodes[i]` is the
+    stored-to-be Episode of `turns[i]` (metrics, metadata, its other turns). Every turn
+    already carries its per-turn and per-episode reward.
+    """
+
+    role: str
+    group_id: str
+    turns: list[RoleTurn]
+    episodes: list[Episode]
+    complete: bool = True
+    """False when the group misses episodes: the run's last block cut short by `--episodes`,
+    a block resumed after a kill, or episodes that failed."""
+
+
 RewardFn = Callable[[RoleTurn, dict[str, Any], EpisodeView], "RewardRecord | float | Any"]
 """``fn(turn, state, episode) -> RewardRecord | float`` (may be async)."""
-GroupRewardFn = Callable[[list[RoleTurn]], "list[float] | Any"]
-"""``fn(turns_of_one_group) -> deltas`` added to each turn's reward (may be async)."""
+EpisodeRewardFn = Callable[[list[RoleTurn]], "list[float] | Any"]
+"""``fn(turns) -> deltas``: a role's rewarded turns of one group inside one episode (may be async)."""
+GroupRewardFn = Callable[[RewardGroup], "list[float] | Any"]
+"""``fn(group) -> deltas``: a role's whole GRPO group, across episodes (may be async)."""
 
 
 class GroupBy(BaseModel):
     """How samples of one role form a GRPO group (samples compared with each other)."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, use_attribute_docstrings=True)
 
     kind: Literal["episode", "seed", "key"]
+    """`episode`: the role's turns of one episode; `seed`: of k consecutive episodes; `key`: by a fn."""
     k: int = 1
     """For `seed`: episodes per block sharing one group seed."""
     fn: Callable[[RoleTurn, dict[str, Any], EpisodeContext], str] | None = None
@@ -88,11 +112,27 @@ class GroupBy(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A LangGraph graph plus the node -> role, role -> reward and role -> group maps."""
+    """A LangGraph graph plus the node -> role, role -> reward and role -> group maps.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    Rewards come at three levels, applied in this order and added up:
+
+    1. `rewards` (per turn): after the graph ends, once per RoleTurn of the role, with
+       the final state; its RewardRecord is the turn's reward.
+    2. `episode_rewards` (per episode): right after, once per (role, group) inside the
+       episode, with that role's rewarded turns there; each returned delta is added to
+       its turn's reward (recorded as the component ``episode``).
+    3. `whole_group_rewards` (per GRPO group, across episodes): in the runner, once the
+       episodes of the group have all finished and before any of them is stored; each
+       delta is added to its turn's reward (component ``group``). Stored rewards are final.
+
+    `group_rewards` is the old name of `episode_rewards` (it was always called once per
+    episode); it still works and warns.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     name: str = Field(min_length=1)
+    """Recipe name: stored with every run and episode; a resumed run must use the same."""
     graph: Any
     """A LangGraph `StateGraph` (uncompiled, or already compiled)."""
     roles: dict[str, str | Role]
@@ -101,8 +141,21 @@ class Recipe(BaseModel):
     """Role name -> reward fn, called once per RoleTurn of that role after the graph ends."""
     groups: dict[str, GroupBy] = Field(default_factory=dict)
     """Role name -> how its samples form groups."""
-    group_rewards: dict[str, GroupRewardFn] = Field(default_factory=dict)
-    """Role name -> fn over the role's turns of one group in one episode, returning reward deltas."""
+    episode_rewards: dict[str, EpisodeRewardFn] = Field(default_factory=dict)
+    """Role name -> ``fn(turns) -> deltas``, called once per episode for each of the role's
+    groups in it, with those rewarded turns (e.g. a repetition penalty among one episode's
+    proposals). Each delta is added to its turn's reward."""
+    whole_group_rewards: dict[str, GroupRewardFn] = Field(default_factory=dict)
+    """Role name -> ``fn(group: RewardGroup) -> deltas``, called once per GRPO group when all
+    of its episodes have finished (e.g. R-Zero's repetition penalty over the k questions of
+    a `GroupBy.seed(k)` block). The runner holds a block's episodes until then and stores
+    them together; roles grouped by `GroupBy.key` cannot have one (their groups never close)."""
+    advantages: dict[str, Advantage] = Field(default_factory=dict)
+    """Role name -> advantage estimator (`Advantage.grpo()`, `.dr_grpo()`, `.reinforce_pp()`,
+    `.rae()`); roles not named use the trainer's default (GRPO, or Dr. GRPO with `dr_grpo` loss)."""
+    filters: dict[str, SampleFilter] = Field(default_factory=dict)
+    """Role name -> which of its turns are trained on (`SampleFilter.band("agreement", 0.3, 0.8)`);
+    the trainer counts the rest per role in the metric ``filtered/<role>``."""
     initial_state: Callable[[EpisodeContext], dict[str, Any]]
     """Builds the graph input of one episode from its context (index, seeds, rng)."""
     metrics: Callable[[dict[str, Any], list[RoleTurn]], dict[str, float]] | None = None
@@ -114,6 +167,27 @@ class Recipe(BaseModel):
     """LangGraph's super-step limit for one episode."""
     options: dict[str, Any] = Field(default_factory=dict)
     """The build options the recipe was made with (stored with the run)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_group_rewards_name(cls, data: Any) -> Any:
+        """`group_rewards=` (the old name of the per-episode hook) still works, with a warning."""
+        if isinstance(data, dict) and "group_rewards" in data:
+            warnings.warn("Recipe(group_rewards=...) is deprecated: it was always called once per episode; "
+                          "name it episode_rewards= (whole_group_rewards= sees a whole GRPO group across episodes)",
+                          DeprecationWarning, stacklevel=4)
+            data = dict(data)
+            old = data.pop("group_rewards") or {}
+            if data.get("episode_rewards"):
+                raise RecipeError("Recipe: give episode_rewards= only (group_rewards= is its deprecated old name)")
+            data["episode_rewards"] = old
+        return data
+
+    @property
+    def group_rewards(self) -> dict[str, EpisodeRewardFn]:
+        """Deprecated: the old name of `episode_rewards`."""
+        warnings.warn("Recipe.group_rewards is deprecated: use Recipe.episode_rewards", DeprecationWarning, stacklevel=2)
+        return self.episode_rewards
 
     def role_names(self) -> dict[str, bool]:
         """Role name -> trainable, for the roles named in the node map."""
@@ -137,7 +211,9 @@ class Recipe(BaseModel):
             if node not in nodes:
                 problems.append(f"roles: node {node!r} is not in the graph (nodes: {', '.join(sorted(nodes))})")
         names = self.role_names()
-        for field, mapping in (("rewards", self.rewards), ("groups", self.groups), ("group_rewards", self.group_rewards)):
+        maps = (("rewards", self.rewards), ("groups", self.groups), ("episode_rewards", self.episode_rewards),
+                ("whole_group_rewards", self.whole_group_rewards), ("advantages", self.advantages), ("filters", self.filters))
+        for field, mapping in maps:
             for role in mapping:
                 if role not in names:
                     problems.append(f"{field}: role {role!r} is not run by any node in `roles` (roles: {', '.join(sorted(names))})")
@@ -149,10 +225,21 @@ class Recipe(BaseModel):
         for role, rule in self.groups.items():
             if not isinstance(rule, GroupBy):
                 problems.append(f"groups: {role!r} must be a GroupBy (GroupBy.episode(), .seed(k), .key(fn))")
+        for role in self.whole_group_rewards:
+            rule = self.groups.get(role)
+            if rule is None or (isinstance(rule, GroupBy) and rule.kind == "key"):
+                problems.append(f"whole_group_rewards: role {role!r} needs a group that closes: GroupBy.episode() or "
+                                f"GroupBy.seed(k) (a GroupBy.key group can gain members from any later episode)")
+        for field, values, kind in (("advantages", self.advantages, Advantage), ("filters", self.filters, SampleFilter)):
+            for role, value in values.items():
+                if not isinstance(value, kind):
+                    problems.append(f"{field}: the value for {role!r} must be an agentplay.{kind.__name__}, "
+                                    f"got {type(value).__name__}")
         ks = {r.k for r in self.groups.values() if isinstance(r, GroupBy) and r.kind == "seed"}
         if len(ks) > 1:
             problems.append(f"groups: every GroupBy.seed(k) of one recipe must use the same k, got {sorted(ks)}")
-        for field, fns in (("rewards", self.rewards), ("group_rewards", self.group_rewards)):
+        for field, fns in (("rewards", self.rewards), ("episode_rewards", self.episode_rewards),
+                           ("whole_group_rewards", self.whole_group_rewards)):
             for role, fn in fns.items():
                 if not callable(fn):
                     problems.append(f"{field}: the value for {role!r} is not callable")
@@ -169,6 +256,11 @@ class CompiledRecipe:
     graph: Any
     block_size: int = 1
     """Episodes per group-seed block (the k of `GroupBy.seed`, else 1)."""
+
+    @property
+    def holds_blocks(self) -> bool:
+        """True when the runner must hold a block's episodes for the recipe's group rewards."""
+        return bool(self.recipe.whole_group_rewards)
 
     @property
     def name(self) -> str:

@@ -1,8 +1,8 @@
 """Reward building blocks for self-play recipes: plain functions with typed inputs.
 
 Matching (`exact_match`, `numeric_match`), pseudo-labels (`majority_vote`), difficulty
-shaping from a solve rate p (`learnability` = AZR's 1 - p, `uncertainty` = R-Zero's
-min(p, 1 - p)), `format_check`, a model grader (`llm_judge`) and a batch-level
+shaping from a solve rate p (`learnability` = AZR's 1 - p, `r_zero_uncertainty` = R-Zero's
+1 - 2|p - 1/2|, `uncertainty` = min(p, 1 - p), half of it), `format_check`, a model grader (`llm_judge`) and a batch-level
 `repetition_penalty` for near-duplicate proposals. Functions whose result needs
 explaining return `agentplay.traces.RewardRecord` with a reason.
 """
@@ -17,6 +17,7 @@ from ._rewards_match import (
     ngram_jaccard,
     normalize_answer,
     numeric_match,
+    r_zero_uncertainty,
     repetition_penalty,
     uncertainty,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "numeric_match",
     "parse_score",
     "parse_yes_no",
+    "r_zero_uncertainty",
     "repetition_penalty",
     "uncertainty",
 ]

@@ -4,7 +4,9 @@ Model calls dominate an episode, and the engine batches concurrent requests,
 so the runner's job is to keep `concurrency` episodes in flight, fill groups
 (episodes of one `GroupBy.seed(k)` block run back to back), and never lose or
 duplicate a finished episode: indexes 0..N-1 with seeds derived from the run
-seed make a resumed run pick up exactly the missing ones.
+seed make a resumed run pick up exactly the missing ones. A recipe with group
+rewards has each block held until it is complete, rewarded as a group, and
+stored in one transaction (`_group_rewards`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from agentplay._executors import EpisodeSpec, Executor, LocalExecutor
+from agentplay._group_rewards import BlockBuffer
 from agentplay._progress import RunProgress, RunStats
 from agentplay._recorder import derive_seed
 from agentplay.recipe import CompiledRecipe, Recipe
@@ -110,19 +113,25 @@ async def run_recipe(
             specs.append(EpisodeSpec(index=i, seed=seed, group_seed=group_seed, run_id=run_id, metadata=meta))
         # where episodes run is the executor's business (asyncio here, Ray actors elsewhere)
         runner = executor or LocalExecutor(compiled, concurrency=config.concurrency)
+        # group rewards need a block's episodes together before any is stored (see _group_rewards)
+        blocks = (BlockBuffer(compiled, todo, total=config.episodes, resumed=resumed_blocks)
+                  if compiled.holds_blocks else None)
+
+        def release(finished: list[Episode]) -> None:
+            if store is not None:
+                with store.transaction():  # a block is stored whole or not at all
+                    finished = [ep for ep in finished if _append(store, ep)]
+            for ep in finished:
+                stats.add(ep)
+                if on_episode is not None:
+                    on_episode(ep)
+            progress.update(stats)
 
         async def consume() -> None:
             async with contextlib.aclosing(runner.run(specs)) as episodes:
                 async for episode in episodes:
-                    if store is not None:
-                        try:
-                            store.append_episode(episode)  # at once: a kill loses only in-flight episodes
-                        except DuplicateEpisode:
-                            continue  # another writer stored this index meanwhile: already done
-                    stats.add(episode)
-                    if on_episode is not None:
-                        on_episode(episode)
-                    progress.update(stats)
+                    # at once (no group rewards): a kill loses only in-flight episodes
+                    release([episode] if blocks is None else await blocks.add(episode))
 
         progress = RunProgress(total=len(todo), recipe=compiled.name, enabled=config.progress, console=console)
         start = time.perf_counter()
@@ -149,6 +158,14 @@ async def run_recipe(
     finally:
         if own_store and hasattr(store, "close"):
             store.close()
+
+
+def _append(store: Any, episode: Episode) -> bool:
+    try:
+        store.append_episode(episode)
+    except DuplicateEpisode:
+        return False  # another writer stored this index meanwhile: already done
+    return True
 
 
 def _open_run(store: Any | None, compiled: CompiledRecipe, config: RunConfig) -> tuple[str, set[int]]:

@@ -56,7 +56,7 @@ def fan_out_recipe(n: int = 3, **overrides: Any) -> Recipe:
         name="fan-out", graph=graph, roles={"ask": asker, "solve": solver},
         rewards={"asker": asker_reward, "solver": broken_reward},
         groups={"asker": GroupBy.seed(2), "solver": GroupBy.episode()},
-        group_rewards={"solver": lambda turns: [0.25] * len(turns)},
+        episode_rewards={"solver": lambda turns: [0.25] * len(turns)},
         initial_state=lambda ctx: {"topic": ctx.rng.choice(["sets", "dicts"]), "answers": []},
         metrics=lambda state, turns: {"valid_proposal": 1.0, "n_answers": float(len(state["answers"]))},
     )
@@ -79,7 +79,7 @@ def test_compile_explains_what_to_fix():
     frozen = Role(name="asker", model=DEFAULT_MODEL_SPEC, trainable=False)
     ok = recipe.model_copy(update={"roles": {"ask": frozen, "solve": "solver"},
                                    "rewards": {"solver": recipe.rewards["solver"]},
-                                   "groups": {"solver": GroupBy.episode()}, "group_rewards": {}})
+                                   "groups": {"solver": GroupBy.episode()}, "episode_rewards": {}})
     assert ok.compile().block_size == 1
     assert recipe.compile().block_size == 2
 
@@ -99,7 +99,7 @@ async def test_send_fan_out_turns_rewards_and_groups():
     for t in solvers:  # broken reward fn or unparsable answer: recorded zero + group delta, never raised
         assert t.reward is not None
         assert t.reward.reason.startswith(("reward fn failed: RuntimeError: grader exploded", "parse error: output_parser"))
-        assert t.reward.value == pytest.approx(0.25) and t.reward.components["group"] == 0.25
+        assert t.reward.value == pytest.approx(0.25) and t.reward.components["episode"] == 0.25
     assert askers[0].reward.components == {"n": 3.0}
     assert episode.metrics == {"valid_proposal": 1.0, "n_answers": 3.0}
     tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer

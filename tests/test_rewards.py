@@ -17,6 +17,7 @@ from agentplay.rewards import (
     numeric_match,
     parse_score,
     parse_yes_no,
+    r_zero_uncertainty,
     repetition_penalty,
     uncertainty,
 )
@@ -98,12 +99,14 @@ def test_majority_vote_counts_missing_answers_in_the_denominator():
 
 
 @pytest.mark.parametrize(
-    ("p", "learn", "unc"),
-    [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.25, 0.75, 0.25), (0.5, 0.5, 0.5), (0.75, 0.25, 0.25)],
+    ("p", "learn", "unc", "r_zero"),
+    [(0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), (0.25, 0.75, 0.25, 0.5), (0.5, 0.5, 0.5, 1.0),
+     (0.75, 0.25, 0.25, 0.5), (0.9, 0.1, 0.1, 0.2)],
 )
-def test_learnability_and_uncertainty(p, learn, unc):
+def test_learnability_and_both_uncertainty_forms(p, learn, unc, r_zero):
     assert learnability(p) == pytest.approx(learn)
-    assert uncertainty(p) == pytest.approx(unc)
+    assert uncertainty(p) == pytest.approx(unc)  # min(p, 1 - p)
+    assert r_zero_uncertainty(p) == pytest.approx(r_zero)  # R-Zero's 1 - 2|p - 1/2|
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan")])
@@ -112,6 +115,8 @@ def test_probabilities_out_of_range_are_refused(bad):
         learnability(bad)
     with pytest.raises(ValueError, match="p must be a probability"):
         uncertainty(bad)
+    with pytest.raises(ValueError, match="p must be a probability"):
+        r_zero_uncertainty(bad)
 
 
 def test_format_check_tags_and_pattern():

@@ -34,6 +34,9 @@ class CheckpointState(BaseModel):
     lora: bool = False
     metrics: dict[str, float] = Field(default_factory=dict)
     """This iteration's metrics, re-logged on resume if the store missed them."""
+    rae_baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """SPIRAL RAE baselines (role -> environment -> moving-average reward) after this
+    iteration: state of the advantage estimator that a resumed run must continue from."""
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

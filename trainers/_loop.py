@@ -121,6 +121,8 @@ class SelfPlayTrainer:
         self._served = served
         self._store = store
         self.learner: GRPOLearner | None = None
+        self.rae_baselines: dict[str, dict[str, float]] = {}
+        """RAE baselines carried across iterations (restored from the checkpoint on resume)."""
         self.on_iteration: Callable[[int, dict[str, float]], Any] | None = None
         """Called (and awaited if async) after each iteration is committed: progress, evaluations."""
 
@@ -146,6 +148,7 @@ class SelfPlayTrainer:
             t = self.learner.trainer
             state = load_checkpoint(ckpt, t.model, t.optimizer, t.lr_scheduler)
             t.state.global_step = state.global_step
+            self.rae_baselines = {role: dict(b) for role, b in state.rae_baselines.items()}
             start = state.iteration + 1
             # the serving engine restarted with base weights: give it the checkpoint's
             await self._sync(state.iteration)
@@ -203,6 +206,13 @@ class SelfPlayTrainer:
         }
         for role, rewards in sorted(stats.per_role_rewards.items()):
             m[f"reward/{role}"] = _mean(rewards)
+        for role, count in sorted(stats.filtered.items()):
+            m[f"filtered/{role}"] = float(count)
+        if stats.dropped_zero_advantage:
+            m["dropped_zero_advantage"] = float(stats.dropped_zero_advantage)
+        for role, envs in sorted(stats.rae_baselines.items()):
+            for env, value in sorted(envs.items()):
+                m[f"rae_baseline/{role}/{env}"] = value
         names = sorted({k for ep in episodes for k in ep.metrics})
         for name in names:
             m[f"episode/{name}"] = _mean([float(ep.metrics[name]) for ep in episodes if name in ep.metrics])
@@ -230,8 +240,10 @@ class SelfPlayTrainer:
             episodes = await self.rollouts(compiled, it)
             t1 = time.perf_counter()
             version = self._served.weight_version
+            recipe = compiled.recipe
             samples, stats = compute_advantages(
-                episodes, scale_rewards=cfg.scale, zero_variance=cfg.zero_variance, role_weights=cfg.role_weights
+                episodes, scale_rewards=cfg.scale, zero_variance=cfg.zero_variance, role_weights=cfg.role_weights,
+                estimators=recipe.advantages, filters=recipe.filters, rae_baselines=self.rae_baselines,
             )
             metrics = self._metrics(episodes, samples, stats, version)
             if samples:
@@ -248,8 +260,10 @@ class SelfPlayTrainer:
                 "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/update_s": t3 - t2,
             })
             t = self.learner.trainer
+            self.rae_baselines = stats.rae_baselines  # committed with the checkpoint below
             save_checkpoint(cfg.output_dir, CheckpointState(iteration=it, global_step=self.learner.global_step,
-                            weight_version=new_version, lora=cfg.lora, metrics=metrics),
+                            weight_version=new_version, lora=cfg.lora, metrics=metrics,
+                            rae_baselines=stats.rae_baselines),
                             t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints)
             self._log(it, metrics)
             summary.metrics.append(metrics)
