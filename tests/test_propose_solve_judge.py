@@ -40,7 +40,7 @@ async def test_episodes_are_stored_rewarded_and_token_exact(tmp_path):
             if t.role == "proposer" and not t.parse_error:
                 c = t.reward.components
                 mix = 0.5 * c["quality"] + 0.4 * c["difficulty"] + 0.1 * c["format"]
-                assert t.reward.value == pytest.approx(mix + c.get("group", 0.0))
+                assert t.reward.value == pytest.approx(mix + c.get("episode", 0.0))
             if t.role == "judge":
                 assert t.reward.value == (0.0 if t.parse_error else 1.0)
             if t.role == "solver":
