@@ -27,7 +27,9 @@ def _lazy(module: str) -> Callable[..., Recipe]:
 RECIPES: dict[str, Callable[..., Recipe]] = {
     "code-selfplay": _lazy("code_selfplay"),
     "propose-solve-judge": _lazy("propose_solve_judge"),
+    "r-zero": _lazy("r_zero"),
     "search-selfplay": _lazy("search_selfplay"),
+    "spiral": _lazy("spiral"),
 }
 """CLI name -> build(model=..., **options) -> Recipe."""
 
