@@ -31,9 +31,9 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, TypedDict
 
-import jinja2
 from agentplay.sandbox import Limits, open_sandbox
 from agentplay.tools import CodeTool
 from langgraph.graph import END, START, StateGraph
@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+from agentplay.prompts import ENVIRONMENT, load_prompt, render_prompt
 from agentplay.rewards import learnability, repetition_penalty
 from agentplay.traces import RewardRecord, RoleTurn
 
@@ -55,9 +56,32 @@ from ._code_exec import (
     fenced_blocks,
 )
 
-_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined)
-
-__all__ = ["SEED_PROGRAMS", "SOLVER_EXAMPLES", "CodeSelfPlayConfig", "CodeState", "TaskBuffer", "build", "solver_role"]
+__all__ = [
+    "PROPOSER_AGAIN",
+    "PROPOSER_REFERENCE",
+    "PROPOSER_SYSTEM",
+    "PROPOSER_USER",
+    "SEED_PROGRAMS",
+    "SOLVER_EXAMPLES",
+    "SOLVER_SYSTEM",
+    "SOLVER_USER",
+    "CodeSelfPlayConfig",
+    "CodeState",
+    "TaskBuffer",
+    "build",
+    "format_penalty",
+    "metrics",
+    "parse_proposal",
+    "proposer_messages",
+    "proposer_repetition",
+    "proposer_reward",
+    "solve_rate",
+    "solver_example_turns",
+    "solver_group",
+    "solver_reward",
+    "solver_role",
+    "well_formed",
+]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -199,31 +223,12 @@ def _draw(items: Iterable[dict[str, Any]], rng: random.Random, k: int, min_input
 
 # -- role prompts ------------------------------------------------------------------------------
 
-PROPOSER_SYSTEM = """You write Python puzzles. Write a deterministic function named f that \
-returns plain data (numbers, strings, lists, tuples, dicts, sets). Do not import os, sys, \
-random, time or other system modules, and do not print.
-Reply in exactly this layout, with {{ n_inputs }} input block(s), each holding the arguments \
-of one call to f written as in the call (for example: [3, 1, 2], 2).{% if tools %} You may test your function with the run_python tool first.{% endif %}
-```python
-def f(...):
-    ...
-```
-```input
-...
-```"""
-
-PROPOSER_USER = """Task type: {{ task_type }}. {{ purpose }}
-Write a puzzle."""
-
-PROPOSER_AGAIN = "Write a new puzzle, different from the ones above."
-
-PROPOSER_REFERENCE = """```python
-{{ ref.program }}
-```
-{% for inp in ref.inputs[:n_inputs] %}```input
-{{ inp }}
-```
-{% endfor %}"""
+PROPOSER_SYSTEM = load_prompt(__file__, "code_selfplay/proposer_system.jinja")
+"""Variables: `n_inputs` (input blocks asked for) and `tools` (whether run_python is offered)."""
+PROPOSER_USER = load_prompt(__file__, "code_selfplay/proposer_user.jinja")
+"""Variables: `task_type` (the template says what the student of that type sees)."""
+PROPOSER_AGAIN = load_prompt(__file__, "code_selfplay/proposer_again.jinja")
+PROPOSER_REFERENCE = load_prompt(__file__, "code_selfplay/proposer_reference.jinja")
 """A buffered program written as the proposer's own earlier reply. Shown as turns
 (task, reference reply, "a new one"), the 135M model kept that layout, input block
 included, in 11 of 24 samples (abduction, T 0.7); with the same reference quoted inside
@@ -233,8 +238,8 @@ the user message 2 of its first 48 proposals parsed."""
 def proposer_messages(task_type: str, references: list[dict[str, Any]], n_inputs: int) -> list[dict[str, str]]:
     """The proposer's conversation: its task, each reference as a reply of its own, then
     the request for a new puzzle (AZR conditions on buffer references the same way)."""
-    task = _TEMPLATES.from_string(PROPOSER_USER).render(task_type=task_type, purpose=PURPOSE[task_type])
-    reply = _TEMPLATES.from_string(PROPOSER_REFERENCE)
+    task = render_prompt(PROPOSER_USER, task_type=task_type)
+    reply = ENVIRONMENT.from_string(PROPOSER_REFERENCE)
     turns = [{"role": "user", "content": task}]
     for ref in references:
         turns += [{"role": "assistant", "content": reply.render(ref=ref, n_inputs=n_inputs).strip()},
@@ -242,30 +247,12 @@ def proposer_messages(task_type: str, references: list[dict[str, Any]], n_inputs
     return turns
 
 
-PURPOSE = {
-    "deduction": "The student sees f and your input and must predict the output.",
-    "abduction": "The student sees f and the output for your input and must find an input giving it.",
-    "induction": "The student sees your inputs with their outputs (the last hidden) and must write f.",
-}
+SOLVER_SYSTEM = load_prompt(__file__, "code_selfplay/solver_system.jinja")
 
-SOLVER_SYSTEM = "You solve Python puzzles. Think briefly, then give the answer in the requested fenced block."
-
-SOLVER_USER = {
-    "deduction": """Here is a Python function:
-```python
-{{ program }}
-```
-What does f({{ inputs[0] }}) return? Give the returned value as a Python literal in an ```output block.""",
-    "abduction": """Here is a Python function:
-```python
-{{ program }}
-```
-Find arguments for which f returns exactly {{ outputs[0] }}. Give them, written as in a call \
-to f, in an ```input block.""",
-    "induction": """A hidden Python function f gives:
-{% for inp in shown_inputs %}f({{ inp }}) == {{ outputs[loop.index0] }}
-{% endfor %}Write f. Give the whole definition in a ```python block.""",
-}
+SOLVER_USER: dict[str, str] = {t: load_prompt(__file__, f"code_selfplay/solver_{t}.jinja")
+                               for t in ("deduction", "abduction", "induction")}
+"""The task as each type's solver sees it. Variables: a `CodeTask` dump (`program`,
+`inputs`, `outputs`) and `shown_inputs` (induction: the inputs not held out)."""
 
 SOLVER_EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "deduction": [{"task": {"program": "def f(xs):\n    return xs + [1]", "inputs": ["[5]"]},
@@ -288,7 +275,7 @@ from); a scalar and a list example give both kinds (78 of 80 blocks written)."""
 
 def solver_example_turns(task_type: str) -> list[dict[str, str]]:
     """`SOLVER_EXAMPLES[task_type]` as chat turns, each user turn rendered from `SOLVER_USER`."""
-    user = _TEMPLATES.from_string(SOLVER_USER[task_type])
+    user = ENVIRONMENT.from_string(SOLVER_USER[task_type])
     turns: list[dict[str, str]] = []
     for ex in SOLVER_EXAMPLES[task_type]:
         turns += [{"role": "user", "content": user.render(**ex["task"])},
@@ -353,7 +340,88 @@ def _answer_parser(task_type: str):
     return parse
 
 
-# -- build: roles, nodes, rewards, graph -------------------------------------------------------
+# -- rewards -----------------------------------------------------------------------------------
+
+def solve_rate(state: dict[str, Any], task_index: int) -> float | None:
+    """Share of the checked solver answers to task `task_index` that were right (None: none checked)."""
+    marks = [state["verdicts"][tid]["correct"] for tid, i in state.get("solver_task", {}).items()
+             if i == task_index and tid in state.get("verdicts", {})]
+    return sum(marks) / len(marks) if marks else None
+
+
+def format_penalty(cfg: CodeSelfPlayConfig, parsed: bool) -> float:
+    """AZR's format reward for a failed sample: -0.5 when it parsed, -1 when not (0 without `format_rewards`)."""
+    return 0.0 if not cfg.format_rewards else -0.5 if parsed else -1.0
+
+
+def well_formed(state: dict[str, Any], turn_id: str) -> bool:
+    """The solver wrote an answer of the asked kind (`x + 9` in the block is not a value)."""
+    return state["answers"].get(turn_id) is not None and state["verdicts"][turn_id]["well_formed"]
+
+
+def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView | None, *,
+                    cfg: CodeSelfPlayConfig) -> RewardRecord:
+    """Learnability 1 - p of a valid task solved at rate 0 < p < 1 (else 0); a format penalty
+    for a proposal that did not parse or did not validate."""
+    prop = next(p for p in state["proposals"] if p["turn_id"] == turn.turn_id)
+    if prop["error"] is not None:
+        parsed = turn.parse_error is None  # else `error` is the validation's reason
+        reason = prop["error"] if parsed else f"parse error: {prop['error']}"
+        return RewardRecord(value=format_penalty(cfg, parsed), reason=reason, components={"valid": 0.0})
+    rate = solve_rate(state, prop["task"])
+    if rate is None:
+        return RewardRecord(value=0.0, reason="valid, but no solver attempt was checked", components={"valid": 1.0})
+    value = learnability(rate)
+    return RewardRecord(value=value, reason=f"valid; solve rate {rate:.2f} -> learnability {value:.2f}",
+                        components={"valid": 1.0, "solve_rate": rate})
+
+
+def solver_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView | None, *,
+                  cfg: CodeSelfPlayConfig) -> RewardRecord:
+    """1 for an answer the sandbox confirmed; else the format penalty (plus
+    `accepted_input_reward` when f returned for the wrong answer)."""
+    verdict = state["verdicts"].get(turn.turn_id)
+    if verdict is None:
+        return RewardRecord(value=0.0, reason="answer was not checked")
+    if verdict["correct"]:
+        return RewardRecord(value=1.0, reason=verdict["reason"], components={"correct": 1.0, "formatted": 1.0})
+    reason = verdict["reason"] if turn.parse_error is None else f"parse error: {turn.parse_error}"
+    formatted = well_formed(state, turn.turn_id)
+    ran = bool(verdict.get("ran"))  # absent from verdicts stored before the field existed
+    return RewardRecord(value=format_penalty(cfg, formatted) + (cfg.accepted_input_reward if ran else 0.0),
+                        reason=reason, components={"correct": 0.0, "formatted": float(formatted), "ran": float(ran)})
+
+
+def proposer_repetition(turns: list[RoleTurn], *, cfg: CodeSelfPlayConfig) -> list[float]:
+    """Near-duplicate valid programs in one episode share a penalty; invalid ones keep their 0."""
+    valid = [t for t in turns if t.reward is not None and t.reward.components.get("valid") == 1.0]
+    pen = dict(zip((t.turn_id for t in valid),
+                   repetition_penalty([t.output["program"] for t in valid], cfg.repetition_threshold)))
+    return [-cfg.repetition_weight * pen.get(t.turn_id, 0.0) for t in turns]
+
+
+def solver_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
+    """The solver samples of one task in one episode form a GRPO group."""
+    return f"ep{ctx.index}/task{state['solver_task'].get(turn.turn_id, -1)}"
+
+
+def metrics(state: dict[str, Any], turns: list[RoleTurn], *, buffer: TaskBuffer) -> dict[str, float]:
+    """Valid-proposal and solve rates, where the tasks came from, and the buffer's size."""
+    props = state.get("proposals", [])
+    verdicts = list(state.get("verdicts", {}).values())
+    return {
+        "valid_proposal": sum(p["error"] is None for p in props) / max(len(props), 1),
+        "tasks": float(len(state.get("tasks", []))),
+        "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
+        "replayed": float(sum(t["source"] == "replay" for t in state.get("tasks", []))),
+        "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
+        "solver_format": (sum(well_formed(state, tid) for tid in state["verdicts"]) / len(verdicts)
+                          if verdicts else 0.0),
+        "buffer_size": float(len(buffer)),
+    }
+
+
+# -- build: roles, nodes, graph ----------------------------------------------------------------
 
 def solver_role(task_type: TaskType, model: str = DEFAULT_MODEL_SPEC,
                 cfg: CodeSelfPlayConfig | None = None) -> Role:
@@ -480,71 +548,6 @@ def build(
         verdicts = await asyncio.gather(*(one(i, a) for _, i, a in todo))
         return {"verdicts": {tid: v.model_dump() for (tid, _, _), v in zip(todo, verdicts, strict=True)}}
 
-    # -- rewards ---------------------------------------------------------------------------
-
-    def solve_rate(state: dict[str, Any], task_index: int) -> float | None:
-        marks = [state["verdicts"][tid]["correct"] for tid, i in state.get("solver_task", {}).items()
-                 if i == task_index and tid in state.get("verdicts", {})]
-        return sum(marks) / len(marks) if marks else None
-
-    def penalty(parsed: bool) -> float:
-        return 0.0 if not cfg.format_rewards else -0.5 if parsed else -1.0
-
-    def well_formed(state: dict[str, Any], turn_id: str) -> bool:
-        """The solver wrote an answer of the asked kind (`x + 9` in the block is not a value)."""
-        return state["answers"].get(turn_id) is not None and state["verdicts"][turn_id]["well_formed"]
-
-    def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        prop = next(p for p in state["proposals"] if p["turn_id"] == turn.turn_id)
-        if prop["error"] is not None:
-            parsed = turn.parse_error is None  # else `error` is the validation's reason
-            reason = prop["error"] if parsed else f"parse error: {prop['error']}"
-            return RewardRecord(value=penalty(parsed), reason=reason, components={"valid": 0.0})
-        rate = solve_rate(state, prop["task"])
-        if rate is None:
-            return RewardRecord(value=0.0, reason="valid, but no solver attempt was checked", components={"valid": 1.0})
-        value = learnability(rate)
-        return RewardRecord(value=value, reason=f"valid; solve rate {rate:.2f} -> learnability {value:.2f}",
-                            components={"valid": 1.0, "solve_rate": rate})
-
-    def solver_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        verdict = state["verdicts"].get(turn.turn_id)
-        if verdict is None:
-            return RewardRecord(value=0.0, reason="answer was not checked")
-        if verdict["correct"]:
-            return RewardRecord(value=1.0, reason=verdict["reason"], components={"correct": 1.0, "formatted": 1.0})
-        reason = verdict["reason"] if turn.parse_error is None else f"parse error: {turn.parse_error}"
-        formatted = well_formed(state, turn.turn_id)
-        ran = bool(verdict.get("ran"))  # absent from verdicts stored before the field existed
-        return RewardRecord(value=penalty(formatted) + (cfg.accepted_input_reward if ran else 0.0), reason=reason,
-                            components={"correct": 0.0, "formatted": float(formatted), "ran": float(ran)})
-
-    def proposer_repetition(turns: list[RoleTurn]) -> list[float]:
-        """Near-duplicate valid programs in one episode share a penalty; invalid ones keep their 0."""
-        valid = [t for t in turns if t.reward is not None and t.reward.components.get("valid") == 1.0]
-        pen = dict(zip((t.turn_id for t in valid),
-                       repetition_penalty([t.output["program"] for t in valid], cfg.repetition_threshold)))
-        return [-cfg.repetition_weight * pen.get(t.turn_id, 0.0) for t in turns]
-
-    def solver_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
-        return f"ep{ctx.index}/task{state['solver_task'].get(turn.turn_id, -1)}"
-
-    def metrics(state: dict[str, Any], turns: list[RoleTurn]) -> dict[str, float]:
-        props = state.get("proposals", [])
-        verdicts = list(state.get("verdicts", {}).values())
-        return {
-            "valid_proposal": sum(p["error"] is None for p in props) / max(len(props), 1),
-            "tasks": float(len(state.get("tasks", []))),
-            "from_buffer": float(any(t["source"] == "buffer" for t in state.get("tasks", []))),
-            "replayed": float(sum(t["source"] == "replay" for t in state.get("tasks", []))),
-            "solve_rate": sum(v["correct"] for v in verdicts) / len(verdicts) if verdicts else 0.0,
-            "solver_format": (sum(well_formed(state, tid) for tid in state["verdicts"]) / len(verdicts)
-                              if verdicts else 0.0),
-            "buffer_size": float(len(buffer)),
-        }
-
-    # -- graph -----------------------------------------------------------------------------
-
     graph = StateGraph(CodeState)
     graph.add_node("propose", propose)
     graph.add_node("validate", validate)
@@ -560,11 +563,11 @@ def build(
         name="code-selfplay",
         graph=graph,
         roles={"propose": proposer, "solve": "solver"},
-        rewards={"proposer": proposer_reward, "solver": solver_reward},
+        rewards={"proposer": partial(proposer_reward, cfg=cfg), "solver": partial(solver_reward, cfg=cfg)},
         groups={"proposer": GroupBy.episode(), "solver": GroupBy.key(solver_group)},
-        group_rewards={"proposer": proposer_repetition},
+        group_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
         initial_state=initial_state,
-        metrics=metrics,
+        metrics=partial(metrics, buffer=buffer),
         zero_on_parse_error=not cfg.format_rewards,  # the reward fns give format errors their -1
         options={"model": model, **cfg.model_dump()},
     )

@@ -24,6 +24,7 @@ import asyncio
 import random
 import re
 from collections import deque
+from functools import partial
 from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -31,10 +32,36 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+from agentplay.prompts import load_prompt
 from agentplay.rewards import exact_match, majority_vote, parse_score, repetition_penalty
 from agentplay.traces import RewardRecord, RoleTurn
 
-__all__ = ["PSJState", "ProposeSolveJudgeConfig", "QuestionPool", "build"]
+__all__ = [
+    "ANSWER_USER",
+    "JUDGE_SYSTEM",
+    "PROPOSER_SYSTEM",
+    "PROPOSER_USER",
+    "QUALITY_USER",
+    "SOLVER_SYSTEM",
+    "SOLVER_USER",
+    "PSJState",
+    "ProposeSolveJudgeConfig",
+    "QuestionPool",
+    "build",
+    "judge_group",
+    "judge_reward",
+    "judge_verdict",
+    "majority_of",
+    "metrics",
+    "parse_answer",
+    "parse_question",
+    "parse_score_strict",
+    "proposer_repetition",
+    "proposer_reward",
+    "solver_group",
+    "solver_reward",
+    "solver_score",
+]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -125,34 +152,33 @@ class QuestionPool:
 
 # -- role prompts and parsers ------------------------------------------------------------------
 
-PROPOSER_SYSTEM = "You write one new, self-contained question with a short, checkable answer."
-PROPOSER_USER = """Write one challenging question, for example an arithmetic word problem. \
-Put only the question inside <question></question> tags."""
-
-SOLVER_SYSTEM = "You answer questions. Think briefly, then put the final answer inside <answer></answer> tags."
-SOLVER_USER = "{{ question }}"
-
-JUDGE_SYSTEM = "You are a strict judge. You reply with a score only."
-QUALITY_USER = """Rate this question from 0 to 10: is it clear, self-contained, answerable \
-with one short answer, and challenging?
-Question: {{ question }}
-Reply in the form "Score: N"."""
-ANSWER_USER = """Question: {{ question }}
-Answer: {{ answer }}
-Rate the answer from 0 (wrong) to 10 (correct). Reply in the form "Score: N"."""
+PROPOSER_SYSTEM = load_prompt(__file__, "propose_solve_judge/proposer_system.jinja")
+PROPOSER_USER = load_prompt(__file__, "propose_solve_judge/proposer_user.jinja")
+SOLVER_SYSTEM = load_prompt(__file__, "propose_solve_judge/solver_system.jinja")
+SOLVER_USER = load_prompt(__file__, "propose_solve_judge/solver_user.jinja")
+"""Variables: `question`."""
+JUDGE_SYSTEM = load_prompt(__file__, "propose_solve_judge/judge_system.jinja")
+QUALITY_USER = load_prompt(__file__, "propose_solve_judge/judge_quality.jinja")
+"""Variables: `question`."""
+ANSWER_USER = load_prompt(__file__, "propose_solve_judge/judge_answer.jinja")
+"""Variables: `question`, `answer`."""
 
 _QUESTION = re.compile(r"<question>(.*?)</question>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def parse_score_strict(text: str) -> float:
-    score = parse_score(text, 10)
-    if score is None:
-        raise ValueError(f"no score in 0..10 in {text.strip()[:60]!r}")
-    return score
+def parse_question(text: str, *, min_chars: int = 10) -> dict[str, Any]:
+    """{"question", "format"}: the first <question> (format 1), else the whole text (format 0).
+    ValueError when it is shorter than `min_chars` (`min_question_chars`)."""
+    found = _QUESTION.findall(text)
+    question = (found[0] if found else text).strip()
+    if len(question) < min_chars:
+        raise ValueError(f"no question (need a <question> of at least {min_chars} chars)")
+    return {"question": question, "format": 1.0 if found else 0.0}
 
 
-def _answer_parser(text: str) -> str:
+def parse_answer(text: str) -> str:
+    """The last <answer>, else the whole text; ValueError when empty."""
     found = _ANSWER.findall(text)
     answer = (found[-1] if found else text).strip()
     if not answer:
@@ -160,30 +186,129 @@ def _answer_parser(text: str) -> str:
     return answer
 
 
-# -- build: roles, nodes, rewards, graph -------------------------------------------------------
+
+def parse_score_strict(text: str) -> float:
+    """The judge's score in 0..10; ValueError when there is none."""
+    score = parse_score(text, 10)
+    if score is None:
+        raise ValueError(f"no score in 0..10 in {text.strip()[:60]!r}")
+    return score
+
+
+def judge_verdict(turn: RoleTurn) -> dict[str, Any]:
+    """A judge turn as stored in the state: {"score": 0..10 or None, "reason"}."""
+    if turn.parse_error:
+        return {"score": None, "reason": f"judge gave no score: {turn.parse_error}"}
+    return {"score": float(turn.output), "reason": f"judge score {turn.output:g}/10"}
+
+
+# -- rewards -----------------------------------------------------------------------------------
+
+def majority_of(state: dict[str, Any], qi: int) -> tuple[str | None, float]:
+    """The majority answer to question `qi` and the share that agrees with it."""
+    return majority_vote([state["answers"].get(tid) for tid, i in state["solver_question"].items() if i == qi])
+
+
+def solver_score(state: dict[str, Any], tid: str, cfg: ProposeSolveJudgeConfig) -> float | None:
+    """The solver's score in [0, 1], or None when it could not be scored."""
+    answer = state["answers"].get(tid)
+    if answer is None:
+        return None
+    if cfg.solver_reward == "majority":
+        label, _ = majority_of(state, state["solver_question"][tid])
+        return exact_match(answer, label) if label is not None else 0.0
+    score = state["answer_scores"].get(tid, {}).get("score")
+    return None if score is None else score / 10.0
+
+
+def solver_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView | None, *,
+                  cfg: ProposeSolveJudgeConfig) -> RewardRecord:
+    """The judge's score / 10 of the answer, or agreement with the majority answer."""
+    score = solver_score(state, turn.turn_id, cfg)
+    if cfg.solver_reward == "majority":
+        label, p = majority_of(state, state["solver_question"][turn.turn_id])
+        return RewardRecord(value=score or 0.0, reason=f"majority answer {str(label)[:40]!r} (agreement {p:.2f})",
+                            components={"agreement": p})
+    verdict = state["answer_scores"].get(turn.turn_id, {"reason": "answer was not judged"})
+    return RewardRecord(value=score or 0.0, reason=verdict["reason"])
+
+
+def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView | None, *,
+                    cfg: ProposeSolveJudgeConfig) -> RewardRecord:
+    """MAE's mix: w_quality x judged quality + w_difficulty x (1 - mean solver score) + w_format x format."""
+    qi = next(i for i, q in enumerate(state["questions"]) if q["turn_id"] == turn.turn_id)
+    q = state["questions"][qi]
+    verdict = state["quality"].get(qi, {"score": None, "reason": "not judged"})
+    quality = (verdict["score"] or 0.0) / 10.0
+    scores = [s for tid, i in state["solver_question"].items()
+              if i == qi and (s := solver_score(state, tid, cfg)) is not None]
+    difficulty = 1.0 - sum(scores) / len(scores) if scores else 0.0
+    value = cfg.w_quality * quality + cfg.w_difficulty * difficulty + cfg.w_format * q["format"]
+    why = (f"quality {quality:.2f} ({verdict['reason']}), difficulty {difficulty:.2f} over "
+           f"{len(scores)} scored answers, format {q['format']:.0f}")
+    return RewardRecord(value=value, reason=why, components={
+        "quality": quality, "difficulty": difficulty, "format": q["format"],
+        "admitted": float(qi in state["admitted"])})
+
+
+def judge_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView | None) -> RewardRecord:
+    """1 for a verdict that parsed (unparsable ones are zeroed as parse errors before this runs)."""
+    return RewardRecord(value=1.0, reason=f"{state['judge_kind'].get(turn.turn_id, '?')} score parsed")
+
+
+def proposer_repetition(turns: list[RoleTurn], *, cfg: ProposeSolveJudgeConfig) -> list[float]:
+    """Near-duplicate questions in one episode share a penalty; unparsed ones keep their 0."""
+    ok = [t for t in turns if t.parse_error is None]
+    pen = dict(zip((t.turn_id for t in ok),
+                   repetition_penalty([t.output["question"] for t in ok], cfg.repetition_threshold)))
+    return [-cfg.repetition_weight * pen.get(t.turn_id, 0.0) for t in turns]
+
+
+def solver_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
+    """The answers to one question in one episode form a GRPO group."""
+    return f"ep{ctx.index}/q{state['solver_question'].get(turn.turn_id, -1)}"
+
+
+def judge_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
+    """Quality verdicts and answer verdicts of one episode form two groups."""
+    return f"ep{ctx.index}/{state['judge_kind'].get(turn.turn_id, 'unknown')}"
+
+
+def metrics(state: dict[str, Any], turns: list[RoleTurn], *, cfg: ProposeSolveJudgeConfig,
+            pool: QuestionPool) -> dict[str, float]:
+    """Valid-proposal and solve rates, judged quality, pool admissions and the pool's size."""
+    scored = [v["score"] for v in state.get("quality", {}).values() if v["score"] is not None]
+    solver_scores = [s for tid in state.get("solver_question", {})
+                     if (s := solver_score(state, tid, cfg)) is not None]
+    new = sum(q["source"] == "proposal" for q in state.get("questions", []))
+    return {
+        "valid_proposal": new / cfg.n_questions,
+        "mean_quality": sum(scored) / len(scored) if scored else 0.0,
+        "solve_rate": sum(solver_scores) / len(solver_scores) if solver_scores else 0.0,
+        "admitted": float(len(state.get("admitted", []))),
+        "pool_size": float(len(pool)),
+        "pooled": float(len(state.get("pooled", []))),
+    }
+
+
+# -- build: roles, nodes, graph ----------------------------------------------------------------
 
 def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, **options: Any) -> Recipe:
     """The propose-solve-judge recipe. `pool`: a shared QuestionPool (default: a fresh one)."""
     cfg = ProposeSolveJudgeConfig(**options)
     pool = pool if pool is not None else QuestionPool()
 
-    def parse_question(text: str) -> dict[str, Any]:
-        found = _QUESTION.findall(text)
-        question = (found[0] if found else text).strip()
-        if len(question) < cfg.min_question_chars:
-            raise ValueError(f"no question (need a <question> of at least {cfg.min_question_chars} chars)")
-        return {"question": question, "format": 1.0 if found else 0.0}
-
     def sampling(max_tokens: int, temperature: float) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=temperature)
 
     proposer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, user_template=PROPOSER_USER,
-                    sampling=sampling(cfg.proposer_max_tokens, cfg.temperature), output_parser=parse_question)
+                    sampling=sampling(cfg.proposer_max_tokens, cfg.temperature),
+                    output_parser=partial(parse_question, min_chars=cfg.min_question_chars))
     solver = Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, user_template=SOLVER_USER,
-                  sampling=sampling(cfg.solver_max_tokens, cfg.temperature), output_parser=_answer_parser)
+                  sampling=sampling(cfg.solver_max_tokens, cfg.temperature), output_parser=parse_answer)
     judge_args = {"name": "judge", "model": cfg.judge_model or model, "system_prompt": JUDGE_SYSTEM,
-                      "sampling": sampling(cfg.judge_max_tokens, cfg.judge_temperature),
-                      "output_parser": parse_score_strict, "trainable": cfg.judge_trainable}
+                  "sampling": sampling(cfg.judge_max_tokens, cfg.judge_temperature),
+                  "output_parser": parse_score_strict, "trainable": cfg.judge_trainable}
     quality_judge = Role(user_template=QUALITY_USER, **judge_args)
     answer_judge = Role(user_template=ANSWER_USER, **judge_args)
 
@@ -218,13 +343,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
             asyncio.gather(*(answer_judge.run(variables={"question": questions[qi]["text"], "answer": a})
                              for _, qi, a in answered)),
         )
-
-        def verdict(turn: RoleTurn) -> dict[str, Any]:
-            if turn.parse_error:
-                return {"score": None, "reason": f"judge gave no score: {turn.parse_error}"}
-            return {"score": float(turn.output), "reason": f"judge score {turn.output:g}/10"}
-
-        quality = {i: verdict(t) for i, t in zip(new, q_turns, strict=True)}
+        quality = {i: judge_verdict(t) for i, t in zip(new, q_turns, strict=True)}
         admitted = []
         for i, v in quality.items():
             if v["score"] is not None and v["score"] >= cfg.quality_bar:
@@ -232,83 +351,12 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
                 pool.add(questions[i]["text"], v["score"], seed=state["seed"])
         return {
             "quality": quality,
-            "answer_scores": {tid: verdict(t) for (tid, _, _), t in zip(answered, a_turns, strict=True)},
+            "answer_scores": {tid: judge_verdict(t) for (tid, _, _), t in zip(answered, a_turns, strict=True)},
             "judge_kind": {**{t.turn_id: "quality" for t in q_turns}, **{t.turn_id: "answer" for t in a_turns}},
             "admitted": admitted,
             "episode_metadata": {"pool_size": len(pool), "admitted": [questions[i]["text"] for i in admitted],
-                         "pooled": [p["question"] for p in state["pooled"]]},
+                                 "pooled": [p["question"] for p in state["pooled"]]},
         }
-
-    # -- rewards ---------------------------------------------------------------------------
-
-    def majority_of(state: dict[str, Any], qi: int) -> tuple[str | None, float]:
-        return majority_vote([state["answers"].get(tid) for tid, i in state["solver_question"].items() if i == qi])
-
-    def solver_score(state: dict[str, Any], tid: str) -> float | None:
-        """The solver's score in [0, 1], or None when it could not be scored."""
-        answer = state["answers"].get(tid)
-        if answer is None:
-            return None
-        if cfg.solver_reward == "majority":
-            label, _ = majority_of(state, state["solver_question"][tid])
-            return exact_match(answer, label) if label is not None else 0.0
-        score = state["answer_scores"].get(tid, {}).get("score")
-        return None if score is None else score / 10.0
-
-    def solver_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        score = solver_score(state, turn.turn_id)
-        if cfg.solver_reward == "majority":
-            label, p = majority_of(state, state["solver_question"][turn.turn_id])
-            return RewardRecord(value=score or 0.0, reason=f"majority answer {str(label)[:40]!r} (agreement {p:.2f})",
-                                components={"agreement": p})
-        verdict = state["answer_scores"].get(turn.turn_id, {"reason": "answer was not judged"})
-        return RewardRecord(value=score or 0.0, reason=verdict["reason"])
-
-    def proposer_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        qi = next(i for i, q in enumerate(state["questions"]) if q["turn_id"] == turn.turn_id)
-        q = state["questions"][qi]
-        verdict = state["quality"].get(qi, {"score": None, "reason": "not judged"})
-        quality = (verdict["score"] or 0.0) / 10.0
-        scores = [s for tid, i in state["solver_question"].items()
-                  if i == qi and (s := solver_score(state, tid)) is not None]
-        difficulty = 1.0 - sum(scores) / len(scores) if scores else 0.0
-        value = cfg.w_quality * quality + cfg.w_difficulty * difficulty + cfg.w_format * q["format"]
-        why = (f"quality {quality:.2f} ({verdict['reason']}), difficulty {difficulty:.2f} over "
-               f"{len(scores)} scored answers, format {q['format']:.0f}")
-        return RewardRecord(value=value, reason=why, components={
-            "quality": quality, "difficulty": difficulty, "format": q["format"],
-            "admitted": float(qi in state["admitted"])})
-
-    def judge_reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        return RewardRecord(value=1.0, reason=f"{state['judge_kind'].get(turn.turn_id, '?')} score parsed")
-
-    def proposer_repetition(turns: list[RoleTurn]) -> list[float]:
-        """Near-duplicate questions in one episode share a penalty; unparsed ones keep their 0."""
-        ok = [t for t in turns if t.parse_error is None]
-        pen = dict(zip((t.turn_id for t in ok),
-                       repetition_penalty([t.output["question"] for t in ok], cfg.repetition_threshold)))
-        return [-cfg.repetition_weight * pen.get(t.turn_id, 0.0) for t in turns]
-
-    def solver_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
-        return f"ep{ctx.index}/q{state['solver_question'].get(turn.turn_id, -1)}"
-
-    def judge_group(turn: RoleTurn, state: dict[str, Any], ctx: EpisodeContext) -> str:
-        return f"ep{ctx.index}/{state['judge_kind'].get(turn.turn_id, 'unknown')}"
-
-    def metrics(state: dict[str, Any], turns: list[RoleTurn]) -> dict[str, float]:
-        scored = [v["score"] for v in state.get("quality", {}).values() if v["score"] is not None]
-        solver_scores = [s for tid in state.get("solver_question", {}) if (s := solver_score(state, tid)) is not None]
-        new = sum(q["source"] == "proposal" for q in state.get("questions", []))
-        return {
-            "valid_proposal": new / cfg.n_questions,
-            "mean_quality": sum(scored) / len(scored) if scored else 0.0,
-            "solve_rate": sum(solver_scores) / len(solver_scores) if solver_scores else 0.0,
-            "admitted": float(len(state.get("admitted", []))),
-            "pool_size": float(len(pool)),
-            "pooled": float(len(state.get("pooled", []))),
-        }
-
-    # -- graph -----------------------------------------------------------------------------
 
     graph = StateGraph(PSJState)
     graph.add_node("propose", propose)
@@ -319,7 +367,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
     graph.add_edge("solve", "judge")
     graph.add_edge("judge", END)
 
-    rewards: dict[str, Any] = {"proposer": proposer_reward, "solver": solver_reward}
+    rewards: dict[str, Any] = {"proposer": partial(proposer_reward, cfg=cfg), "solver": partial(solver_reward, cfg=cfg)}
     groups = {"proposer": GroupBy.episode(), "solver": GroupBy.key(solver_group)}
     if cfg.judge_trainable:
         rewards["judge"] = judge_reward
@@ -330,8 +378,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
         roles={"propose": proposer, "solve": solver, "judge": quality_judge},
         rewards=rewards,
         groups=groups,
-        group_rewards={"proposer": proposer_repetition},
+        group_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
         initial_state=initial_state,
-        metrics=metrics,
+        metrics=partial(metrics, cfg=cfg, pool=pool),
         options={"model": model, **cfg.model_dump()},
     )

@@ -24,6 +24,7 @@ n solver attempts of one episode; the k proposals for one target.
 from __future__ import annotations
 
 import operator
+import random
 import re
 from typing import Annotated, Any, TypedDict
 
@@ -32,12 +33,33 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
+from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role, current_episode
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+from agentplay.prompts import load_prompt, render_prompt
 from agentplay.rewards import exact_match, llm_judge, normalize_answer
 from agentplay.traces import RewardRecord, RoleTurn
 
-__all__ = ["SearchSelfPlayConfig", "SearchState", "build", "parse_answer", "parse_question", "rule_check"]
+__all__ = [
+    "PROPOSER_DEMO",
+    "PROPOSER_SYSTEM",
+    "PROPOSER_USER",
+    "RAG_SYSTEM",
+    "RAG_USER",
+    "SOLVER_DEMO",
+    "SOLVER_SYSTEM",
+    "SearchSelfPlayConfig",
+    "SearchState",
+    "build",
+    "grade_attempt",
+    "metrics",
+    "parse_answer",
+    "parse_question",
+    "proposer_reward",
+    "rag_documents",
+    "rag_verdict",
+    "rule_check",
+    "solver_reward",
+]
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -98,17 +120,13 @@ class SearchState(TypedDict, total=False):
 
 # -- prompts -----------------------------------------------------------------------------------
 
-PROPOSER_SYSTEM = "You write quiz questions about the Python standard library. You can search its documentation."
-PROPOSER_USER = """Target answer: {{ answer }}
-Its documentation: {{ doc }}
-
-Search the documentation twice, with different queries, to learn facts about the target. \
-Then write one question whose answer is exactly {{ answer }}, without writing {{ answer }} in the question.
-Finish with one line: Question: <your question>"""
-
-SOLVER_SYSTEM = ("Answer questions about the Python standard library. Use the search tool to look things up. "
-                 "Finish with one line: Answer: <the exact name>")
-RAG_SYSTEM = "Answer from the documents only. Reply with one line: Answer: <the exact name>"
+PROPOSER_SYSTEM = load_prompt(__file__, "search_selfplay/proposer_system.jinja")
+PROPOSER_USER = load_prompt(__file__, "search_selfplay/proposer_user.jinja")
+"""Variables: `answer` (the target) and `doc` (its documentation excerpt)."""
+SOLVER_SYSTEM = load_prompt(__file__, "search_selfplay/solver_system.jinja")
+RAG_SYSTEM = load_prompt(__file__, "search_selfplay/rag_system.jinja")
+RAG_USER = load_prompt(__file__, "search_selfplay/rag_user.jinja")
+"""Variables: `documents` (numbered, see `rag_documents`) and `question`."""
 
 
 def _call(query: str) -> dict[str, Any]:
@@ -122,10 +140,8 @@ def _result(text: str) -> dict[str, Any]:
 # One worked example each: small models learn the tool-call and answer format from a demo far
 # better than from instructions (SmolLM2-135M ignores the instructions alone).
 PROPOSER_DEMO: list[dict[str, Any]] = [
-    {"role": "user", "content": "Target answer: json.dumps\nIts documentation: json.dumps(obj, *, indent=None, "
-     "sort_keys=False) Serialize obj to a JSON formatted str.\n\nSearch the documentation twice, with different "
-     "queries, to learn facts about the target. Then write one question whose answer is exactly json.dumps, without "
-     "writing json.dumps in the question.\nFinish with one line: Question: <your question>"},
+    {"role": "user", "content": render_prompt(PROPOSER_USER, answer="json.dumps", doc="json.dumps(obj, *, indent=None, "
+                                              "sort_keys=False) Serialize obj to a JSON formatted str.")},
     _call("serialize object to JSON string"),
     _result("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
             "Serialize obj to a JSON formatted str."),
@@ -142,6 +158,9 @@ SOLVER_DEMO: list[dict[str, Any]] = [
             "Serialize obj to a JSON formatted str."),
     {"role": "assistant", "content": "Answer: json.dumps"},
 ]
+
+
+# -- parsers and checks ------------------------------------------------------------------------
 
 _QUESTION = re.compile(r"question\s*:\s*(.+)", re.IGNORECASE | re.DOTALL)
 _ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
@@ -183,12 +202,80 @@ def rule_check(cfg: SearchSelfPlayConfig, question: str | None, answer: str, que
     return ""
 
 
+def rag_documents(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[str], answer: str,
+                  seed: int, rng: random.Random | None) -> str:
+    """What the RAG checker reads: every document the proposer's queries retrieve, plus
+    `noise_docs` unrelated ones (never the target), shuffled by `rng`, numbered from 1."""
+    seen: dict[str, str] = {}
+    for query in queries:
+        for hit in index.search(query, cfg.search_k, cfg.search_mode):
+            seen.setdefault(hit.doc_id, f"{hit.title}: {_excerpt(hit.text, cfg.doc_chars)}")
+    noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
+             if d.id not in seen and d.id != answer][: cfg.noise_docs]
+    docs = list(seen.values()) + [f"{d.title}: {_excerpt(d.text, cfg.doc_chars)}" for d in noise]
+    if rng is not None:
+        rng.shuffle(docs)
+    return "\n".join(f"[{i}] {d}" for i, d in enumerate(docs, 1)) or "(no documents)"
+
+
+def rag_verdict(rag_answer: str | None, answer: str, rules_ok: bool) -> dict[str, Any]:
+    """The state update of the RAG check: passed when its answer matches the target exactly."""
+    ok = bool(rag_answer) and exact_match(rag_answer, answer) == 1.0
+    update: dict[str, Any] = {"rag_ok": ok, "rag_answer": rag_answer}
+    if not ok and rules_ok:
+        update["check_reason"] = f"RAG check answered {rag_answer!r}, not the target"
+    return update
+
+
+async def grade_attempt(turn: RoleTurn, question: str, answer: str, judge_model: str | None) -> dict[str, Any]:
+    """One solver attempt as stored in `SearchState.attempts`: normalised exact match, and
+    when that fails and `judge_model` is set, the LLM judge's yes/no."""
+    score, reason = 0.0, f"no parsable answer: {turn.parse_error}"
+    if turn.output:
+        score, reason = exact_match(turn.output, answer), "exact match"
+        if score == 0.0 and judge_model is not None:
+            verdict = await llm_judge(judge_model, question, turn.output, answer)
+            score, reason = verdict.value, f"LLM judge fallback: {verdict.reason}"
+        elif score == 0.0:
+            reason = f"{turn.output!r} does not match the target"
+    return {"turn_id": turn.turn_id, "answer": turn.output, "score": score, "reason": reason}
+
+
 def _excerpt(text: str, chars: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= chars else text[:chars].rstrip() + " ..."
 
 
-# -- recipe ------------------------------------------------------------------------------------
+# -- rewards -----------------------------------------------------------------------------------
+
+def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
+    """The score `grade_attempt` gave this attempt: 1/0 (or the judge's verdict)."""
+    attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
+    return RewardRecord(value=attempt["score"], reason=attempt["reason"])
+
+
+def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
+    """1 - solver success rate for a proposal that passed every check; 0 with the failed check otherwise."""
+    if not (state.get("rules_ok") and state.get("rag_ok")):
+        return RewardRecord(value=0.0, reason=f"invalid proposal: {state.get('check_reason') or 'failed a check'}")
+    scores = [a["score"] for a in state.get("attempts", [])]
+    rate = sum(scores) / len(scores) if scores else 0.0
+    return RewardRecord(value=1.0 - rate, reason=f"1 - solve rate {rate:.2f} over {len(scores)} attempts",
+                        components={"solve_rate": rate})
+
+
+def metrics(state: SearchState, turns: list[RoleTurn]) -> dict[str, float]:
+    """Which checks the proposal passed, and the solvers' success rate when they ran."""
+    scores = [a["score"] for a in state.get("attempts", [])]
+    out = {"question_parsed": float(bool(state.get("question"))), "rules_pass": float(bool(state.get("rules_ok"))),
+           "rag_pass": float(bool(state.get("rag_ok"))),
+           "valid_proposal": float(bool(state.get("rules_ok") and state.get("rag_ok")))}
+    if scores:
+        out["solve_rate"] = sum(scores) / len(scores)
+    return out
+
+
+# -- build: roles, nodes, graph ----------------------------------------------------------------
 
 def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, **options: Any) -> Recipe:
     """The search self-play recipe on `index` (default: the stdlib-docs corpus)."""
@@ -217,7 +304,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         return {"answer": target.id, "target_doc": _excerpt(target.text, cfg.doc_chars), "attempts": []}
 
     async def propose(state: SearchState) -> dict[str, Any]:
-        user = proposer.render(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
+        user = render_prompt(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
         turn = await proposer.run([*PROPOSER_DEMO, {"role": "user", "content": user}])
         queries = [str(c.arguments.get("query", "")).strip() for c in turn.tool_calls
                    if c.name == search.name and c.error is None and c.arguments]
@@ -230,26 +317,11 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
     async def rag_check(state: SearchState) -> dict[str, Any]:
         if not state.get("question"):
             return {"rag_ok": False}
-        from agentplay import current_episode
-
         ctx = current_episode()
-        seen: dict[str, str] = {}
-        for query in state.get("queries", []):
-            for hit in index.search(query, cfg.search_k, cfg.search_mode):
-                seen.setdefault(hit.doc_id, f"{hit.title}: {_excerpt(hit.text, cfg.doc_chars)}")
-        seed = ctx.seed if ctx else 0
-        noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
-                 if d.id not in seen and d.id != state["answer"]][: cfg.noise_docs]
-        docs = list(seen.values()) + [f"{d.title}: {_excerpt(d.text, cfg.doc_chars)}" for d in noise]
-        if ctx is not None:
-            ctx.rng.shuffle(docs)
-        shown = "\n".join(f"[{i}] {d}" for i, d in enumerate(docs, 1)) or "(no documents)"
-        turn = await rag_checker.run(f"Documents:\n{shown}\n\nQuestion: {state['question']}")
-        ok = bool(turn.output) and exact_match(turn.output, state["answer"]) == 1.0
-        update: dict[str, Any] = {"rag_ok": ok, "rag_answer": turn.output}
-        if not ok and state.get("rules_ok"):
-            update["check_reason"] = f"RAG check answered {turn.output!r}, not the target"
-        return update
+        shown = rag_documents(index, cfg, state.get("queries", []), state["answer"],
+                              seed=ctx.seed if ctx else 0, rng=ctx.rng if ctx else None)
+        turn = await rag_checker.run(render_prompt(RAG_USER, documents=shown, question=state["question"]))
+        return rag_verdict(turn.output, state["answer"], bool(state.get("rules_ok")))
 
     def to_solvers(state: SearchState) -> list[Send] | str:
         valid = state.get("rules_ok") and state.get("rag_ok")
@@ -260,36 +332,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
 
     async def solve(task: dict[str, Any]) -> dict[str, Any]:
         turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": task["question"]}])
-        score, reason = 0.0, f"no parsable answer: {turn.parse_error}"
-        if turn.output:
-            score, reason = exact_match(turn.output, task["answer"]), "exact match"
-            if score == 0.0 and cfg.llm_judge:
-                verdict = await llm_judge(checker_model, task["question"], turn.output, task["answer"])
-                score, reason = verdict.value, f"LLM judge fallback: {verdict.reason}"
-            elif score == 0.0:
-                reason = f"{turn.output!r} does not match the target"
-        return {"attempts": [{"turn_id": turn.turn_id, "answer": turn.output, "score": score, "reason": reason}]}
-
-    def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
-        attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
-        return RewardRecord(value=attempt["score"], reason=attempt["reason"])
-
-    def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
-        if not (state.get("rules_ok") and state.get("rag_ok")):
-            return RewardRecord(value=0.0, reason=f"invalid proposal: {state.get('check_reason') or 'failed a check'}")
-        scores = [a["score"] for a in state.get("attempts", [])]
-        rate = sum(scores) / len(scores) if scores else 0.0
-        return RewardRecord(value=1.0 - rate, reason=f"1 - solve rate {rate:.2f} over {len(scores)} attempts",
-                            components={"solve_rate": rate})
-
-    def metrics(state: SearchState, turns: list[RoleTurn]) -> dict[str, float]:
-        scores = [a["score"] for a in state.get("attempts", [])]
-        out = {"question_parsed": float(bool(state.get("question"))), "rules_pass": float(bool(state.get("rules_ok"))),
-               "rag_pass": float(bool(state.get("rag_ok"))),
-               "valid_proposal": float(bool(state.get("rules_ok") and state.get("rag_ok")))}
-        if scores:
-            out["solve_rate"] = sum(scores) / len(scores)
-        return out
+        judge = checker_model if cfg.llm_judge else None
+        return {"attempts": [await grade_attempt(turn, task["question"], task["answer"], judge)]}
 
     graph = StateGraph(SearchState)
     graph.add_node("propose", propose)

@@ -19,7 +19,6 @@ from agentplay.graphs._code_exec import (
 )
 from agentplay.graphs.code_selfplay import (
     PROPOSER_AGAIN,
-    PURPOSE,
     SEED_PROGRAMS,
     SOLVER_EXAMPLES,
     TaskBuffer,
@@ -248,12 +247,14 @@ def test_worked_examples_are_in_the_layout_the_parsers_read():
             {"program": "def f(s):\n    return s * 2", "inputs": ["'ab'", "'x'", "''"]}]
     turns = proposer_messages("induction", refs, n_inputs=3)
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant", "user"]
-    assert turns[0]["content"].startswith("Task type: induction. " + PURPOSE["induction"])
+    assert turns[0]["content"] == ("Task type: induction. The student sees your inputs with their outputs "
+                                   "(the last hidden) and must write f.\nWrite a puzzle.")
     assert turns[-1]["content"] == PROPOSER_AGAIN
     assert [parse_proposal(t["content"]) for t in turns[1::2]] == refs  # each reply parses back to its reference
     assert parse_proposal(proposer_messages("deduction", refs[:1], n_inputs=1)[1]["content"])["inputs"] == ["5"]
     assert proposer_messages("deduction", [], n_inputs=1) == [
-        {"role": "user", "content": f"Task type: deduction. {PURPOSE['deduction']}\nWrite a puzzle."}]
+        {"role": "user", "content": "Task type: deduction. The student sees f and your input and must predict "
+                                    "the output.\nWrite a puzzle."}]
     for task_type in ("deduction", "abduction", "induction"):
         turns = solver_example_turns(task_type)
         assert [t["role"] for t in turns] == ["user", "assistant"] * len(SOLVER_EXAMPLES[task_type])

@@ -52,6 +52,9 @@ def test_wheel_contains_every_subpackage_under_agentplay(wheel):
     py_files = {p.relative_to(ROOT).as_posix() for s in SUBPACKAGES for p in (ROOT / s).glob("*.py")}
     for rel in py_files:
         assert f"agentplay/{rel}" in names, f"{rel} not shipped"
+    prompts = {p.relative_to(ROOT).as_posix() for p in (ROOT / "graphs" / "prompts").glob("*/*.jinja")}
+    assert len(prompts) >= 20  # the recipes' prompt templates (graphs/prompts/<recipe>/*.jinja)
+    assert not {f"agentplay/{rel}" for rel in prompts} - names, "a prompt template is not shipped"
 
 
 def test_wheel_install_imports_from_its_own_files(wheel, tmp_path):
@@ -59,6 +62,8 @@ def test_wheel_install_imports_from_its_own_files(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
     code = (
         "import agentplay.graphs, agentplay.tools, agentplay.sandbox, agentplay.trainers, agentplay.models;"
+        "from agentplay.graphs import code_selfplay, propose_solve_judge, search_selfplay;"  # read their templates
+        "assert search_selfplay.PROPOSER_USER.startswith('Target answer:');"
         "print(agentplay.graphs.__file__)"
     )
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
