@@ -565,7 +565,7 @@ def build(
         roles={"propose": proposer, "solve": "solver"},
         rewards={"proposer": partial(proposer_reward, cfg=cfg), "solver": partial(solver_reward, cfg=cfg)},
         groups={"proposer": GroupBy.episode(), "solver": GroupBy.key(solver_group)},
-        group_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
+        episode_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
         initial_state=initial_state,
         metrics=partial(metrics, buffer=buffer),
         zero_on_parse_error=not cfg.format_rewards,  # the reward fns give format errors their -1

@@ -111,7 +111,7 @@ def test_repetition_penalty_and_pool():
     turns = [_turn("proposer", {"question": q, "format": 1.0}) for q in
              ("What is 12 times 3?", "what is 12 times 3", "Name a prime above 90.")]
     turns.append(_turn("proposer", parse_error="no question"))
-    assert recipe.group_rewards["proposer"](turns) == [-0.25, -0.25, 0.0, 0.0]
+    assert recipe.episode_rewards["proposer"](turns) == [-0.25, -0.25, 0.0, 0.0]
     pool = psj.QuestionPool(max_size=2)
     for q in ("a?", "a?", "b?", "c?"):
         pool.add(q, 8.0)
