@@ -17,6 +17,7 @@ from langchain_core.callbacks import AsyncCallbackHandler
 
 from agentplay._recorder import EpisodeRecorder
 from agentplay._role_loop import TokenTrace
+from agentplay.models import SamplingRecord
 from agentplay.traces import Generation, RoleTurn, ToolCallRecord
 
 __all__ = ["TraceCallback"]
@@ -81,6 +82,7 @@ class TraceCallback(AsyncCallbackHandler):
             prompt_token_ids=prompt_ids, completion_token_ids=completion_ids, logprobs=logprobs,
             text=text, finish_reason=str(meta.get("finish_reason") or "stop"),
             weight_version=version, model=str(meta.get("model_name") or meta.get("model") or ""),
+            sampling=_sampling(meta.get("sampled_with")),
         ))
         if message is not None:
             turn.messages.append(_as_dict(message))
@@ -111,6 +113,15 @@ class TraceCallback(AsyncCallbackHandler):
         entry = self._tools.pop(run_id, None)
         if entry is not None:
             entry[1].error = f"{type(error).__name__}: {error}"
+
+
+def _sampling(value: Any) -> SamplingRecord | None:
+    """The agentplay model's own record of how it sampled; None from other chat models (the
+    trainer then scores at the recipe's declared temperature)."""
+    try:
+        return SamplingRecord.model_validate(value) if isinstance(value, dict) else None
+    except ValueError:
+        return None
 
 
 def _logprobs(value: Any) -> list[float] | None:

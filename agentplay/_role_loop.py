@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams
+from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams, SamplingRecord
 from agentplay.traces import Generation, RoleTurn, ToolCallRecord
 
 
@@ -59,8 +59,20 @@ class TokenTrace:
         turn.token_exact = self.exact
 
 
-def generation_record(result: ChatResult, choice: Choice) -> Generation:
+def sampling_record(result: ChatResult, sampling: SamplingParams | None) -> SamplingRecord | None:
+    """What the backend says it sampled with, else the parameters the role asked for,
+    marked as not reported (a server that cannot say how it sampled)."""
+    if result.sampled_with is not None:
+        return result.sampled_with
+    if sampling is None:
+        return None
+    return SamplingRecord(temperature=sampling.temperature, top_p=sampling.top_p, logprobs_mode=None,
+                          engine=result.model, reported=False)
+
+
+def generation_record(result: ChatResult, choice: Choice, sampling: SamplingParams | None = None) -> Generation:
     return Generation(
+        sampling=sampling_record(result, sampling),
         prompt_token_ids=result.prompt_token_ids,
         completion_token_ids=choice.completion_token_ids,
         logprobs=choice.logprobs,
@@ -105,7 +117,7 @@ async def continue_loop(
     tool_rounds = 0
     while True:
         trace.add(result.prompt_token_ids, choice.completion_token_ids, choice.logprobs)
-        turn.generations.append(generation_record(result, choice))
+        turn.generations.append(generation_record(result, choice, sampling))
         if result.weight_version is not None:
             turn.weight_version = result.weight_version
         conversation.append(choice.assistant_message())

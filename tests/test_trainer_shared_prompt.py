@@ -95,8 +95,8 @@ def test_packed_scoring_equals_row_by_row_scoring(tmp_path, tokenizer):
                                                    with_kwargs=True)
     with torch.no_grad():
         packed, packed_entropy, _ = t._get_per_token_logps_and_entropies(t.model, ids, att, keep, compute_entropy=True)
-        rows, rows_entropy, _ = type(t)._get_per_token_logps_and_entropies(t, t.model, ids, att, keep,
-                                                                            compute_entropy=True)
+        t.share_prompts = False  # the same hook, one padded row per completion
+        rows, rows_entropy, _ = t._get_per_token_logps_and_entropies(t.model, ids, att, keep, compute_entropy=True)
     hook.remove()
     prompt_len = len(samples[0].turn.prompt_token_ids)
     # one sequence with the prompt once, then the row-by-row batch

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from agentplay.traces._types import turn_sampling
+
 from ._advantages import TrainSample
 
-__all__ = ["MicroBatch", "make_micro_batches"]
+__all__ = ["MicroBatch", "make_micro_batches", "scoring_temperature"]
 
 
 @dataclass
@@ -28,6 +30,26 @@ class MicroBatch:
     missing_old_logps: torch.Tensor
     """(B,) bool: rows whose sampling logprobs were not recorded (scored on-policy instead)."""
     size: int
+    temperatures: torch.Tensor | None = None
+    """(B,) the temperature each row is scored at: the one its tokens were sampled at."""
+    roles: list[str] | None = None
+    """The role of each row (mismatch metrics are per role)."""
+
+
+def scoring_temperature(sample: TrainSample, default: float) -> float:
+    """The temperature whose distribution the row's recorded logprobs are of.
+
+    `temperature` logprobs (ours, and what we assume of a server that cannot say) are
+    log_softmax(logits / T) at the sampling T; `raw` ones (vLLM's default, and every
+    greedy row) are of T = 1. `processed` ones also applied top_p, which the trainer does
+    not: those rows are scored at T, and the mismatch metrics show the gap. A turn with no
+    record (an older trace) is scored at `default`, the recipe's declared temperature."""
+    record = turn_sampling(sample.turn)
+    if record is None:
+        return default
+    if record.logprobs_mode == "raw" or record.temperature == 0:
+        return 1.0
+    return record.temperature
 
 
 def _completion(sample: TrainSample, max_len: int) -> tuple[list[int], list[int], list[float] | None]:
@@ -67,7 +89,7 @@ def _row_order(parts: list[tuple], micro_batch_size: int, share_prompts: bool) -
 
 def make_micro_batches(
     samples: list[TrainSample], *, micro_batch_size: int, max_completion_length: int, pad_token_id: int,
-    share_prompts: bool = False,
+    share_prompts: bool = False, default_temperature: float = 1.0,
 ) -> list[MicroBatch]:
     """Split the batch into micro-batches: rows of one prompt together (`share_prompts`,
     see `_shared_prompt`), the rest by similar length.
@@ -113,5 +135,7 @@ def make_micro_batches(
             "old_per_token_logps": old,
             "num_items_in_batch": torch.tensor(max(total_tokens, 1.0)),
         }
-        batches.append(MicroBatch(inputs=inputs, missing_old_logps=missing, size=b))
+        temps = torch.tensor([scoring_temperature(s, default_temperature) for s, *_ in rows], dtype=torch.float32)
+        batches.append(MicroBatch(inputs=inputs, missing_old_logps=missing, size=b, temperatures=temps,
+                                  roles=[s.turn.role for s, *_ in rows]))
     return batches

@@ -59,7 +59,16 @@ class TrainConfig(BaseModel):
     max_completion_length: int = Field(1024, ge=1)
     """dr_grpo's constant normaliser, and the cap on trained tokens per sample (longer ones are cut)."""
     temperature: float = Field(1.0, gt=0.0)
-    """Sampling temperature of the rollouts; the trainer scores tokens at the same temperature."""
+    """Temperature at which to score tokens whose trace does not record how they were sampled
+    (traces from before the record, LangChain models other than ours). Every other row is
+    scored at the temperature it was sampled at (`Generation.sampling`)."""
+    tis_cap: float | None = Field(None, gt=0.0)
+    """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, tis_cap)
+    for rollouts from another policy than the trainer's (quantized or other engine, stale weights).
+    None: off. With TIS or MIS on, the clipped ratio is taken against the trainer's own logprobs."""
+    mis_bound: float | None = Field(None, gt=1.0)
+    """Masked importance sampling: drop (weight 0) sequences whose geometric-mean ratio
+    pi_trainer / pi_rollout is outside [1/mis_bound, mis_bound]. None: off."""
 
     learning_rate: float = Field(1e-5, gt=0.0)
     weight_decay: float = 0.0
@@ -78,6 +87,12 @@ class TrainConfig(BaseModel):
     )
     adapter_name: str = "agentplay"
     """Name the adapter is served under (vLLM's `lora_name`)."""
+    device: str = "auto"
+    """Where the trainer's copy of the weights lives: `auto` (CUDA when present, else CPU), `cpu`,
+    `cuda`, `cuda:1`..."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training precision: `auto` is bf16 mixed precision on a CUDA device that supports it, else
+    float32 (CPU bf16 matmuls are slow and lose the small updates)."""
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     """TRL/transformers reporting backends."""
     keep_checkpoints: int = Field(2, ge=1)

@@ -10,12 +10,12 @@ cispo, sapo), clipping, KL against the reference, entropy, optimizer/scheduler
 construction, PEFT wrapping and `report_to` logging -- by building a real
 `GRPOTrainer` and calling its `compute_loss` on inputs we build, and we own the
 20-line step around it (micro-batches -> backward -> clip -> optimizer step).
+Every TRL internal that needs (scoring hook, accumulation count, metrics) lives in
+`_trl_grpo`; this module only calls that subclass's methods.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +24,38 @@ import torch
 from ._advantages import TrainSample
 from ._batch import MicroBatch, make_micro_batches
 from ._config import TrainConfig
-from ._shared_prompt import install_shared_prompt_scoring
+from ._rollout_correction import CorrectionConfig, MismatchStats
 
-__all__ = ["GRPOLearner"]
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+__all__ = ["GRPOLearner", "resolve_device"]
 
 
-def _never_called_reward(completions: list[Any], **_: Any) -> list[float]:
-    """GRPOTrainer requires a reward function; ours come from the recipe, already in the traces."""
-    raise RuntimeError("agentplay computes rewards in the recipe; TRL's reward path is not used")
+def resolve_device(cfg: TrainConfig) -> tuple[str, bool]:
+    """(torch device, bf16 mixed precision) from `cfg.device` / `cfg.dtype`: `auto` is CUDA with
+    bf16 when present, else CPU in float32."""
+    cuda = torch.cuda.is_available()
+    device = ("cuda" if cuda else "cpu") if cfg.device == "auto" else cfg.device
+    on_cuda = device.startswith("cuda")
+    if on_cuda and not cuda:
+        raise ValueError(f"device: {cfg.device!r} asked for CUDA, but torch sees no CUDA device")
+    if cfg.dtype == "bfloat16" and not on_cuda:
+        raise ValueError("dtype: bfloat16 training needs a CUDA device (on CPU use float32 or auto)")
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and on_cuda and torch.cuda.is_bf16_supported())
+    return device, bf16
 
 
 class GRPOLearner:
     """A trainable copy of the policy plus TRL's GRPO loss, optimizer and loggers."""
 
     def __init__(self, model: Any, tokenizer: Any, cfg: TrainConfig, *, tensorboard_dir: Path | None = None):
-        from datasets import Dataset
         from transformers import PrinterCallback, ProgressCallback
         from transformers.integrations import TensorBoardCallback
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOConfig
+
+        from ._trl_grpo import AgentplayGRPOTrainer
 
         self.cfg = cfg
         self.tokenizer = tokenizer
+        device, bf16 = resolve_device(cfg)
         peft_config = None
         if cfg.lora:
             from peft import LoraConfig
@@ -74,21 +83,17 @@ class GRPOLearner:
             temperature=cfg.temperature,
             num_generations=2,
             per_device_train_batch_size=2,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=device == "cpu",
+            bf16=bf16,
             save_strategy="no",
             logging_steps=1,
             activation_checkpointing=False,  # memory is not the limit on CPU; recomputation is pure cost
             seed=cfg.seed,
         )
-        self.trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=_never_called_reward,
-            args=args,
-            train_dataset=Dataset.from_dict({"prompt": ["unused"] * 2}),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        self.trainer = AgentplayGRPOTrainer(model=model, args=args, processing_class=tokenizer,
+                                            peft_config=peft_config, share_prompts=cfg.share_prompts)
+        self.correction = CorrectionConfig(tis_cap=cfg.tis_cap, mis_bound=cfg.mis_bound)
+        self.trainer.enable_rollout_correction(self.correction.active)
         self.trainer.create_optimizer_and_scheduler(num_training_steps=cfg.iterations)
         for noisy in (ProgressCallback, PrinterCallback):  # our CLI prints its own progress
             self.trainer.remove_callback(noisy)
@@ -96,8 +101,6 @@ class GRPOLearner:
             if isinstance(cb, TensorBoardCallback) and tensorboard_dir is not None:
                 cb.logging_dir = str(tensorboard_dir)
         t = self.trainer
-        if cfg.share_prompts:
-            install_shared_prompt_scoring(t)
         t.callback_handler.on_train_begin(t.args, t.state, t.control)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad)
@@ -107,39 +110,40 @@ class GRPOLearner:
         return self.trainer.model
 
     @property
+    def device(self) -> torch.device:
+        return self.trainer.accelerator.device
+
+    @property
     def global_step(self) -> int:
         return int(self.trainer.state.global_step)
 
-    def _logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = self.trainer
-        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        logps, _, _ = t._get_per_token_logps_and_entropies(t.model, ids, att, inputs["completion_ids"].size(1))
-        return logps
-
     @torch.no_grad()
     def _complete_inputs(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
-        """Score rows without sampling logprobs on-policy, and add the reference logprobs for KL."""
-        inputs = dict(mb.inputs)
-        if bool(mb.missing_old_logps.any()):
-            current = self._logps(inputs)
+        """Move a micro-batch to the device, fill the logprobs of rows the engine did not record
+        (scored on-policy) and add the reference logprobs for KL."""
+        t = self.trainer
+        inputs = {k: v.to(self.device) for k, v in mb.inputs.items()}
+        missing = mb.missing_old_logps.to(self.device)
+        if bool(missing.any()):
+            current = t.score(t.model, inputs)
             old = inputs["old_per_token_logps"].clone()
-            old[mb.missing_old_logps] = current[mb.missing_old_logps]
+            old[missing] = current[missing]
             inputs["old_per_token_logps"] = old
         if self.cfg.beta != 0.0:
-            t = self.trainer
             if t.ref_model is not None:
-                ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-                att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-                ref, _, _ = t._get_per_token_logps_and_entropies(t.ref_model, ids, att, inputs["completion_ids"].size(1))
+                ref = t.score(t.ref_model, inputs)
             else:  # PEFT: the base model is the adapter disabled
                 with t.accelerator.unwrap_model(t.model).disable_adapter():
-                    ref = self._logps(inputs)
+                    ref = t.score(t.model, inputs)
             inputs["ref_per_token_logps"] = ref
         return inputs
 
     def step(self, samples: list[TrainSample]) -> dict[str, float]:
-        """One optimizer step over all samples; returns TRL's loss metrics for this step."""
+        """One optimizer step over all samples; returns TRL's loss metrics, the rollout/trainer
+        mismatch per role (measured by the loss's own scoring, before the update) and what the
+        rollout correction touched."""
+        from ._trl_grpo import RowScoring
+
         t = self.trainer
         t.model.train()
         mbs = make_micro_batches(
@@ -148,31 +152,53 @@ class GRPOLearner:
             max_completion_length=self.cfg.max_completion_length,
             pad_token_id=self.pad_token_id,
             share_prompts=self.cfg.share_prompts,
+            default_temperature=self.cfg.temperature,
         )
         # TRL divides per-micro-batch losses by the accumulation count (grpo, bnpo,
         # dr_grpo) or by num_items * accumulation / steps_per_generation (dapo,
         # cispo); with one optimizer step per batch both must mean "the whole batch".
         accum = len(mbs)
-        t.current_gradient_accumulation_steps = accum
+        t.set_accumulation(accum)
         scale = t.args.steps_per_generation / accum
+        eps_high = self.cfg.epsilon_high if self.cfg.epsilon_high is not None else self.cfg.epsilon
+        mismatch = MismatchStats(self.cfg.epsilon, eps_high)
+        touched: dict[str, float] = {}
         total_loss = 0.0
         for mb in mbs:
+            assert mb.temperatures is not None and mb.roles is not None
+            t.rows = RowScoring(temperatures=mb.temperatures)  # the old/ref logprobs are per-row too
             inputs = self._complete_inputs(mb)
+            known = ~mb.missing_old_logps.to(self.device)
+            rollout = inputs["old_per_token_logps"]
+            t.rows = RowScoring(temperatures=mb.temperatures, rollout_logps=rollout, rollout_known=known,
+                                correction=self.correction)
+            if self.correction.active:  # the clipped ratio is against the trainer's own logprobs
+                del inputs["old_per_token_logps"]
             inputs["num_items_in_batch"] = inputs["num_items_in_batch"] * scale
-            loss = t.compute_loss(t.model, inputs)
+            try:
+                loss = t.compute_loss(t.model, inputs)
+            finally:
+                rows, t.rows = t.rows, None
             t.accelerator.backward(loss)
             total_loss += float(loss.detach())
+            assert rows.trainer_logps is not None
+            trained = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
+            mismatch.add(mb.roles, rows.trainer_logps, rollout, trained & known[:, None])
+            for key, value in (rows.correction_counts or {}).items():
+                touched[key] = touched.get(key, 0.0) + value
         grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), self.cfg.max_grad_norm)
         t.optimizer.step()
         t.lr_scheduler.step()
         t.optimizer.zero_grad(set_to_none=True)
         t.state.global_step += 1
         out = {"loss": total_loss, "grad_norm": float(grad_norm), "micro_batches": float(accum)}
-        for key, values in t._metrics["train"].items():
-            finite = [v for v in values if v is not None and math.isfinite(v)]
-            if finite:
-                out[key] = sum(finite) / len(finite)
-        t._metrics["train"].clear()
+        out.update(t.pop_metrics())
+        out.update(mismatch.metrics())
+        if touched:
+            tokens, seqs = max(touched["tokens"], 1.0), max(touched["sequences"], 1.0)
+            out["correction/tis_truncated_fraction"] = touched["tis_truncated_tokens"] / tokens
+            out["correction/mis_rejected_sequence_fraction"] = touched["mis_rejected_sequences"] / seqs
+            out["correction/mis_rejected_token_fraction"] = touched["mis_rejected_tokens"] / tokens
         return out
 
     def report(self, metrics: dict[str, float]) -> None:

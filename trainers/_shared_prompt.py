@@ -16,12 +16,9 @@ packs unrelated sequences side by side; nobody shares a prefix between rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
-__all__ = ["PackedRows", "install_shared_prompt_scoring", "shared_prompt_length"]
+__all__ = ["PackedRows", "shared_prompt_length"]
 
 
 def shared_prompt_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> int | None:
@@ -55,6 +52,8 @@ class PackedRows:
         p, n = prompt.numel(), self.labels.numel()
         total = p + n
         row = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+        self.rows = row
+        """(n,) the row each packed completion token belongs to."""
         first = torch.cumsum(lengths, 0) - lengths  # offset of each row's first token among the completions
         offset = torch.arange(n, device=device) - first[row]  # token j of its row
         self.input_ids = torch.cat([prompt, self.labels])[None]
@@ -72,37 +71,3 @@ class PackedRows:
     def unpack(self, per_token: torch.Tensor) -> torch.Tensor:
         """(n,) values in packed order -> (rows, completion length), zero on padding."""
         return per_token.new_zeros(self.completion_mask.shape).masked_scatter(self.completion_mask, per_token)
-
-
-def _model_dtype(model: Any) -> torch.dtype:
-    return next(p.dtype for p in model.parameters() if p.is_floating_point())
-
-
-def install_shared_prompt_scoring(trainer: Any) -> None:
-    """Route the GRPOTrainer's per-token scoring through one packed forward whenever the
-    rows of a micro-batch share their prompt (its loss, the old and the reference logprobs
-    all call this method); any other batch takes TRL's own path unchanged."""
-    from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
-
-    original: Callable[..., Any] = trainer._get_per_token_logps_and_entropies
-
-    def score(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *args: Any,
-              batch_size: int | None = None, compute_entropy: bool = False, compute_aux_loss: bool = False,
-              **extra: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        plain_text = not args and all(v is None for v in extra.values())
-        if not plain_text or compute_aux_loss or shared_prompt_length(input_ids, attention_mask, logits_to_keep) is None:
-            return original(model, input_ids, attention_mask, logits_to_keep, *args, batch_size=batch_size,
-                            compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
-        packed = PackedRows(input_ids, attention_mask, logits_to_keep, _model_dtype(model))
-        logits = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                       position_ids=packed.position_ids, logits_to_keep=packed.score_positions,
-                       use_cache=False).logits
-        labels = packed.labels[None]
-        if compute_entropy:
-            logps, entropies = selective_log_softmax_and_entropy(
-                logits, labels, entropy_requires_grad=trainer._entropy_bonus_enabled, temperature=trainer.temperature)
-            return packed.unpack(logps[0]), packed.unpack(entropies[0]), None
-        logps = selective_log_softmax(logits, labels, temperature=trainer.temperature)
-        return packed.unpack(logps[0]), None, None
-
-    trainer._get_per_token_logps_and_entropies = score

@@ -20,8 +20,11 @@ from ._engine import Engine
 from ._prompt import PrefixCache, render_chat
 from ._sampler import RowControl
 from ._tools import parse_tool_calls
-from ._types import ChatResult, Choice, Message, SamplingParams, TopLogprob, Usage
+from ._types import ChatResult, Choice, Message, SamplingParams, SamplingRecord, TopLogprob, Usage
 from ._weights import default_model_dir
+
+LOCAL_ENGINE = "agentplay-local"
+"""`SamplingRecord.engine` of completions drawn by this in-process engine."""
 
 __all__ = ["LocalModel"]
 
@@ -102,6 +105,13 @@ class LocalModel(ChatModel, UpdatableModel):
             choices=choices,
             prompt_token_ids=list(prompt_ids),
             weight_version=version,
+            sampled_with=SamplingRecord(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                # the sampler reports greedy rows' logprobs from the raw distribution
+                logprobs_mode="raw" if sampling.temperature == 0 else self.config.logprobs_mode,
+                engine=LOCAL_ENGINE,
+            ),
             usage=Usage(
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=sum(len(r.tokens) for r in rows),

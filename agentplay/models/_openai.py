@@ -27,6 +27,7 @@ from ._types import (
     FinishReason,
     Message,
     SamplingParams,
+    SamplingRecord,
     ToolCall,
     ToolCallParseFailure,
     TopLogprob,
@@ -57,6 +58,18 @@ def _extra(obj: Any, key: str) -> Any:
     """Extension fields (vLLM's `token_ids`, ours `weight_version`) land in pydantic's extras."""
     extra = getattr(obj, "model_extra", None) or {}
     return extra.get(key)
+
+
+def _sampling_record(raw: Any) -> SamplingRecord | None:
+    """Our server's `sampled_with` extension; None when the server does not send one (vLLM,
+    llama.cpp, hosted APIs) or sends something unreadable: then the trace says the settings
+    are the requested ones, not reported."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return SamplingRecord.model_validate({**raw, "reported": True})
+    except ValueError:
+        return None
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
@@ -251,6 +264,7 @@ class OpenAIModel(ChatModel, UpdatableModel):
             _extra(resp, "prompt_token_ids"),
             _extra(resp, "weight_version"),
             usage,
+            _extra(resp, "sampled_with"),
         )
 
     async def stream_chat(
@@ -265,6 +279,7 @@ class OpenAIModel(ChatModel, UpdatableModel):
         s = sampling or SamplingParams()
         parts: dict[int, _ChoiceParts] = {}
         prompt_ids, version, usage, model = None, None, Usage(), self.request_model
+        sampled_with = None
         async with self._limit:
             stream = await self._client.chat.completions.create(
                 **self._params(messages, tools, s, stream=True)
@@ -273,6 +288,7 @@ class OpenAIModel(ChatModel, UpdatableModel):
                 model = chunk.model or model
                 prompt_ids = prompt_ids or _extra(chunk, "prompt_token_ids")
                 version = version if version is not None else _extra(chunk, "weight_version")
+                sampled_with = sampled_with or _extra(chunk, "sampled_with")
                 if chunk.usage:
                     usage = Usage(
                         prompt_tokens=chunk.usage.prompt_tokens,
@@ -296,14 +312,16 @@ class OpenAIModel(ChatModel, UpdatableModel):
                     if c.delta.content:
                         p.content.append(c.delta.content)
                         yield TextDelta(index=c.index, text=c.delta.content)
-        yield self._result(model, [parts[i] for i in sorted(parts)], prompt_ids, version, usage)
+        yield self._result(model, [parts[i] for i in sorted(parts)], prompt_ids, version, usage, sampled_with)
 
     def _result(
-        self, model: str, parts: list[_ChoiceParts], prompt_ids: Any, version: Any, usage: Usage
+        self, model: str, parts: list[_ChoiceParts], prompt_ids: Any, version: Any, usage: Usage,
+        sampled_with: Any = None,
     ) -> ChatResult:
         if isinstance(version, int):
             self._version = version
         return ChatResult(
+            sampled_with=_sampling_record(sampled_with),
             model=model,
             choices=[p.build() for p in parts],
             prompt_token_ids=list(prompt_ids) if prompt_ids is not None else None,

@@ -300,6 +300,8 @@ async def _stream_chunks(
             chunk = base | {"choices": [delta]}
             if first:
                 chunk["weight_version"] = result.weight_version
+                if result.sampled_with is not None:
+                    chunk["sampled_with"] = result.sampled_with.model_dump(exclude={"reported"})
                 if req.wants_token_ids:
                     chunk["prompt_token_ids"] = result.prompt_token_ids
                 first = False

@@ -332,6 +332,8 @@ def completion_response(
         "usage": _usage(result),
         "weight_version": result.weight_version,
     }
+    if result.sampled_with is not None:  # ours: how the engine sampled, so a trainer scores alike
+        body["sampled_with"] = result.sampled_with.model_dump(exclude={"reported"})
     if request.wants_token_ids:
         body["prompt_token_ids"] = result.prompt_token_ids
     return body

@@ -36,6 +36,31 @@ class SamplingParams(BaseModel):
     top_logprobs: int = Field(0, ge=0, le=20)
 
 
+class SamplingRecord(BaseModel):
+    """How one completion was drawn, which is what the trainer must score it under.
+
+    The importance ratio pi_theta / pi_old compares a logprob recomputed by the trainer
+    with the one the engine recorded; both must be of the same distribution. Roles
+    sample at their own temperatures (a judge at 0.7, a solver at 1.0), so the
+    trainer reads these settings per generation instead of assuming one of its own.
+    """
+
+    temperature: float
+    """0 means greedy (its logprobs are then of the raw distribution)."""
+    top_p: float = 1.0
+    top_k: int | None = None
+    """None: no top-k filter (the local engine has none)."""
+    logprobs_mode: str | None = None
+    """Which distribution the recorded logprobs are of: `temperature` (log_softmax(logits / T)),
+    `raw` (T = 1) or `processed` (after temperature and top_p); None when the backend cannot say."""
+    engine: str = ""
+    """What sampled: `agentplay-local`, `agentplay-serve/agentplay-local`, a server's model name..."""
+    reported: bool = True
+    """True: the backend said how it sampled. False: a server that cannot say (vLLM, llama.cpp,
+    a hosted API); these are the parameters the recipe requested, and the trainer scores the
+    tokens at them, assuming `temperature` logprobs."""
+
+
 class ToolCall(BaseModel):
     """A tool call the model wrote, already parsed."""
 
@@ -106,6 +131,8 @@ class ChatResult(BaseModel):
     """The exact prompt ids the model conditioned on (chat template applied)."""
     weight_version: int | None = None
     """Version of the weights that produced every choice; increments on each update."""
+    sampled_with: SamplingRecord | None = None
+    """How the backend says it sampled every choice; None when it cannot say."""
     usage: Usage = Field(default_factory=Usage)
 
     @property

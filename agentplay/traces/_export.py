@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _codec as c
 from ._errors import StoreError
-from ._types import Episode
+from ._types import Episode, turn_sampling
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -84,6 +84,12 @@ def turn_schema() -> pa.Schema:
             ("reward_components", pa.string()),
             ("token_exact", pa.bool_()),
             ("weight_version", pa.int64()),
+            ("temperature", pa.float64()),
+            ("top_p", pa.float64()),
+            ("top_k", pa.int64()),
+            ("logprobs_mode", pa.string()),
+            ("sampling_engine", pa.string()),
+            ("sampling_reported", pa.bool_()),
             ("n_tool_calls", pa.int32()),
             ("output", pa.string()),
             ("parse_error", pa.string()),
@@ -102,6 +108,7 @@ def turn_rows(episodes: Iterator[Episode], role: str | None = None) -> Iterator[
             if role is not None and turn.role != role:
                 continue
             reward = turn.reward
+            sampled = turn_sampling(turn)
             yield {
                 "run_id": ep.run_id,
                 "recipe": ep.recipe,
@@ -124,6 +131,12 @@ def turn_rows(episodes: Iterator[Episode], role: str | None = None) -> Iterator[
                 "reward_components": None if reward is None else c.dumps(reward.components),
                 "token_exact": turn.token_exact,
                 "weight_version": turn.weight_version,
+                "temperature": None if sampled is None else sampled.temperature,
+                "top_p": None if sampled is None else sampled.top_p,
+                "top_k": None if sampled is None else sampled.top_k,
+                "logprobs_mode": None if sampled is None else sampled.logprobs_mode,
+                "sampling_engine": None if sampled is None else sampled.engine,
+                "sampling_reported": None if sampled is None else sampled.reported,
                 "n_tool_calls": len(turn.tool_calls),
                 "output": None if turn.output is None else c.dumps(turn.output),
                 "parse_error": turn.parse_error,

@@ -7,7 +7,10 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
+from agentplay.models._types import SamplingRecord
+
 from . import _codec as c
+from ._schema import has_column
 from ._types import Episode, Generation, RewardRecord, RoleTurn, ToolCallRecord
 
 _BATCH = 400
@@ -74,7 +77,8 @@ def _insert_turn(
     )
     rowid = cur.lastrowid
     conn.executemany(
-        "INSERT INTO generations VALUES (?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO generations(turn_rowid, position, prompt_token_ids, completion_token_ids, logprobs,"
+        " text, finish_reason, weight_version, model, sampling) VALUES (?,?,?,?,?,?,?,?,?,?)",
         [
             (
                 rowid,
@@ -86,6 +90,7 @@ def _insert_turn(
                 g.finish_reason,
                 g.weight_version,
                 g.model,
+                None if g.sampling is None else g.sampling.model_dump_json(),
             )
             for i, g in enumerate(turn.generations)
         ],
@@ -232,12 +237,13 @@ def _turn_children(
     generations: dict[int, list[Generation]] = defaultdict(list)
     tool_calls: dict[int, list[ToolCallRecord]] = defaultdict(list)
     rewards: dict[int, RewardRecord] = {}
+    sampling = "sampling" if has_column(conn, "generations", "sampling") else "NULL"
     for chunk in _chunks(rowids):
         marks = _marks(len(chunk))
         for row in conn.execute(
             "SELECT turn_rowid, prompt_token_ids, completion_token_ids, logprobs, text,"
             " finish_reason,"
-            f" weight_version, model FROM generations WHERE turn_rowid IN ({marks})"
+            f" weight_version, model, {sampling} FROM generations WHERE turn_rowid IN ({marks})"
             " ORDER BY turn_rowid, position",
             chunk,
         ):
@@ -250,6 +256,7 @@ def _turn_children(
                     finish_reason=row[5],
                     weight_version=row[6],
                     model=row[7],
+                    sampling=None if row[8] is None else SamplingRecord.model_validate_json(row[8]),
                 )
             )
         for row in conn.execute(

@@ -133,6 +133,14 @@ CREATE INDEX IF NOT EXISTS rewards_group ON rewards(group_id);
 CREATE INDEX IF NOT EXISTS tool_calls_name ON tool_calls(name);
 """
 
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("generations", "sampling", "TEXT"),  # JSON SamplingRecord: how the tokens were sampled
+)
+"""Columns added after a schema version shipped, as (table, column, SQL type). Adding a
+nullable column breaks no reader, so it does not bump `SCHEMA_VERSION`: a writer adds the
+missing ones when it opens an older file, and readers of a file without them (a read-only
+open cannot add them) read NULL (see `has_column`)."""
+
 # Contentless: the index only (the text already lives in `turns`); rowid = turns.turn_rowid.
 _FTS = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS turns_fts"
@@ -203,6 +211,11 @@ def _check_readable_file(path: Path) -> None:
         )
 
 
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether `table` has `column` (files older than an `ADDED_COLUMNS` entry lack it)."""
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
     return row is not None
@@ -265,6 +278,9 @@ def _init(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
             )
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for table, column, kind in ADDED_COLUMNS:
+            if not has_column(conn, table, column):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from agentplay.models._types import Message
+from agentplay.models._types import Message, SamplingRecord
 
 
 def new_id() -> str:
@@ -48,6 +48,9 @@ class Generation(BaseModel):
     finish_reason: str = "stop"
     weight_version: int | None = None
     model: str = ""
+    sampling: SamplingRecord | None = None
+    """How the tokens were sampled (temperature, top_p, top_k, logprobs mode, engine); the
+    trainer scores them under these. None in traces written before it was recorded."""
 
 
 class RewardRecord(BaseModel):
@@ -87,6 +90,12 @@ class RoleTurn(BaseModel):
     reward: RewardRecord | None = None
     started_at: float = Field(default_factory=time.time)
     latency_s: float = 0.0
+
+
+def turn_sampling(turn: RoleTurn) -> SamplingRecord | None:
+    """How a role turn's tokens were sampled: its first recorded generation's settings (a
+    role samples every call of its tool loop alike); None for traces that predate the record."""
+    return next((g.sampling for g in turn.generations if g.sampling is not None), None)
 
 
 EpisodeStatus = Literal["ok", "invalid", "error"]
