@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from agentplay.graphs import code_selfplay as csp
 from agentplay.graphs import propose_solve_judge as psj
+from agentplay.graphs import r_zero as rz
 from agentplay.graphs import search_selfplay as ssp
+from agentplay.graphs import spiral
 from agentplay.graphs._code_exec import Verdict
 from agentplay.tools import CorpusIndex, Document
 
@@ -30,14 +32,16 @@ def _turn(role: str, output=None, parse_error=None) -> RoleTurn:
 
 def test_every_prompt_file_parses_and_is_used():
     files = sorted(PROMPTS.glob("*/*.jinja"))
-    assert {f.parent.name for f in files} == {"search_selfplay", "code_selfplay", "propose_solve_judge"}
+    assert {f.parent.name for f in files} == {"search_selfplay", "code_selfplay", "propose_solve_judge", "r_zero",
+                                              "spiral"}
     texts = {f.read_text().rstrip("\n") for f in files}
     for f in files:
         ENVIRONMENT.parse(f.read_text())
     used = {ssp.PROPOSER_SYSTEM, ssp.PROPOSER_USER, ssp.SOLVER_SYSTEM, ssp.RAG_SYSTEM, ssp.RAG_USER,
             csp.PROPOSER_SYSTEM, csp.PROPOSER_USER, csp.PROPOSER_AGAIN, csp.PROPOSER_REFERENCE, csp.SOLVER_SYSTEM,
             *csp.SOLVER_USER.values(), psj.PROPOSER_SYSTEM, psj.PROPOSER_USER, psj.SOLVER_SYSTEM, psj.SOLVER_USER,
-            psj.JUDGE_SYSTEM, psj.QUALITY_USER, psj.ANSWER_USER}
+            psj.JUDGE_SYSTEM, psj.QUALITY_USER, psj.ANSWER_USER, rz.CHALLENGER_SYSTEM, rz.CHALLENGER_USER,
+            rz.CHALLENGER_EXAMPLE, rz.SOLVER_SYSTEM, rz.SOLVER_USER, spiral.PLAYER_SYSTEM, spiral.PLAYER_USER}
     assert texts == used
 
 
