@@ -42,3 +42,15 @@ def test_unknown_command_is_a_clear_error():
     result = CliRunner().invoke(app, ["no-such-command"])
     assert result.exit_code != 0
     assert "No such command" in result.output
+
+
+def test_run_and_train_name_a_run_with_the_same_flag():
+    runner = CliRunner()
+    for command in ("run", "train"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert "--run-id" in result.output, command
+    # train's old flag still works (test_trainer_resume uses it) but is not advertised
+    assert "--run-name" not in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    clash = runner.invoke(app, ["train", "x.py:build", "--run-id", "a", "--run-name", "b"])
+    assert clash.exit_code == 2
+    assert "--run-id" in clash.output and "--run-name" in clash.output

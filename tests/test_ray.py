@@ -149,7 +149,7 @@ def test_train_on_ray_workers_follows_the_loaded_adapter(tmp_path, cluster, serv
                           "--executor", "ray", "--address", cluster, "--workers", "2", "--lora",
                           "--iterations", "2", "--episodes-per-iteration", "2", "--concurrency", "2",
                           "--store", str(tmp_path / "t.db"), "--output-dir", str(tmp_path / "out"),
-                          "--run-name", "tr", "--learning-rate", "1e-3", "--micro-batch-size", "8", "--set", "n=2"],
+                          "--run-id", "tr", "--learning-rate", "1e-3", "--micro-batch-size", "8", "--set", "n=2"],
                          check=False, env=agentplay_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     with TraceStore(tmp_path / "t.db") as store:

@@ -342,6 +342,21 @@ async def test_lora_adapter_over_http_changes_and_restores_logprobs(client, serv
     via_backend = await model.chat(HELLO, sampling=SamplingParams(temperature=0, max_tokens=4))
     assert via_backend.weight_version == v0 + 3 and via_backend.choice.completion_token_ids == ids
     assert await model.unload_lora_adapter("policy") == v0 + 4 and model.request_model == BASE
+
+    # a trainer gives the version its weights carry (its committed steps, restored on resume):
+    # the server takes it instead of counting its own updates, and reports it everywhere
+    given = v0 + 40
+    assert await model.load_lora_adapter("policy", adapter, version=given) == given
+    header = (await _post(f"{server}/v1/chat/completions",
+                          json={"model": "policy", "messages": HELLO, "max_tokens": 2})).headers
+    assert int(header["x-weight-version"]) == given
+    cards = {m["id"]: m for m in (await _get(f"{server}/v1/models")).json()["data"]}
+    assert cards[BASE]["weight_version"] == cards["policy"]["weight_version"] == given
+    assert (await model.chat(HELLO, sampling=SamplingParams(temperature=0, max_tokens=2))).weight_version == given
+    assert await model.unload_lora_adapter("policy", version=given + 1) == given + 1
+    negative = await _post(f"{server}/v1/load_lora_adapter",
+                           json={"lora_name": "policy", "lora_path": adapter, "weight_version": -1})
+    assert negative.status_code == 400 and negative.json()["error"]["param"] == "weight_version"
     with pytest.raises(NotImplementedError, match="load_lora_adapter"):
         await model.load_state_dict({})
     await model.aclose()

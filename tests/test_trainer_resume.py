@@ -19,16 +19,17 @@ RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
 ITERATIONS, EPISODES = 3, 2
 
 
-def _cmd(tmp: Path, *extra: str) -> list[str]:
+def _cmd(tmp: Path, *extra: str, run_flag: str = "--run-id") -> list[str]:
     return [sys.executable, "-m", "agentplay.cli", "train", RECIPE, "--iterations", str(ITERATIONS),
             "--episodes-per-iteration", str(EPISODES), "--concurrency", "2", "--store", str(tmp / "t.db"),
-            "--output-dir", str(tmp / "out"), "--run-name", "r", "--lora", "--learning-rate", "1e-3",
+            "--output-dir", str(tmp / "out"), run_flag, "r", "--lora", "--learning-rate", "1e-3",
             "--micro-batch-size", "8", "--set", "n=2", *extra]
 
 
 def test_resume_after_sigkill_neither_repeats_nor_skips(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "1"}
-    first = subprocess.Popen(_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # the first run names itself with the old flag (`--run-name`, a hidden alias of `--run-id`)
+    first = subprocess.Popen(_cmd(tmp_path, run_flag="--run-name"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 400
     while not (tmp_path / "out" / "checkpoint-00000" / "state.json").exists():
         assert first.poll() is None, f"train exited early: {first.communicate()[1].decode()[-2000:]}"

@@ -6,12 +6,14 @@ from ._checkpoint import CheckpointState, latest_checkpoint
 from ._config import LossType, TrainConfig
 from ._learner import GRPOLearner
 from ._loop import SelfPlayTrainer, TrainError, TrainSummary, rollout_run_id, train
+from ._versions import IterationVersions, checkpoint_history, version_history
 from ._weights_sync import WeightSyncError, save_adapter, sync_weights
 
 __all__ = [
     "AdvantageStats",
     "CheckpointState",
     "GRPOLearner",
+    "IterationVersions",
     "LossType",
     "MicroBatch",
     "SelfPlayTrainer",
@@ -20,6 +22,7 @@ __all__ = [
     "TrainSample",
     "TrainSummary",
     "WeightSyncError",
+    "checkpoint_history",
     "compute_advantages",
     "latest_checkpoint",
     "make_micro_batches",
@@ -27,4 +30,5 @@ __all__ = [
     "save_adapter",
     "sync_weights",
     "train",
+    "version_history",
 ]

@@ -3,6 +3,9 @@
 A checkpoint is a folder written under a temporary name and renamed into place,
 so a kill at any moment leaves either the previous checkpoint or the new one,
 never half of one. The highest-numbered complete folder is the one to resume.
+It is the commit point of an iteration: the trainer publishes weights to the
+serving model only after they are in a checkpoint, so a server never holds
+weights (or a weight version) that a resumed run would not reproduce.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-__all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from ._versions import IterationVersions
+
+__all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "read_checkpoint_state", "save_checkpoint"]
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -29,14 +34,18 @@ class CheckpointState(BaseModel):
     iteration: int
     """The last iteration whose optimizer step is inside this checkpoint."""
     global_step: int
+    """Optimizer steps taken so far (iterations with nothing to train take none)."""
     weight_version: int | None = None
-    """Version the serving model reported after this iteration's sync."""
+    """Version of the weights in this checkpoint: the count of committed optimizer steps
+    (None in checkpoints written before versions belonged to the policy)."""
     lora: bool = False
     metrics: dict[str, float] = Field(default_factory=dict)
     """This iteration's metrics, re-logged on resume if the store missed them."""
     rae_baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
     """SPIRAL RAE baselines (role -> environment -> moving-average reward) after this
     iteration: state of the advantage estimator that a resumed run must continue from."""
+    versions: list[IterationVersions] = Field(default_factory=list)
+    """The version history of every iteration up to this one (see `checkpoint_history`)."""
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -68,11 +77,16 @@ def save_checkpoint(output_dir: Path, state: CheckpointState, model: Any, optimi
     return final
 
 
+def read_checkpoint_state(path: Path) -> CheckpointState:
+    """The position and version history saved in checkpoint folder `path` (no tensors read)."""
+    return CheckpointState.model_validate_json((path / "state.json").read_text())
+
+
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> CheckpointState:
     """Restore weights (full or adapter), optimizer, scheduler and RNG from `path`."""
     from safetensors.torch import load_file
 
-    state = CheckpointState.model_validate_json((path / "state.json").read_text())
+    state = read_checkpoint_state(path)
     inner = _unwrap(model)
     weights = path / "weights"
     if state.lora:

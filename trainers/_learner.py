@@ -201,10 +201,14 @@ class GRPOLearner:
             out["correction/mis_rejected_token_fraction"] = touched["mis_rejected_tokens"] / tokens
         return out
 
-    def report(self, metrics: dict[str, float]) -> None:
-        """Send one iteration's metrics through TRL/transformers' `report_to` (TensorBoard)."""
+    def report(self, metrics: dict[str, float], *, step: int | None = None) -> None:
+        """Send one iteration's metrics through TRL/transformers' `report_to` (TensorBoard),
+        at x = `step` (the iteration: iterations without an optimizer step log too)."""
+        import dataclasses
+
         t = self.trainer
-        t.callback_handler.on_log(t.args, t.state, t.control, logs=dict(metrics))
+        state = t.state if step is None else dataclasses.replace(t.state, global_step=step)
+        t.callback_handler.on_log(t.args, state, t.control, logs=dict(metrics))
 
     def close(self) -> None:
         t = self.trainer

@@ -5,13 +5,17 @@ written with `run_recipe(resume=True)`: a kill during rollouts leaves the stored
 episodes in place and the resumed iteration runs only the missing indexes, with
 the same weights (those of the last checkpoint), so nothing is repeated or skipped.
 The checkpoint folder's atomic rename is the commit point of an iteration; the
-store's metrics and cursor follow it and are re-written on resume if a kill fell
-in between.
+new weights are published to the serving model after it, and the store's metrics
+and cursor follow. A resumed run publishes the checkpoint's weights again under
+the checkpoint's weight version (see `_versions.py`) and re-writes the metrics if
+a kill fell in between.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,11 +23,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agentplay._kill_points import KILL_AT_ENV, kill_point
+
 from ._advantages import AdvantageStats, TrainSample, compute_advantages
 from ._checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
 from ._learner import GRPOLearner
+from ._versions import IterationVersions
 from ._weights_sync import sync_weights
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SelfPlayTrainer", "TrainError", "TrainSummary", "rollout_run_id", "train"]
 
@@ -125,6 +134,11 @@ class SelfPlayTrainer:
         """RAE baselines carried across iterations (restored from the checkpoint on resume)."""
         self.on_iteration: Callable[[int, dict[str, float]], Any] | None = None
         """Called (and awaited if async) after each iteration is committed: progress, evaluations."""
+        self.weight_version = 0
+        """The policy's version: optimizer steps committed so far (restored from the checkpoint)."""
+        self.history: list[IterationVersions] = []
+        """Per iteration so far: the version that sampled its rollouts and the one it produced."""
+        self._iteration = -1
 
     async def _setup(self, resume: bool) -> tuple[Any, Any, int]:
         from agentplay._registry import resolve_model
@@ -143,40 +157,71 @@ class SelfPlayTrainer:
         compiled = _resolve_recipe(self._recipe_ref, cfg.model, dict(cfg.recipe_options))
         model, tok = _trainable_copy(served, cfg)
         self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
+        self._arm_step_kill_point()
         start = 0
         if ckpt is not None:
             t = self.learner.trainer
             state = load_checkpoint(ckpt, t.model, t.optimizer, t.lr_scheduler)
             t.state.global_step = state.global_step
             self.rae_baselines = {role: dict(b) for role, b in state.rae_baselines.items()}
+            # checkpoints from before versions were the policy's: the optimizer steps are the versions
+            self.weight_version = state.weight_version if state.weight_version is not None else state.global_step
+            self.history = list(state.versions)
             start = state.iteration + 1
-            # the serving engine restarted with base weights: give it the checkpoint's
-            await self._sync(state.iteration)
+            # the serving model restarted with base weights, or holds this checkpoint's (a kill came
+            # after the publish): either way it gets exactly the checkpoint's weights and version
+            t0 = time.perf_counter()
+            await self._publish(state.iteration)
             if not any(p.iteration == state.iteration for p in store.metrics(cfg.run_name, name="iteration")):
-                self._log(state.iteration, state.metrics)  # the kill fell between checkpoint and store
+                # the kill fell between checkpoint and store: log what the checkpoint holds
+                self._log(state.iteration, {**state.metrics, "time/update_s": time.perf_counter() - t0})
+        self._check_served_version()
         return compiled, store, start
 
-    async def _sync(self, iteration: int) -> int:
+    def _arm_step_kill_point(self) -> None:
+        """`AGENTPLAY_TEST_KILL_AT=step@k` kills inside iteration k's optimizer step (crash tests)."""
+        if not os.environ.get(KILL_AT_ENV):
+            return
         assert self.learner is not None
+        opt = self.learner.trainer.optimizer
+        opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper, if any
+        opt.register_step_pre_hook(lambda *_: kill_point("step", self._iteration))
+
+    def _check_served_version(self) -> None:
+        served = self._served.weight_version
+        if served is not None and served != self.weight_version:
+            raise TrainError(
+                f"model: the serving model reports weight version {served}, the policy is at version"
+                f" {self.weight_version}; it serves other weights than the trainer's (another run's"
+                " adapter, or it was updated by someone else): restart it or use a fresh --output-dir"
+            )
+
+    async def _publish(self, iteration: int) -> None:
+        """Give the serving model the trainer's weights under the policy's version. Version 0
+        is the initial weights, which a (restarted) server already holds: nothing to send."""
+        assert self.learner is not None
+        if self.weight_version == 0:
+            return
         adapters = self.cfg.output_dir / "adapters"
-        version = await sync_weights(
+        await sync_weights(
             self._served,
             self.learner.model,
             lora=self.cfg.lora,
             adapter_name=self.cfg.adapter_name,
             adapter_dir=adapters / f"it{iteration:05d}",
+            version=self.weight_version,
+            before_load=lambda: kill_point("publish", iteration),
         )
         # the server holds the adapter in memory once loaded; keep the last two on disk
         for old in sorted(adapters.glob("it*"))[:-2] if self.cfg.lora else []:
             shutil.rmtree(old, ignore_errors=True)
-        return version
 
     def _log(self, iteration: int, metrics: dict[str, float]) -> None:
         with self._store.transaction():
             self._store.log_metrics(self.cfg.run_name, iteration, metrics)
             self._store.set_cursor(self.cfg.run_name, "iteration", iteration)
         assert self.learner is not None
-        self.learner.report(metrics)
+        self.learner.report(metrics, step=iteration)
 
     async def rollouts(self, compiled: Any, iteration: int) -> list[Any]:
         from agentplay import RunConfig, run_recipe
@@ -190,8 +235,10 @@ class SelfPlayTrainer:
                 RunConfig(episodes=cfg.episodes_per_iteration, concurrency=cfg.concurrency, resume=True,
                           seed=cfg.seed * 1_000_003 + iteration, run_id=run_id, progress=False),
                 store=self._store, executor=self.executor,
+                on_episode=lambda _: kill_point("rollout", iteration),
             )
-        return list(self._store.episodes(run_id))
+        # by index, not by the order they finished in: a resumed iteration builds the same batch
+        return sorted(self._store.episodes(run_id), key=lambda ep: ep.index)
 
     def _metrics(self, episodes: list[Any], samples: list[TrainSample], stats: AdvantageStats,
                  version: int | None) -> dict[str, float]:
@@ -223,6 +270,11 @@ class SelfPlayTrainer:
                 if version is not None and s.turn.weight_version is not None]
         m["off_policy_lag/mean"] = _mean([float(x) for x in lags])
         m["off_policy_lag/max"] = float(max(lags)) if lags else 0.0
+        stale = sum(1 for x in lags if x != 0)
+        if stale:  # synchronous training samples every turn with the policy's current weights
+            log.warning("%d of %d turns were sampled by weight versions other than the policy's %s (max lag %s):"
+                        " the serving model held other weights (restarted, or updated by someone else)",
+                        stale, len(lags), version, m["off_policy_lag/max"])
         return m
 
     async def run(self, *, resume: bool = False) -> TrainSummary:
@@ -230,45 +282,54 @@ class SelfPlayTrainer:
         compiled, store, start = await self._setup(resume)
         assert self.learner is not None
         summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
-                               weight_version=self._served.weight_version)
+                               weight_version=self.weight_version)
         store.set_run_status(cfg.run_name, "running")
         budget = TimeBudget(cfg.time_budget_s)
         for it in range(start, cfg.iterations):
             if not budget.allows_another():
                 break
+            self._iteration = it
             t0 = time.perf_counter()
             episodes = await self.rollouts(compiled, it)
             t1 = time.perf_counter()
-            version = self._served.weight_version
+            rollout_version = self.weight_version
             recipe = compiled.recipe
             samples, stats = compute_advantages(
                 episodes, scale_rewards=cfg.scale, zero_variance=cfg.zero_variance, role_weights=cfg.role_weights,
                 estimators=recipe.advantages, filters=recipe.filters, rae_baselines=self.rae_baselines,
             )
-            metrics = self._metrics(episodes, samples, stats, version)
+            metrics = self._metrics(episodes, samples, stats, rollout_version)
             if samples:
+                # seeded per iteration: a resumed step draws what the uninterrupted one drew
+                # (dropout, sampling in user losses), whatever the rollouts consumed before it
+                _seed_everything(cfg.seed * 1_000_003 + it)
                 metrics.update(self.learner.step(samples))
-            else:  # nothing to learn from: no step, no version bump, but the iteration counts
-                self.learner.trainer.state.global_step += 1
-                metrics["skipped_step"] = 1.0
-            t2 = time.perf_counter()
-            new_version = await self._sync(it) if samples else version
-            t3 = time.perf_counter()
+                self.weight_version = rollout_version + 1
             metrics.update({
                 "iteration": float(it), "optimizer_step": float(self.learner.global_step),
-                "weight_version": float(new_version if new_version is not None else -1),
-                "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/update_s": t3 - t2,
+                "skipped_step": 0.0 if samples else 1.0,  # nothing to learn from: no step, same version
+                "rollout_weight_version": float(rollout_version), "weight_version": float(self.weight_version),
+                "time/rollout_s": t1 - t0, "time/train_s": time.perf_counter() - t1,
             })
+            self.history.append(IterationVersions(iteration=it, rollout_version=rollout_version,
+                                                  weight_version=self.weight_version))
             t = self.learner.trainer
             self.rae_baselines = stats.rae_baselines  # committed with the checkpoint below
-            save_checkpoint(cfg.output_dir, CheckpointState(iteration=it, global_step=self.learner.global_step,
-                            weight_version=new_version, lora=cfg.lora, metrics=metrics,
-                            rae_baselines=stats.rae_baselines),
-                            t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints)
+            # commit, then publish: the serving model only ever holds checkpointed weights
+            save_checkpoint(cfg.output_dir, CheckpointState(
+                iteration=it, global_step=self.learner.global_step, weight_version=self.weight_version,
+                lora=cfg.lora, metrics=metrics, versions=self.history, rae_baselines=stats.rae_baselines,
+            ), t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints)
+            kill_point("checkpoint", it)
+            t2 = time.perf_counter()
+            if self.weight_version != rollout_version:
+                await self._publish(it)
+            kill_point("sync", it)
+            metrics["time/update_s"] = time.perf_counter() - t2
             self._log(it, metrics)
             summary.metrics.append(metrics)
             summary.last_iteration = it
-            summary.weight_version = new_version
+            summary.weight_version = self.weight_version
             budget.last_iteration_s = time.perf_counter() - t0
             if self.on_iteration is not None:
                 t4 = time.perf_counter()
@@ -279,6 +340,12 @@ class SelfPlayTrainer:
         store.set_run_status(cfg.run_name, "finished")
         self.learner.close()
         return summary
+
+
+def _seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed % 2**32)
 
 
 async def train(cfg: TrainConfig, *, resume: bool = False, recipe: Any = None, served: Any = None,

@@ -3,12 +3,16 @@
 Two paths, both through `UpdatableModel`, so the same code updates our in-process
 engine, `agentplay serve` and vLLM: a LoRA adapter saved to a folder and loaded by
 name (vLLM's runtime LoRA API over HTTP), or the full state dict (in process only).
+Each update carries the weight version the trainer assigns (its count of committed
+optimizer steps), so the served model reports the policy's version, not a count of
+the updates its process happened to see.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +37,13 @@ def save_adapter(model: Any, folder: Path) -> Path:
 
 
 async def sync_weights(
-    served: Any, model: Any, *, lora: bool, adapter_name: str, adapter_dir: Path
+    served: Any, model: Any, *, lora: bool, adapter_name: str, adapter_dir: Path, version: int | None = None,
+    before_load: Callable[[], None] | None = None,
 ) -> int:
-    """Update `served` from the trainable `model`; returns the served weight version."""
+    """Update `served` from the trainable `model` as weight `version`; returns the served
+    weight version (equal to `version` when one is given: a server that reports another
+    number is an error). `before_load` runs once the weights are ready to send (the
+    adapter saved), before the served model takes them: a crash test's kill point."""
     if not isinstance(served, UpdatableModel):
         raise WeightSyncError(
             f"model: {getattr(served, 'spec', type(served).__name__)!r} cannot be updated in place;"
@@ -43,10 +51,20 @@ async def sync_weights(
         )
     if lora:
         path = save_adapter(model, adapter_dir)
-        return int(await served.load_lora_adapter(adapter_name, str(path.resolve())))
-    # parameters, not state_dict(): tied weights (lm_head = embed_tokens) appear once
-    state = {k: v.detach() for k, v in model.named_parameters()}
-    try:
-        return int(await served.load_state_dict(state))
-    except NotImplementedError as exc:
-        raise WeightSyncError(f"{exc}; pass --lora to train an adapter the server can load") from exc
+        if before_load is not None:
+            before_load()
+        served_version = int(await served.load_lora_adapter(adapter_name, str(path.resolve()), version=version))
+    else:
+        # parameters, not state_dict(): tied weights (lm_head = embed_tokens) appear once
+        state = {k: v.detach() for k, v in model.named_parameters()}
+        if before_load is not None:
+            before_load()
+        try:
+            served_version = int(await served.load_state_dict(state, version=version))
+        except NotImplementedError as exc:
+            raise WeightSyncError(f"{exc}; pass --lora to train an adapter the server can load") from exc
+    if version is not None and served_version != version:
+        raise WeightSyncError(
+            f"model: the served model reports weight version {served_version} after being given version {version}"
+        )
+    return served_version

@@ -43,7 +43,7 @@ def demo(
     store = output_dir / "traces.db"
     train(recipe=recipe, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
           concurrency=episodes_per_iteration, store=store, output_dir=output_dir / "train",
-          run_name="demo", lora=True, resume=(output_dir / "train").exists())
+          run_id="demo", lora=True, resume=(output_dir / "train").exists())
     report(run_id="demo", store=store, out=output_dir / "report")
     console.print(f"\nreport: {output_dir / 'report' / 'index.html'} · live: [bold]agentplay ui --store {store}[/] · "
                   f"[bold]agentplay traces list --store {store}[/]")

@@ -24,7 +24,11 @@ def train(
     concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 8,
     store: Annotated[Path, typer.Option(help="SQLite trace store (rollouts, metrics, cursor).")] = Path("traces.db"),
     output_dir: Annotated[Path, typer.Option(help="Checkpoints, adapters and TensorBoard logs.")] = Path("runs/train"),
-    run_name: Annotated[str, typer.Option(help="Run id of the training run in the store.")] = "train",
+    run_id: Annotated[str, typer.Option(help="Run id of the training run in the store (the same flag as "
+                                             "`agentplay run`); rollouts of iteration k are <run-id>/it<k>.")]
+    = "train",
+    run_name: Annotated[str | None, typer.Option("--run-name", hidden=True,
+                                                 help="Old name of --run-id, kept as an alias.")] = None,
     lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter (needed for HTTP-served models).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir.")] = False,
     loss_type: Annotated[str, typer.Option(help="TRL loss: grpo, bnpo, dr_grpo, dapo, cispo, sapo.")] = "dapo",
@@ -50,10 +54,15 @@ def train(
     from agentplay.trainers import TrainConfig, TrainError
 
     console = Console(stderr=True)
+    if run_name is not None:  # `--run-name` was this command's flag before `run` and `train` shared `--run-id`
+        if run_id not in ("train", run_name):
+            console.print(f"[red]error:[/] --run-id: {run_id!r} and its alias --run-name {run_name!r} disagree")
+            raise typer.Exit(2)
+        run_id = run_name
     try:
         cfg = TrainConfig(
             recipe=recipe, model=model, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
-            concurrency=concurrency, store=store, output_dir=output_dir, run_name=run_name, lora=lora,
+            concurrency=concurrency, store=store, output_dir=output_dir, run_name=run_id, lora=lora,
             loss_type=loss_type, learning_rate=learning_rate, beta=beta, micro_batch_size=micro_batch_size,
             seed=seed, recipe_options=_parse_sets(set_ or []), **_parse_sets(option or []),
         )

@@ -48,16 +48,30 @@ class UpdatableModel(ABC):
 
     The same calls work in-process and over HTTP (the server exposes vLLM's
     runtime LoRA endpoints), so one update path serves our engine and vLLM alike.
+
+    Every call takes the weight version the new weights carry. The version belongs
+    to the policy, not to the server process: a trainer numbers its committed
+    optimizer steps, keeps the number in its checkpoints and, after a restart,
+    hands the checkpoint's weights to the server together with that number, so the
+    trainer, the server and every stored turn agree on it across any number of
+    kills. Without `version` the server counts updates itself (current + 1).
     """
 
     @abstractmethod
-    async def load_lora_adapter(self, name: str, path: str) -> int:
+    async def load_lora_adapter(self, name: str, path: str, *, version: int | None = None) -> int:
         """Load (or replace) a PEFT adapter from a folder and serve it; returns the new weight version."""
 
     @abstractmethod
-    async def unload_lora_adapter(self, name: str) -> int:
+    async def unload_lora_adapter(self, name: str, *, version: int | None = None) -> int:
         """Stop serving the adapter; returns the new weight version."""
 
     @abstractmethod
-    async def load_state_dict(self, state_dict: dict[str, Any]) -> int:
+    async def load_state_dict(self, state_dict: dict[str, Any], *, version: int | None = None) -> int:
         """Replace full weights (tensors by parameter name); returns the new weight version."""
+
+
+def check_version(version: int | None) -> int | None:
+    """A weight version given to an update call: None or an int >= 0 (bools are not versions)."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise ValueError(f"version: a weight version is an int >= 0, got {version!r}")
+    return version

@@ -108,6 +108,9 @@ class EndpointPool(ChatModel, UpdatableModel):
         ]
         self._pins: dict[str, _Endpoint] = {}
         self._adapters: dict[str, str] = {}
+        self._version: int | None = None
+        """The weight version the trainer last gave the servers: a server that restarts gets
+        the adapters replayed under it, so it serves (and reports) the same weights as the rest."""
         self._health_interval = health_interval_s
         self._health: asyncio.Task[None] | None = None
 
@@ -214,17 +217,18 @@ class EndpointPool(ChatModel, UpdatableModel):
                 ok = (await http.get(f"{ep.url}/models")).status_code == 200
             if ok:
                 for name, path in self._adapters.items():
-                    await ep.model.load_lora_adapter(name, path)
+                    await ep.model.load_lora_adapter(name, path, version=self._version)
             return ok
         except Exception as exc:  # noqa: BLE001 - any failure keeps it down; recorded for status()
             ep.last_error = f"{type(exc).__name__}: {exc}"[:300]
             return False
 
-    async def _broadcast(self, call: str, *args: str) -> int:
+    async def _broadcast(self, call: str, *args: str, version: int | None = None) -> int:
         live = [e for e in self._endpoints if e.up]
         if not live:
             raise NoLiveEndpointError(f"{self.spec}: no live endpoint to send {call} to")
-        results = await asyncio.gather(*(getattr(e.model, call)(*args) for e in live), return_exceptions=True)
+        results = await asyncio.gather(*(getattr(e.model, call)(*args, version=version) for e in live),
+                                       return_exceptions=True)
         versions: list[int] = []
         for ep, res in zip(live, results):
             if isinstance(res, _FAILOVER_ERRORS | httpx.HTTPError):
@@ -235,18 +239,20 @@ class EndpointPool(ChatModel, UpdatableModel):
                 versions.append(int(res))
         if not versions:
             raise NoLiveEndpointError(f"{self.spec}: {call} reached no endpoint")
-        return max(versions)
+        self._version = max(versions)
+        return self._version
 
-    async def load_lora_adapter(self, name: str, path: str) -> int:
+    async def load_lora_adapter(self, name: str, path: str, *, version: int | None = None) -> int:
         self._adapters[name] = path
-        return await self._broadcast("load_lora_adapter", name, path)
+        return await self._broadcast("load_lora_adapter", name, path, version=version)
 
-    async def unload_lora_adapter(self, name: str) -> int:
+    async def unload_lora_adapter(self, name: str, *, version: int | None = None) -> int:
         self._adapters.pop(name, None)
-        return await self._broadcast("unload_lora_adapter", name)
+        return await self._broadcast("unload_lora_adapter", name, version=version)
 
-    async def load_state_dict(self, state_dict: dict[str, Any]) -> int:
-        return await self._endpoints[0].model.load_state_dict(state_dict)  # raises: HTTP servers take adapters only
+    async def load_state_dict(self, state_dict: dict[str, Any], *, version: int | None = None) -> int:
+        # raises: HTTP servers take adapters only
+        return await self._endpoints[0].model.load_state_dict(state_dict, version=version)
 
     async def aclose(self) -> None:
         if self._health is not None and not self._health.done():

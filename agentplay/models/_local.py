@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._base import ChatModel, UpdatableModel
+from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig, ModelSpecError
 from ._engine import Engine
 from ._prompt import PrefixCache, render_chat
@@ -163,7 +163,8 @@ class LocalModel(ChatModel, UpdatableModel):
 
     # -- weight updates --------------------------------------------------------
 
-    async def load_lora_adapter(self, name: str, path: str) -> int:
+    async def load_lora_adapter(self, name: str, path: str, *, version: int | None = None) -> int:
+        check_version(version)
         if not Path(path, "adapter_config.json").is_file():
             raise ValueError(f"path: {path!r} is not a PEFT adapter folder (no adapter_config.json)")
         async with self._update_lock:
@@ -175,11 +176,12 @@ class LocalModel(ChatModel, UpdatableModel):
                 model.load_adapter(path, adapter_name=name)
                 self._adapters.append(name)
                 model.set_adapter(name)
-                return self._bump()
+                return self._bump(version)
 
             return await self._engine.run_exclusive(apply)
 
-    async def unload_lora_adapter(self, name: str) -> int:
+    async def unload_lora_adapter(self, name: str, *, version: int | None = None) -> int:
+        check_version(version)
         async with self._update_lock:
             if name not in self._adapters:
                 raise ValueError(f"name: no LoRA adapter {name!r} is loaded (loaded: {self._adapters})")
@@ -190,16 +192,17 @@ class LocalModel(ChatModel, UpdatableModel):
                 self._adapters.remove(name)
                 if self._adapters:
                     model.set_adapter(self._adapters[-1])
-                return self._bump()
+                return self._bump(version)
 
             return await self._engine.run_exclusive(apply)
 
-    async def load_state_dict(self, state_dict: dict[str, Any]) -> int:
+    async def load_state_dict(self, state_dict: dict[str, Any], *, version: int | None = None) -> int:
         """Copy tensors into the served weights in place; a subset of parameters is fine."""
+        check_version(version)
         async with self._update_lock:
-            return await self._engine.run_exclusive(lambda: self._copy_weights(state_dict))
+            return await self._engine.run_exclusive(lambda: self._copy_weights(state_dict, version))
 
-    def _copy_weights(self, state_dict: dict[str, Any]) -> int:
+    def _copy_weights(self, state_dict: dict[str, Any], version: int | None) -> int:
         model = self._engine.model
         targets = dict(model.named_parameters()) | dict(model.named_buffers())
         # With LoRA layers injected the base weight lives under `.base_layer.`;
@@ -223,10 +226,12 @@ class LocalModel(ChatModel, UpdatableModel):
         with torch.no_grad():
             for name, tensor in resolved.items():
                 targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))
-        return self._bump()
+        return self._bump(version)
 
-    def _bump(self) -> int:
-        self._engine.version += 1
+    def _bump(self, version: int | None) -> int:
+        """Runs on the engine thread between batches: a batch reads its version once, so every
+        result is labelled with the weights that produced it."""
+        self._engine.version = self._engine.version + 1 if version is None else version
         return self._engine.version
 
 

@@ -19,7 +19,7 @@ import httpx
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-from ._base import ChatModel, UpdatableModel
+from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig
 from ._types import (
     ChatResult,
@@ -329,9 +329,15 @@ class OpenAIModel(ChatModel, UpdatableModel):
             usage=usage,
         )
 
-    async def _admin(self, endpoint: str, body: dict[str, Any]) -> int:
+    async def _admin(self, endpoint: str, body: dict[str, Any], version: int | None) -> int:
         """POST one of vLLM's LoRA endpoints; the new version comes from our server's
-        header, or is counted here for servers (vLLM) that do not report one."""
+        header, or, for servers that have no notion of versions (vLLM ignores the
+        `weight_version` field with a warning and sends no header), is the version given
+        here, else counted by this client. With vLLM the version is therefore the number
+        the trainer last loaded, tracked client-side: correct for requests sent after the
+        load returns, but a request in flight during the swap cannot be told apart."""
+        if check_version(version) is not None:
+            body = {**body, "weight_version": version}
         url = f"{str(self._client.base_url).rstrip('/')}/{endpoint}"
         headers = {
             "Authorization": f"Bearer {self._client.api_key}",
@@ -345,30 +351,38 @@ class OpenAIModel(ChatModel, UpdatableModel):
             except (ValueError, KeyError, TypeError):
                 message = resp.text
             raise ModelServerError(resp.status_code, f"{endpoint}: {message}")
-        self._updates += 1
         header = resp.headers.get(WEIGHT_VERSION_HEADER)
-        self._version = int(header) if header and header.lstrip("-").isdigit() else self._updates
-        return self._version
+        reported = int(header) if header and header.lstrip("-").isdigit() else None
+        if reported is not None and version is not None and reported != version:
+            raise ModelServerError(
+                resp.status_code,
+                f"{endpoint}: the server reports weight version {reported} after being told {version}",
+            )
+        if reported is None:
+            reported = version if version is not None else self._updates + 1
+        self._updates = reported
+        self._version = reported
+        return reported
 
-    async def load_lora_adapter(self, name: str, path: str) -> int:
+    async def load_lora_adapter(self, name: str, path: str, *, version: int | None = None) -> int:
         """`path` is read by the server, so it must exist on the server's file system.
 
         Sends `load_inplace: true` so a trainer can push new weights under the same
         name every step; vLLM needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and a
         release that knows `load_inplace` (older ones refuse a name already loaded)."""
         version = await self._admin(
-            "load_lora_adapter", {"lora_name": name, "lora_path": str(path), "load_inplace": True}
+            "load_lora_adapter", {"lora_name": name, "lora_path": str(path), "load_inplace": True}, version
         )
         self.request_model = name
         return version
 
-    async def unload_lora_adapter(self, name: str) -> int:
-        version = await self._admin("unload_lora_adapter", {"lora_name": name})
+    async def unload_lora_adapter(self, name: str, *, version: int | None = None) -> int:
+        new = await self._admin("unload_lora_adapter", {"lora_name": name}, version)
         if self.request_model == name:
             self.request_model = self.config.name
-        return version
+        return new
 
-    async def load_state_dict(self, state_dict: dict[str, Any]) -> int:
+    async def load_state_dict(self, state_dict: dict[str, Any], *, version: int | None = None) -> int:
         raise NotImplementedError(
             f"{self.spec}: a remote server cannot receive full weights over its HTTP API; "
             "train a LoRA adapter, save it where the server can read it and call "

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .._kill_points import kill_point
 from ._base import ChatModel, UpdatableModel
 from ._server_protocol import (
     ChatCompletionRequest,
@@ -191,6 +192,7 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
         state.check_model(req.model)
+        kill_point("serve_chat")  # crash tests: the server dies with a request in flight
         result = await _run_chat(model, req)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         headers = (
@@ -229,12 +231,13 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
                 404, f"lora_path: no adapter folder at {req.lora_path!r}", param="lora_path"
             )
         try:
-            version = await engine.load_lora_adapter(req.lora_name, req.lora_path)
+            version = await engine.load_lora_adapter(req.lora_name, req.lora_path, version=req.weight_version)
         except (ValueError, OSError) as exc:
             raise OpenAIError(
                 400, f"lora_path: cannot load adapter: {exc}", param="lora_path"
             ) from exc
         state.adapters[req.lora_name] = req.lora_path
+        kill_point("serve_load")  # crash tests: the weights changed, the trainer never hears so
         return PlainTextResponse(
             f"Success: LoRA adapter '{req.lora_name}' added successfully.",
             headers={WEIGHT_VERSION_HEADER: str(version)},
@@ -251,7 +254,7 @@ def create_app(model: ChatModel, *, served_model_name: str | None = None) -> Fas
                 code="not_found",
             )
         try:
-            version = await engine.unload_lora_adapter(req.lora_name)
+            version = await engine.unload_lora_adapter(req.lora_name, version=req.weight_version)
         except ValueError as exc:
             raise OpenAIError(404, str(exc), param="lora_name", code="not_found") from exc
         del state.adapters[req.lora_name]

@@ -223,6 +223,9 @@ class LoadLoRAAdapterRequest(BaseModel):
     lora_path: str = Field(min_length=1)
     load_inplace: bool = False
     """vLLM refuses to reload a loaded name unless this is true (the trainer's path)."""
+    weight_version: int | None = Field(None, ge=0)
+    """Our extension: the weight version the adapter's weights carry (a trainer's count of
+    committed steps, restored on resume); None counts one more. vLLM ignores the field."""
 
 
 class UnloadLoRAAdapterRequest(BaseModel):
@@ -230,6 +233,8 @@ class UnloadLoRAAdapterRequest(BaseModel):
 
     lora_name: str = Field(min_length=1)
     lora_int_id: int | None = None
+    weight_version: int | None = Field(None, ge=0)
+    """Our extension: the version of the weights served after the unload (None: one more)."""
 
 
 class TokenDecoder(Protocol):
