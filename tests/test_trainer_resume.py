@@ -1,5 +1,7 @@
-"""`agentplay train` killed with SIGKILL after its first checkpoint, then `--resume`:
-every iteration happens exactly once (one optimizer step each, one rollout run each)."""
+"""`agentplay train` killed with SIGKILL at a moment it does not choose (once its first
+checkpoint exists), then `--resume`: every iteration happens exactly once (one rollout run
+each, one optimizer step each that has something to learn from) and the weight version
+continues the policy's history. Kills at chosen points: test_trainer_kill.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from agentplay.trainers import rollout_run_id
+from agentplay.trainers import checkpoint_history, rollout_run_id, version_history
 
 from agentplay.traces import TraceStore
 
@@ -49,8 +51,20 @@ def test_resume_after_sigkill_neither_repeats_nor_skips(tmp_path):
     assert 1 <= summary["first_iteration"] <= ITERATIONS - 1  # started after a checkpoint, not from 0
 
     store = TraceStore(tmp_path / "t.db")
+    # exactly one optimizer step per iteration that had something to learn from (none for the others)
+    stepped = [p.value > 0 for p in store.metrics("r", name="samples")]
     steps = {p.iteration: p.value for p in store.metrics("r", name="optimizer_step")}
-    assert steps == {i: float(i + 1) for i in range(ITERATIONS)}  # exactly one optimizer step per iteration
+    assert steps == {i: float(sum(stepped[: i + 1])) for i in range(ITERATIONS)}
+    # the weight version is the policy's, across the kill: the store's history is the checkpoint's,
+    # every stored turn carries the version that sampled its iteration, never going backwards
+    history = checkpoint_history(tmp_path / "out")
+    assert history == version_history(store, "r") and [h.iteration for h in history] == list(range(ITERATIONS))
+    assert [h.rollout_version for h in history] == [0, *(h.weight_version for h in history[:-1])]
+    assert [h.weight_version for h in history] == [steps[i] for i in range(ITERATIONS)]
+    turn_versions = [[t.weight_version for ep in store.episodes(rollout_run_id("r", i)) for t in ep.turns]
+                     for i in range(ITERATIONS)]
+    assert all(set(v) == {h.rollout_version} for v, h in zip(turn_versions, history)), turn_versions
+    assert summary["weight_version"] == history[-1].weight_version
     assert store.get_cursor("r", "iteration") == ITERATIONS - 1
     for i in range(ITERATIONS):
         assert store.stored_indexes(rollout_run_id("r", i)) == set(range(EPISODES))
