@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from agentplay.trainers import compute_advantages
 from pydantic import ValidationError
 
 from agentplay import Advantage, SampleFilter
 from agentplay.traces import Episode, RewardRecord, RoleTurn
-from agentplay.trainers import compute_advantages
 
 EPS = 1e-4
 

@@ -109,7 +109,7 @@ def test_kuhn_poker_rejects_every_move_not_allowed_at_each_point():
 
 
 def _negotiation(**kw) -> NegotiationState:
-    base = dict(holdings=((2, 0, 1), (1, 3, 0)), values=((1, 5, 9), (9, 1, 2)), start=((2, 0, 1), (1, 3, 0)))
+    base = {"holdings": ((2, 0, 1), (1, 3, 0)), "values": ((1, 5, 9), (9, 1, 2)), "start": ((2, 0, 1), (1, 3, 0))}
     return NegotiationState(**(base | kw))
 
 
@@ -150,7 +150,7 @@ def test_match_parses_answers_and_an_illegal_move_loses():
     assert m.over and m.illegal_by == 1 and "taken" in m.reason
     assert (m.outcome(0), m.outcome(1)) == ("opponent_illegal", "illegal")
     with pytest.raises(IllegalMove, match="over"):
-        m.to_move
+        _ = m.to_move
     m = Match.start(KuhnPoker(), random.Random(0))
     assert not m.play(0, "I think I will wait and see what happens next here")  # names no move
     assert m.illegal_by == 0 and m.moves[0].move is None

@@ -105,7 +105,7 @@ def test_group_rewards_need_a_group_that_closes():
 def test_the_old_group_rewards_name_is_the_per_episode_hook_and_warns():
     per_episode = _recipe([]).model_copy(update={"whole_group_rewards": {}})
     fields = {k: getattr(per_episode, k) for k in ("name", "graph", "roles", "rewards", "groups", "initial_state")}
-    fn = lambda turns: [0.5] * len(turns)  # noqa: E731
+    fn = lambda turns: [0.5] * len(turns)
     with pytest.warns(DeprecationWarning, match="episode_rewards"):
         old = Recipe(**fields, group_rewards={"writer": fn})
     assert old.episode_rewards == {"writer": fn} and old.whole_group_rewards == {}

@@ -12,7 +12,17 @@
 `graphs/spiral.py` is the recipe that trains on them (one model, one role per seat).
 """
 
-from ._base import FixedPolicy, Game, IllegalMove, Match, MoveRecord, Outcome, Policy, RandomPolicy, parse_move
+from ._base import (
+    FixedPolicy,
+    Game,
+    IllegalMove,
+    Match,
+    MoveRecord,
+    Outcome,
+    Policy,
+    RandomPolicy,
+    parse_move,
+)
 from ._kuhn import KuhnPoker, KuhnState
 from ._negotiation import Negotiation, NegotiationState, Offer
 from ._tictactoe import TicTacToe, TicTacToeState
