@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentplay._episode import run_episode
+from agentplay.errors import AgentplayError
 from agentplay.models._endpoints import endpoint_scope
 from agentplay.recipe import CompiledRecipe
 from agentplay.traces import Episode
@@ -28,7 +29,7 @@ __all__ = ["EpisodeSpec", "Executor", "ExecutorError", "LocalExecutor", "RayConf
            "RecipeRef", "execute_spec", "loopback_only_ray", "register_endpoints"]
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(AgentplayError, RuntimeError):
     """The executor cannot run episodes (workers fail to start, all workers lost); says why."""
 
 

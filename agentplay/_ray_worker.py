@@ -9,7 +9,6 @@ writes the store.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from typing import Any
@@ -28,12 +27,11 @@ class RolloutWorker:
         self.ref = ref
         self.name = name
         self._compiled: CompiledRecipe | None = None
-        self._stack = contextlib.ExitStack()
+        self._override: str | None = None  # --model for a ready Recipe, entered around each run (a ContextVar)
 
     async def setup(self) -> dict[str, Any]:
         """Build the recipe and its model clients once; a failure here is a configuration error."""
         from agentplay._loading import load_recipe
-        from agentplay._registry import override_models
 
         os.environ.update(self.ref.env)
         recipe, model_applied = load_recipe(self.ref.recipe, model=self.ref.model, options=dict(self.ref.options))
@@ -41,7 +39,7 @@ class RolloutWorker:
         if self.ref.endpoints and self.ref.model:
             register_endpoints(self.ref.model, self.ref.endpoints)
         if not model_applied and self.ref.model:
-            self._stack.enter_context(override_models(self.ref.model))  # a ready Recipe: --model still wins
+            self._override = self.ref.model  # a ready Recipe: --model still wins
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
 
     async def run(self, spec: EpisodeSpec, request_model: str | None = None) -> Episode:
@@ -55,10 +53,12 @@ class RolloutWorker:
             model = await resolve_model(self.ref.model)
             if getattr(model, "request_model", request_model) != request_model:
                 model.request_model = request_model  # type: ignore[attr-defined]
-        return await execute_spec(self._compiled, spec, worker=self.name)
+        from agentplay._registry import override_models
+
+        with override_models(self._override):
+            return await execute_spec(self._compiled, spec, worker=self.name)
 
     async def close(self) -> None:
         from agentplay._registry import close_models
 
-        self._stack.close()
         await close_models()

@@ -3,7 +3,10 @@
 Roles name their model by spec (``local:smollm2-135m-instruct``); loading the
 same weights once per role would multiply memory and defeat batching, so every
 role with the same spec shares the model resolved here. The CLI's ``--model``
-can also replace every role's model at once (`override_models`).
+can also replace every role's model at once (`override_models`): the override is
+a ContextVar (like the recorder's episode context), so it follows the asyncio
+tasks started inside the block and two runs in one process never see each
+other's override.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from agentplay.models import ChatModel
@@ -21,7 +25,7 @@ ModelLike = Any
 
 _models: dict[str, ChatModel] = {}
 _locks: dict[tuple[int, str], asyncio.Lock] = {}
-_override: list[ModelLike] = []
+_override: ContextVar[ModelLike | None] = ContextVar("agentplay_model_override", default=None)
 
 
 def model_key(model: ModelLike) -> str:
@@ -42,21 +46,26 @@ def register_model(model: ChatModel, spec: str | None = None) -> ChatModel:
 
 @contextmanager
 def override_models(model: ModelLike | None) -> Iterator[None]:
-    """Within the block every role uses `model`, whatever its own spec says (``--model``)."""
+    """Within the block every role uses `model`, whatever its own spec says (``--model``).
+
+    Seen by this task and the tasks it starts inside the block (a ContextVar), not
+    by other runs of the same process; a nested block wins until it ends.
+    """
     if model is None:
         yield
         return
-    _override.append(model)
+    token = _override.set(model)
     try:
         yield
     finally:
-        _override.pop()
+        _override.reset(token)
 
 
 async def resolve_model(model: ModelLike) -> ChatModel:
     """The shared ChatModel for `model`, loading it on first use."""
-    if _override:
-        model = _override[-1]
+    override = _override.get()
+    if override is not None:
+        model = override
     if isinstance(model, ChatModel):
         return model
     key = model_key(model)

@@ -9,10 +9,38 @@ but only keeps messages.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams, SamplingRecord
+from agentplay.models import (
+    ChatModel, ChatResult, Choice, Message, SamplingParams, SamplingRecord, ToolCall, ToolCallParseFailure,
+)
 from agentplay.traces import Generation, RoleTurn, ToolCallRecord
+
+__all__ = ["TokenTrace", "ToolRunner", "continue_loop", "execute_tool_calls", "generation_record"]
+
+
+@runtime_checkable
+class ToolRunner(Protocol):
+    """What the role loop needs from a role's tools: core's whole contract with them.
+
+    `agentplay.tools.Toolbox` is the implementation every Role gets by default; core
+    depends on this Protocol, not on the tools package, and a Role given one object
+    satisfying it (`Role(tools=[runner])`) uses it as is. `execute` never raises: a
+    failed, unknown or unparsable call comes back as a record with its error.
+    """
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The OpenAI tool schemas offered to the model."""
+        ...
+
+    async def execute(self, calls: Sequence[ToolCall | ToolCallParseFailure]) -> list[ToolCallRecord]:
+        """Run the calls (concurrently is fine); one record per call, in the order of `calls`."""
+        ...
+
+    def tool_message(self, record: ToolCallRecord) -> Message:
+        """The chat message that carries `record` back to the model."""
+        ...
 
 
 class TokenTrace:
@@ -83,7 +111,7 @@ def generation_record(result: ChatResult, choice: Choice, sampling: SamplingPara
     )
 
 
-async def execute_tool_calls(toolbox: Any, choice: Choice) -> tuple[list[ToolCallRecord], list[Message]]:
+async def execute_tool_calls(toolbox: ToolRunner, choice: Choice) -> tuple[list[ToolCallRecord], list[Message]]:
     """Run every call the model wrote and build the tool messages it will see.
 
     The Toolbox never raises: a call that could not be parsed, an unknown tool or
@@ -99,7 +127,7 @@ async def continue_loop(
     messages: list[Message],
     first: ChatResult,
     choice: Choice,
-    toolbox: Any | None,
+    toolbox: ToolRunner | None,
     tool_schemas: list[dict[str, Any]] | None,
     sampling: SamplingParams,
     max_tool_turns: int,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentplay._recorder import EpisodeContext
 from agentplay._train_spec import Advantage, SampleFilter
+from agentplay.errors import AgentplayError
 from agentplay.roles import Role
 from agentplay.traces import Episode, RewardRecord, RoleTurn
 
@@ -25,7 +26,7 @@ __all__ = ["CompiledRecipe", "EpisodeRewardFn", "EpisodeView", "GroupBy", "Group
            "RecipeError", "RewardFn", "RewardGroup"]
 
 
-class RecipeError(ValueError):
+class RecipeError(AgentplayError, ValueError):
     """A recipe whose maps do not fit its graph; the message says what to add or rename."""
 
 

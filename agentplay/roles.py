@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agentplay._recorder import current_recorder
 from agentplay._registry import ModelLike, resolve_model
-from agentplay._role_loop import continue_loop
+from agentplay._role_loop import ToolRunner, continue_loop
 from agentplay.prompts import ENVIRONMENT
 from agentplay.models import ChatModel, ChatResult, Choice, Message, SamplingParams
 from agentplay.traces import RoleTurn
@@ -49,7 +49,8 @@ class Role(BaseModel):
     Small models copy a worked example's layout far more reliably than they follow a
     described one; the turns are prompt, so they are never trained on."""
     tools: list[Any] = Field(default_factory=list)
-    """agentplay tools or LangChain BaseTools (wrapped in one `agentplay.tools.Toolbox`), or a Toolbox."""
+    """agentplay tools or LangChain BaseTools (wrapped in one `agentplay.tools.Toolbox`), or one
+    `ToolRunner` (a Toolbox, or your own object with its three methods) used as is."""
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=256))
     max_tool_turns: int = Field(4, ge=0, le=64)
     """Tool rounds allowed before the model must answer; the next call is the last."""
@@ -60,7 +61,7 @@ class Role(BaseModel):
     trainable: bool = True
     """False for roles that only check or judge: the recipe needs no reward for them."""
 
-    _toolbox: Any = None
+    _toolbox: ToolRunner | None = None
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -129,7 +130,7 @@ class Role(BaseModel):
         return list(turns)
 
     async def _finish(self, model: ChatModel, messages: list[Message], result: ChatResult, choice: Choice,
-                      toolbox: Any | None, schemas: list[dict[str, Any]] | None, sampling: SamplingParams,
+                      toolbox: ToolRunner | None, schemas: list[dict[str, Any]] | None, sampling: SamplingParams,
                       node: str, group_id: str | None, started: float) -> RoleTurn:
         turn = RoleTurn(role=self.name, node=node, group_id=group_id, started_at=started)
         last = await continue_loop(
@@ -189,15 +190,15 @@ class Role(BaseModel):
         except jinja2.UndefinedError as exc:
             raise ValueError(f"Role {self.name!r}: {field} needs a variable: {exc.message}") from None
 
-    def _get_toolbox(self) -> Any | None:
+    def _get_toolbox(self) -> ToolRunner | None:
         if not self.tools:
             return None
         if self._toolbox is None:
-            from agentplay.tools import Toolbox
-
-            if len(self.tools) == 1 and isinstance(self.tools[0], Toolbox):
-                self._toolbox = self.tools[0]
+            if len(self.tools) == 1 and isinstance(self.tools[0], ToolRunner):
+                self._toolbox = self.tools[0]  # a Toolbox, or the user's own runner
             else:
+                from agentplay.tools import Toolbox
+
                 self._toolbox = Toolbox(self.tools)
         return self._toolbox
 

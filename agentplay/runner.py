@@ -88,7 +88,9 @@ async def run_recipe(
 ) -> RunSummary:
     """Run `config.episodes` episodes (minus stored ones on resume) with bounded concurrency.
 
-    `executor` runs them elsewhere (e.g. a `RayExecutor`); default: this event loop.
+    A coroutine: ``summary = await run_recipe(...)`` inside async code, or
+    ``asyncio.run(run_recipe(...))`` from a script. `executor` runs the episodes
+    elsewhere (e.g. a `RayExecutor`); default: this event loop.
     """
     compiled = recipe.compile() if isinstance(recipe, Recipe) else recipe
     own_store = store is None and config.store is not None

@@ -25,8 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from agentplay.graphs import search_selfplay as ssp
 from agentplay.tools import SearchTool, Toolbox, default_corpus_index
 
-from agentplay import RunConfig, run_recipe
-from agentplay._registry import resolve_model
+from agentplay import RunConfig, resolve_model, run_recipe
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.rewards import exact_match, normalize_answer
 from agentplay.runner import episode_seeds

@@ -35,10 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from langgraph.graph import END, START, StateGraph
 
-from agentplay import Recipe, RunConfig, run_recipe
-from agentplay._executors import RayConfig, RayExecutor, RecipeRef, register_endpoints
-from agentplay._loading import load_recipe
-from agentplay._registry import close_models
+from agentplay import RayConfig, RayExecutor, Recipe, RecipeRef, RunConfig, close_models, load_recipe, run_recipe
+from agentplay._executors import register_endpoints
 from agentplay.traces import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]

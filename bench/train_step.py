@@ -28,7 +28,7 @@ from agentplay.graphs.code_selfplay import solver_role
 from agentplay.trainers import GRPOLearner, TrainConfig, TrainSample, make_micro_batches
 from agentplay.trainers._shared_prompt import shared_prompt_length
 
-from agentplay.models._weights import default_model_dir
+from agentplay.models import default_model_dir
 from agentplay.traces import RewardRecord, RoleTurn
 
 HELDOUT = Path(__file__).parent / "heldout_code.jsonl"

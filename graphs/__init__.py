@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentplay.recipe import Recipe
+if TYPE_CHECKING:
+    from agentplay.recipe import Recipe
 
 __all__ = ["RECIPES", "get_recipe_builder"]
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agentplay.errors import AgentplayError
+
 TaskType = Literal["deduction", "abduction", "induction"]
 
 BANNED_MODULES = frozenset({
@@ -103,7 +105,7 @@ _real_out.flush()
 '''.replace("MARK", repr(RESULT_MARK))
 
 
-class SandboxFailure(RuntimeError):
+class SandboxFailure(AgentplayError, RuntimeError):
     """The sandbox itself failed: an infrastructure fault, not the model's (episode error)."""
 
 

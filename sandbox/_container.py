@@ -21,6 +21,8 @@ from typing import Any
 import docker
 from docker.types import Ulimit
 
+from agentplay.errors import AgentplayError
+
 from ._models import Limits, SandboxConfig
 from ._wire import decode_frames, encode_frame
 
@@ -97,7 +99,7 @@ def container_spec(config: SandboxConfig, runtime: str | None, uid: int) -> dict
     }
 
 
-class RunnerGone(Exception):
+class RunnerGone(AgentplayError):
     """The runner's stream ended or broke: a sandbox failure, not the code's."""
 
 

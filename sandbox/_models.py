@@ -6,11 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentplay.errors import AgentplayError
+
 Status = Literal["ok", "error", "timeout", "oom", "output_limit", "sandbox_error"]
 BackendName = Literal["docker", "bwrap", "subprocess"]
 
 
-class SandboxError(RuntimeError):
+class SandboxError(AgentplayError, RuntimeError):
     """A configuration or usage mistake the developer must fix (never a run's outcome)."""
 
 

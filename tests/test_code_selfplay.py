@@ -9,8 +9,7 @@ from agentplay.graphs import code_selfplay
 from agentplay.sandbox import SandboxConfig, open_sandbox
 from conftest import require_docker
 
-from agentplay import RunConfig, run_episode, run_recipe
-from agentplay._registry import resolve_model
+from agentplay import RunConfig, resolve_model, run_episode, run_recipe
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import TraceStore
 

@@ -15,8 +15,8 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel
 
-from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams, load_model
-from agentplay.models._langchain import RAW_TEXT_KEY, AgentplayChatModel, to_engine_messages
+from agentplay.models import DEFAULT_MODEL_SPEC, AgentplayChatModel, SamplingParams, load_model
+from agentplay.models._langchain import RAW_TEXT_KEY, to_engine_messages
 
 CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>'
 

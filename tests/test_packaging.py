@@ -55,6 +55,7 @@ def test_wheel_contains_every_subpackage_under_agentplay(wheel):
     prompts = {p.relative_to(ROOT).as_posix() for p in (ROOT / "graphs" / "prompts").glob("*/*.jinja")}
     assert len(prompts) >= 20  # the recipes' prompt templates (graphs/prompts/<recipe>/*.jinja)
     assert not {f"agentplay/{rel}" for rel in prompts} - names, "a prompt template is not shipped"
+    assert "agentplay/py.typed" in names  # PEP 561: type checkers read the package's annotations
 
 
 def test_wheel_install_imports_from_its_own_files(wheel, tmp_path):

@@ -9,8 +9,7 @@ import pytest
 from _trace_checks import check_token_exact
 from agentplay.graphs import propose_solve_judge as psj
 
-from agentplay import EpisodeContext, EpisodeView, RunConfig, run_episode, run_recipe
-from agentplay._registry import resolve_model
+from agentplay import EpisodeContext, EpisodeView, RunConfig, resolve_model, run_episode, run_recipe
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import RoleTurn, TraceStore
 

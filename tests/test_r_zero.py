@@ -8,8 +8,7 @@ from _trace_checks import check_token_exact
 from agentplay.graphs import r_zero
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, rollout_run_id
 
-from agentplay import RewardGroup
-from agentplay._registry import resolve_model
+from agentplay import RewardGroup, resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC, load_model
 from agentplay.rewards import bleu_cluster_penalty, bleu_clusters, bleu_distance
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore

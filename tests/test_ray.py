@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from _servers import AGENTPLAY, SERVED, agentplay_env, start_server, stop_server
 
-from agentplay import RunConfig, run_recipe
-from agentplay._executors import RayConfig, RayExecutor, RecipeRef, loopback_only_ray
-from agentplay._loading import load_recipe
+from agentplay import RayConfig, RayExecutor, RecipeRef, RunConfig, load_recipe, run_recipe
+from agentplay._executors import loopback_only_ray
 from agentplay.runner import episode_seeds
 from agentplay.traces import TraceStore
 

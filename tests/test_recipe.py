@@ -12,8 +12,7 @@ from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from agentplay import GroupBy, Recipe, RecipeError, Role, run_episode
-from agentplay._registry import resolve_model
+from agentplay import GroupBy, Recipe, RecipeError, Role, resolve_model, run_episode
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.traces import RewardRecord
 
@@ -130,7 +129,7 @@ async def test_langchain_adapter_graph_is_captured_by_node():
     try:
         from agentplay.models import AgentplayChatModel
     except ImportError:  # the adapter is being exported by the model engineer; same class
-        from agentplay.models._langchain import AgentplayChatModel
+        from agentplay.models import AgentplayChatModel
 
     chat = AgentplayChatModel(model=await resolve_model(DEFAULT_MODEL_SPEC),
                               sampling=SamplingParams(max_tokens=4, temperature=0.0))

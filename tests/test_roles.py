@@ -7,8 +7,7 @@ from _trace_checks import check_token_exact
 from agentplay.tools import SearchTool, default_corpus_index
 from pydantic import BaseModel, ValidationError
 
-from agentplay import Role
-from agentplay._registry import resolve_model
+from agentplay import Role, resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 
 # A worked example makes the 135M model write a well-formed call (instructions alone do not).

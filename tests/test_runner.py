@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplay import RunConfig, run_recipe
-from agentplay._loading import load_recipe
+from agentplay import RunConfig, load_recipe, run_recipe
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import TraceStore
 

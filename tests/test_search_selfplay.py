@@ -12,8 +12,7 @@ from agentplay.graphs.search_selfplay import (
     rule_check,
 )
 
-from agentplay import run_episode
-from agentplay._registry import resolve_model
+from agentplay import resolve_model, run_episode
 from agentplay.models import DEFAULT_MODEL_SPEC
 
 TINY = {

@@ -19,8 +19,7 @@ import httpx
 import openai
 import pytest
 
-from agentplay.models import SamplingParams, default_model_dir, load_model
-from agentplay.models._langchain import AgentplayChatModel
+from agentplay.models import AgentplayChatModel, SamplingParams, default_model_dir, load_model
 
 BASE = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Say hello."}]

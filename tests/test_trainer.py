@@ -15,8 +15,7 @@ import httpx
 import pytest
 import torch
 
-from agentplay.models import SamplingParams, load_model
-from agentplay.models._weights import default_model_dir
+from agentplay.models import SamplingParams, default_model_dir, load_model
 from agentplay.traces import RewardRecord, RoleTurn, TraceStore
 from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id, sync_weights
 

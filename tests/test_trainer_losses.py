@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentplay.models._weights import default_model_dir
+from agentplay.models import default_model_dir
 from agentplay.traces import RewardRecord, RoleTurn
 from agentplay.trainers import GRPOLearner, TrainConfig, TrainSample
 

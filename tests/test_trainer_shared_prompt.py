@@ -9,7 +9,7 @@ import torch
 from agentplay.trainers import GRPOLearner, TrainConfig, TrainSample, make_micro_batches
 from agentplay.trainers._shared_prompt import shared_prompt_length
 
-from agentplay.models._weights import default_model_dir
+from agentplay.models import default_model_dir
 from agentplay.traces import RewardRecord, RoleTurn
 
 MAX_LEN = 48

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from agentplay.errors import AgentplayError
+
 if TYPE_CHECKING:
     from agentplay.sandbox import Sandbox
     from langchain_core.tools import BaseTool
 
 
-class ToolError(Exception):
+class ToolError(AgentplayError):
     """A tool failure the model sees as the tool's answer (and the trace records)."""
 
     def __init__(self, message: str, *, kind: str = "tool_error") -> None:

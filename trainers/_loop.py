@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agentplay._kill_points import KILL_AT_ENV, kill_point
+from agentplay.errors import AgentplayError
 
 from ._advantages import AdvantageStats, TrainSample, compute_advantages
 from ._checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SelfPlayTrainer", "TrainError", "TrainSummary", "rollout_run_id", "train"]
 
 
-class TrainError(RuntimeError):
+class TrainError(AgentplayError, RuntimeError):
     """A training run cannot start or continue as configured (the message says why and how)."""
 
 

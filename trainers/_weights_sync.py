@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentplay.errors import AgentplayError
 from agentplay.models import UpdatableModel
 
 __all__ = ["WeightSyncError", "save_adapter", "sync_weights"]
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(AgentplayError, RuntimeError):
     """The serving model cannot take the trainer's weights (names the fix)."""
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agentplay.errors import AgentplayError
+
 from ._weights import DEFAULT_MODEL_NAME
 
 __all__ = ["DEFAULT_MODEL_SPEC", "LOCAL_MODELS", "ModelConfig", "ModelSpecError", "parse_model_spec"]
@@ -30,7 +32,7 @@ Backend = Literal["local", "hf", "openai"]
 LogprobsMode = Literal["temperature", "raw", "processed"]
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(AgentplayError, ValueError):
     """A model spec or config that cannot work; the message names the field and the fix."""
 
 

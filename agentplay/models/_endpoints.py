@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import openai
 
+from agentplay.errors import AgentplayError
+
 from ._base import ChatModel, UpdatableModel
 from ._config import ModelConfig, ModelSpecError
 from ._openai import OpenAIModel
@@ -33,7 +35,7 @@ _FAILOVER_ERRORS = (openai.APIConnectionError, openai.InternalServerError)
 answers 5xx after the client's own retries: take it out of rotation and retry elsewhere."""
 
 
-class NoLiveEndpointError(RuntimeError):
+class NoLiveEndpointError(AgentplayError, RuntimeError):
     """Every endpoint of the pool is down; the message lists each one and its last error."""
 
 

@@ -19,6 +19,8 @@ import httpx
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
+from agentplay.errors import AgentplayError
+
 from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig
 from ._types import (
@@ -39,7 +41,7 @@ __all__ = ["ModelServerError", "OpenAIModel", "TextDelta"]
 WEIGHT_VERSION_HEADER = "x-weight-version"
 
 
-class ModelServerError(RuntimeError):
+class ModelServerError(AgentplayError, RuntimeError):
     """The server refused an admin request (adapter load/unload); carries its status and message."""
 
     def __init__(self, status: int, message: str) -> None:

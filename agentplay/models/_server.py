@@ -27,6 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentplay.errors import AgentplayError
+
 from .._kill_points import kill_point
 from ._base import ChatModel, UpdatableModel
 from ._server_protocol import (
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 WEIGHT_VERSION_HEADER = "x-weight-version"
 
 
-class OpenAIError(Exception):
+class OpenAIError(AgentplayError):
     """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
 
     def __init__(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import platformdirs
 
+from agentplay.errors import AgentplayError
+
 __all__ = ["DEFAULT_MODEL_NAME", "MissingModelPackageError", "default_model_dir", "find_default_gguf"]
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -25,7 +27,7 @@ _DONE_MARKER = "agentplay-complete"
 _LOCK_STALE_S = 600.0
 
 
-class MissingModelPackageError(RuntimeError):
+class MissingModelPackageError(AgentplayError, RuntimeError):
     """The package that ships the default model's weights is not installed."""
 
 

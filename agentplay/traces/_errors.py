@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from agentplay.errors import AgentplayError
 
-class StoreError(Exception):
+
+class StoreError(AgentplayError):
     """The trace store cannot do what was asked; the message says why and what to do."""
 
 
