@@ -18,8 +18,7 @@ from _trace_checks import check_token_exact
 from agentplay.graphs import spiral
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
-from agentplay import RunConfig, run_recipe
-from agentplay._registry import resolve_model
+from agentplay import RunConfig, resolve_model, run_recipe
 from agentplay.games import KuhnPoker, KuhnState, Match, TicTacToe
 from agentplay.models import DEFAULT_MODEL_SPEC, load_model
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore

@@ -35,6 +35,8 @@ from datasets import Dataset
 from trl import GRPOTrainer
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
+from agentplay.errors import AgentplayError
+
 from ._rollout_correction import CorrectionConfig, correction_weights
 from ._shared_prompt import PackedRows, shared_prompt_length
 
@@ -46,7 +48,7 @@ TESTED_TRL = "0.25 to 1.14"
 """TRL versions these hooks were written against (pyproject pins the range)."""
 
 
-class TRLCompatibilityError(RuntimeError):
+class TRLCompatibilityError(AgentplayError, RuntimeError):
     """The installed TRL changed an internal this module relies on."""
 
 
