@@ -112,3 +112,20 @@ def test_the_old_group_rewards_name_is_the_per_episode_hook_and_warns():
     with pytest.warns(DeprecationWarning):
         assert old.group_rewards == {"writer": fn}
     assert not old.compile().holds_blocks  # per episode: nothing is held back
+
+
+@pytest.mark.parametrize(("fn", "why"), [
+    (lambda group: 1 / 0, "ZeroDivisionError"),
+    (lambda group: [0.5], "returned 1 deltas for 2 turns"),
+])
+async def test_a_failing_group_fn_is_written_on_every_member_not_raised(tmp_path, fn, why):
+    recipe = _recipe([], k=2).model_copy(update={"whole_group_rewards": {"writer": fn}})
+    with TraceStore(tmp_path / "t.db") as store:
+        summary = await run_recipe(recipe, RunConfig(episodes=2, progress=False, run_id="r"), store=store)
+        stored = list(store.episodes("r"))
+    assert summary.completed == 2 and len(stored) == 2
+    for ep in stored:
+        (turn,) = ep.turns
+        assert turn.reward.value == 1.0 and "group" not in turn.reward.components  # nothing was added
+        assert turn.reward.components["group_reward_error"] == 0.0
+        assert "group reward failed" in turn.reward.reason and why in turn.reward.reason
