@@ -50,6 +50,11 @@ def load_recipe(ref: str, *, model: str | None = None, options: dict[str, Any] |
 def _attr_from_file(path: Path, attr: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"recipe: no file {path}")
+    # the file's folder goes on sys.path (and stays: build fns and Ray workers import lazily),
+    # so a recipe file can import its sibling modules as a script run from there would
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     name = f"agentplay_user_recipe_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

@@ -26,10 +26,12 @@ def _lazy(module: str) -> Callable[..., Recipe]:
 
 
 RECIPES: dict[str, Callable[..., Recipe]] = {
+    "agent0": _lazy("agent0"),
     "code-selfplay": _lazy("code_selfplay"),
     "propose-solve-judge": _lazy("propose_solve_judge"),
     "r-zero": _lazy("r_zero"),
     "search-selfplay": _lazy("search_selfplay"),
+    "spice": _lazy("spice"),
     "spiral": _lazy("spiral"),
 }
 """CLI name -> build(model=..., **options) -> Recipe."""

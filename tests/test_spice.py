@@ -1,0 +1,161 @@
+"""SPICE: task parsing and checks, the challenger's variance reward and Dr. GRPO advantages on
+hand-built states (exact values from the paper's formulas), then one real run on SmolLM2 over
+the stdlib-docs corpus into a store, trained for one iteration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from _trace_checks import check_token_exact
+from agentplay.graphs import spice
+
+from agentplay import EpisodeContext, EpisodeView
+from agentplay._registry import resolve_model
+from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay.tools import CorpusIndex, Document
+from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
+from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
+
+VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))
+DOC = "zlib.crc32(data[, value]) Computes a CRC (Cyclic Redundancy Check) checksum of data. The result is an " \
+      "unsigned 32-bit integer. The default starting value is 0."
+MCQ = """Question: What does zlib.crc32 return?
+A) a float
+B) an unsigned 32-bit integer
+C) a string
+D) bytes
+Answer: B"""
+
+
+def test_parse_and_check_multiple_choice_and_free_form_tasks():
+    task = spice.parse_task(MCQ, "mcq")
+    assert task == {"question": "What does zlib.crc32 return?", "answer": "B",
+                    "options": [["A", "a float"], ["B", "an unsigned 32-bit integer"], ["C", "a string"], ["D", "bytes"]]}
+    assert spice.check_task(task, "mcq", DOC, grounded=True, min_question_chars=10) == ""
+    wrong_letter = {**task, "answer": "A"}  # "a float" is not in the document
+    assert "not in the document" in spice.check_task(wrong_letter, "mcq", DOC, grounded=True, min_question_chars=10)
+    assert spice.check_task(wrong_letter, "mcq", DOC, grounded=False, min_question_chars=10) == ""
+    three = spice.parse_task(MCQ.replace("D) bytes\n", ""), "mcq")
+    assert "A) to D)" in spice.check_task(three, "mcq", DOC, grounded=True, min_question_chars=10)
+    same = spice.parse_task(MCQ.replace("D) bytes", "D) A float"), "mcq")
+    assert spice.check_task(same, "mcq", DOC, grounded=True, min_question_chars=10) == "two options are the same"
+
+    free = spice.parse_task("Question: What is the default starting value of crc32?\nAnswer: 0", "free")
+    assert free == {"question": "What is the default starting value of crc32?", "answer": "0", "options": []}
+    assert spice.check_task(free, "free", DOC, grounded=True, min_question_chars=10) == ""
+    leak = {"question": "Is the result an unsigned 32-bit integer?", "answer": "unsigned 32-bit integer", "options": []}
+    assert spice.check_task(leak, "free", DOC, grounded=True, min_question_chars=10) == "the question gives its answer away"
+    with pytest.raises(ValueError, match="Answer"):
+        spice.parse_task("Question: What is crc32?", "free")
+    with pytest.raises(ValueError, match="Question"):
+        spice.parse_task("Answer: 0", "free")
+
+
+def test_grading_by_letter_number_or_normalised_text():
+    mcq = spice.parse_task(MCQ, "mcq")
+    assert spice.grade("B", mcq, "mcq")[0] == 1.0
+    assert spice.grade("(B) an unsigned 32-bit integer", mcq, "mcq")[0] == 1.0
+    assert spice.grade("C", mcq, "mcq")[0] == 0.0
+    number = {"question": "q", "answer": "1,000", "options": []}
+    assert spice.grade("1000.0", number, "free")[0] == 1.0
+    assert spice.grade("100", number, "free")[0] == 0.0
+    text = {"question": "q", "answer": "Cyclic Redundancy Check", "options": []}
+    assert spice.grade("cyclic redundancy check.", text, "free")[0] == 1.0
+    assert spice.grade(None, text, "free") == (0.0, "no answer")
+
+
+def test_challenger_reward_peaks_at_half_solved():
+    # Var of K binary scores = p(1 - p); reward exp(-(Var - 1/4)^2 / (2 * 0.01))
+    assert spice.correctness_variance([1, 0, 1, 0]) == 0.25
+    assert spice.correctness_variance([1, 1, 1, 0]) == pytest.approx(0.1875)
+    assert spice.variance_reward(0.25) == 1.0
+    assert spice.variance_reward(0.1875) == pytest.approx(math.exp(-(0.0625 ** 2) / 0.02))  # 0.8226
+    assert spice.variance_reward(0.0) == pytest.approx(math.exp(-3.125))  # all right or all wrong: 0.0439
+
+    recipe = spice.build()
+    turn = RoleTurn(role="challenger", output={"question": "q", "answer": "B", "options": []})
+    state = {"task": turn.output, "invalid": "", "attempts": [{"score": s} for s in (1.0, 1.0, 1.0, 0.0)]}
+    r = recipe.rewards["challenger"](turn, state, VIEW)
+    assert r.value == pytest.approx(math.exp(-(0.0625 ** 2) / 0.02))
+    assert r.components == {"valid": 1.0, "pass_rate": 0.75, "variance": 0.1875}
+    invalid = recipe.rewards["challenger"](turn, {**state, "invalid": "two options are the same"}, VIEW)
+    assert invalid.value == -0.1 and "two options are the same" in invalid.reason
+    unparsed = RoleTurn(role="challenger", parse_error="output_parser: no 'Answer: ...' line")
+    assert recipe.rewards["challenger"](unparsed, {"task": None, "invalid": "x"}, VIEW).value == -0.1
+
+
+def _turn(role: str, group: str, reward: float) -> RoleTurn:
+    return RoleTurn(role=role, group_id=group, prompt_token_ids=[1, 2], token_ids=[5, 6, 7], mask=[1, 1, 1],
+                    logprobs=[-0.1] * 3, reward=RewardRecord(value=reward))
+
+
+def test_dr_grpo_advantages_per_role():
+    recipe = spice.build()
+    r1, r2 = spice.variance_reward(0.25), spice.variance_reward(0.1875)
+    episodes = [
+        Episode(episode_id="a", index=0, turns=[_turn("challenger", "block0", r1),
+                                                *[_turn("reasoner", "ep0", s) for s in (1.0, 0.0, 1.0, 0.0)]]),
+        Episode(episode_id="b", index=1, turns=[_turn("challenger", "block0", r2),
+                                                *[_turn("reasoner", "ep1", s) for s in (1.0, 1.0, 1.0, 0.0)]]),
+    ]
+    samples, _ = compute_advantages(episodes, estimators=recipe.advantages)
+    adv = {(s.turn.role, s.turn.group_id): [] for s in samples}
+    for s in samples:
+        adv[(s.turn.role, s.turn.group_id)].append(s.advantage)
+    half = (r1 - r2) / 2  # r - group mean, no std division
+    assert adv[("challenger", "block0")] == pytest.approx([half, -half], abs=1e-12)
+    assert adv[("reasoner", "ep0")] == [0.5, -0.5, 0.5, -0.5]
+    assert adv[("reasoner", "ep1")] == [0.25, 0.25, 0.25, -0.75]
+
+
+def test_any_corpus_index_and_formats_per_block(tmp_path):
+    docs = [Document(id=f"d{i}", title=f"Doc {i}", text=f"Document number {i}. " * 30) for i in range(6)]
+    index = CorpusIndex.build(docs, tmp_path / "idx", dense=False)
+    recipe = spice.build(corpus=str(tmp_path / "idx"), group_k=2)
+    states = [recipe.initial_state(EpisodeContext(index=i, seed=i, group_seed=100 + i // 2)) for i in range(4)]
+    assert states[0]["doc_id"] == states[1]["doc_id"] and states[0]["doc_id"].startswith("d")
+    assert states[0]["answer_format"] == states[1]["answer_format"]
+    assert {s["answer_format"] for s in states} <= {"mcq", "free"}
+    free = spice.build(index=index, answer_format="free")
+    assert free.initial_state(EpisodeContext(index=0, seed=0, group_seed=1))["answer_format"] == "free"
+    with pytest.raises(ValueError, match="answer_format"):
+        spice.build(index=index, answer_format="essay")
+
+
+@pytest.mark.timeout(900)
+async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
+    served = await resolve_model(DEFAULT_MODEL_SPEC)
+    k, n = 2, 2
+    recipe = spice.build(group_k=k, n_reasoners=n, challenger_max_tokens=64, reasoner_max_tokens=24,
+                         answer_format="free", gate_reasoner=False, temperature=0.7)
+    store = TraceStore(tmp_path / "traces.db")
+    try:
+        cfg = TrainConfig(recipe="spice", iterations=1, episodes_per_iteration=k, concurrency=2,
+                          store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="sp",
+                          learning_rate=1e-6, micro_batch_size=8, report_to=[])
+        summary = await SelfPlayTrainer(cfg, recipe=recipe, served=served, store=store).run()
+        assert summary.last_iteration == 0
+        episodes = sorted(store.episodes(rollout_run_id("sp", 0)), key=lambda e: e.index)
+        assert len(episodes) == k and all(ep.status == "ok" for ep in episodes), [ep.error for ep in episodes]
+        challengers = [t for ep in episodes for t in ep.turns if t.role == "challenger"]
+        assert len(challengers) == k and len({t.group_id for t in challengers}) == 1  # one GroupBy.seed(k) group
+        for ep in episodes:
+            reasoners = [t for t in ep.turns if t.role == "reasoner"]
+            (challenger,) = [t for t in ep.turns if t.role == "challenger"]
+            # gate_reasoner=False: every parsed task is answered n times, as one group
+            assert len(reasoners) == (0 if challenger.parse_error else n)
+            assert len({t.group_id for t in reasoners}) <= 1
+            if challenger.reward.components["valid"] == 0.0:
+                assert challenger.reward.value == -0.1
+                assert all(t.reward.value == 0.0 for t in reasoners)
+            for t in ep.turns:
+                check_token_exact(t, served.tokenizer)
+                # the reasoner never sees the document
+                if t.role == "reasoner":
+                    assert all("Document:" not in str(m.get("content")) for m in t.messages)
+        assert any(t.role == "reasoner" for ep in episodes for t in ep.turns), "no task parsed: no reasoner ran"
+        m = {p.name: p.value for p in store.metrics("sp")}
+        assert {"reward/challenger", "samples", "time/rollout_s", "episode/valid_proposal"} <= set(m)
+    finally:
+        store.close()
