@@ -8,11 +8,12 @@ import random
 from pathlib import Path
 
 import pytest
+from agentplay.graphs import agent0
 from agentplay.graphs import code_selfplay as csp
 from agentplay.graphs import propose_solve_judge as psj
 from agentplay.graphs import r_zero as rz
 from agentplay.graphs import search_selfplay as ssp
-from agentplay.graphs import spiral
+from agentplay.graphs import spice, spiral
 from agentplay.graphs._code_exec import Verdict
 from agentplay.tools import CorpusIndex, Document
 
@@ -33,7 +34,7 @@ def _turn(role: str, output=None, parse_error=None) -> RoleTurn:
 def test_every_prompt_file_parses_and_is_used():
     files = sorted(PROMPTS.glob("*/*.jinja"))
     assert {f.parent.name for f in files} == {"search_selfplay", "code_selfplay", "propose_solve_judge", "r_zero",
-                                              "spiral"}
+                                              "spiral", "agent0", "spice"}
     texts = {f.read_text().rstrip("\n") for f in files}
     for f in files:
         ENVIRONMENT.parse(f.read_text())
@@ -41,7 +42,10 @@ def test_every_prompt_file_parses_and_is_used():
             csp.PROPOSER_SYSTEM, csp.PROPOSER_USER, csp.PROPOSER_AGAIN, csp.PROPOSER_REFERENCE, csp.SOLVER_SYSTEM,
             *csp.SOLVER_USER.values(), psj.PROPOSER_SYSTEM, psj.PROPOSER_USER, psj.SOLVER_SYSTEM, psj.SOLVER_USER,
             psj.JUDGE_SYSTEM, psj.QUALITY_USER, psj.ANSWER_USER, rz.CHALLENGER_SYSTEM, rz.CHALLENGER_USER,
-            rz.CHALLENGER_EXAMPLE, rz.SOLVER_SYSTEM, rz.SOLVER_USER, spiral.PLAYER_SYSTEM, spiral.PLAYER_USER}
+            rz.CHALLENGER_EXAMPLE, rz.SOLVER_SYSTEM, rz.SOLVER_USER, spiral.PLAYER_SYSTEM, spiral.PLAYER_USER,
+            agent0.CURRICULUM_SYSTEM, agent0.CURRICULUM_USER, agent0.EXECUTOR_SYSTEM, agent0.EXECUTOR_USER,
+            spice.CHALLENGER_SYSTEM, spice.CHALLENGER_FREE, spice.CHALLENGER_MCQ, spice.REASONER_SYSTEM,
+            spice.REASONER_FREE, spice.REASONER_MCQ}
     assert texts == used
 
 
