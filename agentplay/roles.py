@@ -33,7 +33,7 @@ _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 class Role(BaseModel):
     """Who acts in a graph node: model, instructions, tools, sampling, and how to read the answer."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     name: str = Field(min_length=1)
     """Role name used in the recipe's reward and group maps (e.g. ``solver``)."""
@@ -52,6 +52,7 @@ class Role(BaseModel):
     """agentplay tools or LangChain BaseTools (wrapped in one `agentplay.tools.Toolbox`), or one
     `ToolRunner` (a Toolbox, or your own object with its three methods) used as is."""
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=256))
+    """Temperature, token limit and the rest for every model call of the role (`run(sampling=...)` overrides)."""
     max_tool_turns: int = Field(4, ge=0, le=64)
     """Tool rounds allowed before the model must answer; the next call is the last."""
     output_schema: type[BaseModel] | None = None

@@ -32,7 +32,7 @@ __all__ = ["RunConfig", "RunSummary", "episode_seeds", "run_recipe"]
 class RunConfig(BaseModel):
     """How many episodes to run, how many at once, and where they go."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     episodes: int = Field(8, ge=1)
     """Total episodes of the run (indexes 0..N-1), counting ones stored before a resume."""
@@ -53,8 +53,12 @@ class RunConfig(BaseModel):
 class RunSummary(BaseModel):
     """What a run did (returned by `run_recipe`, printed as a table by the CLI)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     run_id: str
+    """Name of the run in the store."""
     recipe: str
+    """Name of the recipe it ran."""
     requested: int
     """Episodes the run should hold in total."""
     completed: int
@@ -62,8 +66,11 @@ class RunSummary(BaseModel):
     skipped: int
     """Indexes already stored before this call (resume)."""
     errors: int
+    """Episodes of this call that ended with status "error" (stored, never trained on)."""
     elapsed_s: float
+    """Wall-clock seconds of this call."""
     episodes_per_s: float
+    """Episodes finished per second of this call."""
     valid_proposal_rate: float | None = None
     """Mean of the `valid_proposal` episode metric, when the recipe reports it."""
     mean_reward: dict[str, float] = Field(default_factory=dict)

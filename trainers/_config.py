@@ -15,7 +15,7 @@ need sequence-level importance sampling or vLLM-side ratios we do not have)."""
 class TrainConfig(BaseModel):
     """One self-play training run: rollouts, batches, loss, optimizer, checkpoints."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     recipe: str = "code-selfplay"
     """Name in `agentplay.graphs.RECIPES`, or `path/to/file.py:attr`."""
@@ -31,10 +31,13 @@ class TrainConfig(BaseModel):
     run_name: str = "train"
     """Run id of the training run in the store; rollouts of iteration k use `<run_name>/it<k>`."""
     iterations: int = Field(10, ge=1)
+    """Rollout-then-train rounds; each ends with one optimizer step, a weight sync and a checkpoint."""
     episodes_per_iteration: int = Field(8, ge=1)
+    """Episodes rolled out per iteration (use a multiple of the recipe's `GroupBy.seed(k)`)."""
     concurrency: int = Field(8, ge=1)
     """Episodes in flight at once during rollouts (the engine batches their requests)."""
     seed: int = 0
+    """Run seed: every rollout's episode seeds derive from it and the iteration."""
     time_budget_s: float | None = Field(None, gt=0)
     """Stop before an iteration that would end past this many seconds of self-play and training
     (None: no limit). Time spent in `on_iteration` callbacks, e.g. evaluation, is not counted."""
@@ -71,8 +74,11 @@ class TrainConfig(BaseModel):
     pi_trainer / pi_rollout is outside [1/mis_bound, mis_bound]. None: off."""
 
     learning_rate: float = Field(1e-5, gt=0.0)
+    """AdamW learning rate (constant)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradients are clipped to this global norm before the step."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward pass; gradients accumulate over the whole batch (one optimizer step)."""
     share_prompts: bool = True
@@ -81,10 +87,13 @@ class TrainConfig(BaseModel):
     lora: bool = False
     """Train a PEFT LoRA adapter instead of all weights (required for HTTP-served models)."""
     lora_r: int = Field(16, ge=1)
+    """LoRA rank."""
     lora_alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    """Module names that get adapters."""
     adapter_name: str = "agentplay"
     """Name the adapter is served under (vLLM's `lora_name`)."""
     device: str = "auto"

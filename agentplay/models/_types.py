@@ -20,20 +20,24 @@ FinishReason = Literal["stop", "length", "tool_calls", "error"]
 class SamplingParams(BaseModel):
     """Sampling knobs accepted by every backend (OpenAI names and meanings)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     """0 means greedy."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p (1: all)."""
     max_tokens: int = Field(256, ge=1, le=32768)
     """Upper bound on completion tokens per choice."""
     stop: list[str] | None = None
+    """Strings that end the completion when generated (not included in it)."""
     n: int = Field(1, ge=1, le=64)
     """Number of independent choices for the same prompt (one GRPO group)."""
     seed: int | None = None
+    """Sampling seed; roles inside an episode get one derived from the episode seed (reproducible runs)."""
     logprobs: bool = True
     """Ask for per-token logprobs of the sampled tokens (training needs them)."""
     top_logprobs: int = Field(0, ge=0, le=20)
+    """Also return this many most likely alternatives per position (0: none)."""
 
 
 class SamplingRecord(BaseModel):

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentplay.models._types import Message, SamplingRecord
 
@@ -56,9 +56,15 @@ class Generation(BaseModel):
 class RewardRecord(BaseModel):
     """A reward for one role turn, with the reason a human can read."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     value: float
+    """The reward GRPO uses: the turn's reward plus the per-episode and per-group deltas."""
     reason: str = ""
+    """Why, in words (shown in the UI beside the value)."""
     components: dict[str, float] = Field(default_factory=dict)
+    """Named parts and figures (e.g. ``agreement``, ``format``; ``episode`` and ``group`` hold
+    the deltas of those levels); sample filters and advantage scaling read them."""
 
 
 class RoleTurn(BaseModel):
