@@ -42,10 +42,21 @@ import re
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
+from agentplay.sandbox import Limits, open_sandbox
+from agentplay.tools import CodeTool
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentplay import Advantage, EpisodeContext, EpisodeView, GroupBy, Recipe, RewardGroup, Role, SampleFilter
+from agentplay import (
+    Advantage,
+    EpisodeContext,
+    EpisodeView,
+    GroupBy,
+    Recipe,
+    RewardGroup,
+    Role,
+    SampleFilter,
+)
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.prompts import load_prompt, render_prompt
 from agentplay.rewards import (
@@ -55,8 +66,6 @@ from agentplay.rewards import (
     normalize_answer,
     r_zero_uncertainty,
 )
-from agentplay.sandbox import Limits, open_sandbox
-from agentplay.tools import CodeTool
 from agentplay.traces import RewardRecord, RoleTurn
 
 __all__ = [

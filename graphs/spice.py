@@ -32,6 +32,7 @@ import math
 import re
 from typing import Any, Literal, TypedDict
 
+from agentplay.tools import CorpusIndex, default_corpus_index
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +40,6 @@ from agentplay import Advantage, EpisodeContext, EpisodeView, GroupBy, Recipe, R
 from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
 from agentplay.prompts import load_prompt, render_prompt
 from agentplay.rewards import exact_match, normalize_answer, numeric_match
-from agentplay.tools import CorpusIndex, default_corpus_index
 from agentplay.traces import RewardRecord, RoleTurn
 
 __all__ = [

@@ -10,13 +10,13 @@ import pytest
 from _trace_checks import check_token_exact
 from agentplay.graphs import agent0
 from agentplay.sandbox import SandboxConfig, open_sandbox
+from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 from conftest import require_docker
 
 from agentplay import EpisodeContext, EpisodeView, RewardGroup
 from agentplay._registry import resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
-from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
 EPS = 1e-4
 VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))

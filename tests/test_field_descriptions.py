@@ -5,10 +5,10 @@ JSON schemas show what a field means."""
 from __future__ import annotations
 
 import pytest
-from agentplay.models import SamplingParams
 from agentplay.trainers import TrainConfig
 
 from agentplay import Advantage, GroupBy, Recipe, Role, RunConfig, RunSummary, SampleFilter
+from agentplay.models import SamplingParams
 from agentplay.traces import RewardRecord
 
 MODELS = [Role, Recipe, GroupBy, Advantage, SampleFilter, RunConfig, RunSummary, SamplingParams, TrainConfig,

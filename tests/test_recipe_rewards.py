@@ -8,12 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
-from agentplay.graphs import agent0
+from agentplay.graphs import agent0, spice, spiral
 from agentplay.graphs import code_selfplay as csp
 from agentplay.graphs import propose_solve_judge as psj
 from agentplay.graphs import r_zero as rz
 from agentplay.graphs import search_selfplay as ssp
-from agentplay.graphs import spice, spiral
 from agentplay.graphs._code_exec import Verdict
 from agentplay.tools import CorpusIndex, Document
 

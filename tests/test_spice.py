@@ -9,13 +9,13 @@ import math
 import pytest
 from _trace_checks import check_token_exact
 from agentplay.graphs import spice
+from agentplay.tools import CorpusIndex, Document
+from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
 from agentplay import EpisodeContext, EpisodeView
 from agentplay._registry import resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC
-from agentplay.tools import CorpusIndex, Document
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
-from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
 VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))
 DOC = "zlib.crc32(data[, value]) Computes a CRC (Cyclic Redundancy Check) checksum of data. The result is an " \
