@@ -13,8 +13,7 @@ from agentplay.sandbox import SandboxConfig, open_sandbox
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 from conftest import require_docker
 
-from agentplay import EpisodeContext, EpisodeView, RewardGroup
-from agentplay._registry import resolve_model
+from agentplay import EpisodeContext, EpisodeView, RewardGroup, resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
 

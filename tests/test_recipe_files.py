@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from agentplay._loading import load_recipe
+from agentplay import load_recipe
 
 RECIPE = """
 from langgraph.graph import END, START, StateGraph

@@ -12,8 +12,7 @@ from agentplay.graphs import spice
 from agentplay.tools import CorpusIndex, Document
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
-from agentplay import EpisodeContext, EpisodeView
-from agentplay._registry import resolve_model
+from agentplay import EpisodeContext, EpisodeView, resolve_model
 from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
 
