@@ -1,8 +1,11 @@
 """One episode, start to stored record: the single code path every executor shares.
 
 Graph first, rewards after: reward functions see the final state and every
-turn, and a failing reward function becomes a recorded zero with its reason
-instead of losing the episode.
+turn. A failure is never a score: a reward function that raises marks its turn
+`reward_failed` (no reward; the trainer leaves it out), and an exception that
+comes from the machinery (an `InfrastructureError` in its chain: sandbox, model
+server, network) fails the whole episode with an ``infrastructure:`` cause so
+the executor retries it instead of anyone scoring it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import traceback
 from collections import defaultdict
 from typing import Any
 
+from agentplay._health import error_cause, infrastructure_failure, reward_failure_text
 from agentplay._lc_capture import TraceCallback
 from agentplay._recorder import _CURRENT, EpisodeContext, EpisodeRecorder, derive_seed
 from agentplay.recipe import CompiledRecipe, EpisodeView, Recipe, call_maybe_async
@@ -62,6 +66,7 @@ async def run_episode(
             episode.metrics = {k: float(v) for k, v in compiled.recipe.metrics(final, episode.turns).items()}
     except Exception as exc:  # noqa: BLE001 - one broken episode must not stop the run
         episode.status = "error"
+        episode.error_cause = error_cause(exc)
         episode.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:]
         episode.turns = list(recorder.turns)
     finally:
@@ -91,8 +96,10 @@ async def _reward(compiled: CompiledRecipe, state: dict[str, Any], ctx: EpisodeC
             continue
         try:
             turn.reward = as_reward(await call_maybe_async(fn, turn, state, view))
-        except Exception as exc:  # noqa: BLE001 - recorded as the reason, not raised
-            turn.reward = RewardRecord(value=0.0, reason=f"reward fn failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if infrastructure_failure(exc) is not None:
+                raise  # a dead sandbox or endpoint while scoring: the episode is retried, not scored
+            turn.reward, turn.reward_failed = None, reward_failure_text(exc)
     await apply_episode_rewards(recipe, turns)
 
 
@@ -111,18 +118,21 @@ async def apply_deltas(fn: Any, members: list[RoleTurn], args: list[Any], *, com
 
     It returns one delta per member (a number, (number, reason), or a RewardRecord whose
     components are merged in); each is added to the turn's reward and recorded as
-    `components[component]`. A fn that raises or returns the
-    wrong count adds nothing, and the failure is written into every member's reward reason.
+    `components[component]`. A fn that raises or returns the wrong count leaves every
+    member without a reward, marked `reward_failed` (their reward is unknown, never
+    a partial one); an infrastructure failure in a per-episode fn fails the episode
+    instead, so it is retried.
     """
     try:
         deltas = [as_reward(d) for d in await call_maybe_async(fn, *args)]
         if len(deltas) != len(members):
             raise ValueError(f"returned {len(deltas)} deltas for {len(members)} turns")
-    except Exception as exc:  # noqa: BLE001 - recorded on the turns, not raised
+    except Exception as exc:
+        if component == "episode" and infrastructure_failure(exc) is not None:
+            raise
+        failed = reward_failure_text(exc, f"{component} reward fn of role {members[0].role!r}")
         for t in members:
-            assert t.reward is not None
-            t.reward.components[f"{component}_reward_error"] = 0.0
-            t.reward.reason += f"; {component} reward failed: {type(exc).__name__}: {exc}"
+            t.reward, t.reward_failed = None, failed
         return
     for t, delta in zip(members, deltas):
         assert t.reward is not None

@@ -47,6 +47,13 @@ class EpisodeSpec(BaseModel):
     run_id: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Notes stored with the episode (group_resumed, group_incomplete)."""
+    retries: int = Field(1, ge=0)
+    """Whole-episode retries after an infrastructure failure (`RunConfig.episode_retries`)."""
+
+
+RETRY_BACKOFF_S = 0.5
+"""First pause before an episode retry, doubled per attempt: a restarting server or a
+sandbox pool replacing a dead container gets a moment, a run does not stall."""
 
 
 async def execute_spec(compiled: CompiledRecipe, spec: EpisodeSpec, *, worker: str | None = None) -> Episode:
@@ -54,11 +61,26 @@ async def execute_spec(compiled: CompiledRecipe, spec: EpisodeSpec, *, worker: s
 
     Model calls inside are pinned to one serving endpoint (when the model is an
     `EndpointPool`) and the endpoints that served the episode go into its metadata.
+    An episode that failed for infrastructure reasons (`Episode.error_cause`
+    ``infrastructure:...``) runs again from scratch, up to `spec.retries` times, with
+    the same index and seeds: a retry that succeeds is the episode a fault-free run
+    stores, and only the last attempt is returned; a retried one carries
+    `metadata["attempts"]` and the causes it was retried after.
     """
-    with endpoint_scope(f"{spec.run_id}/{spec.index}") as notes:
-        episode = await run_episode(compiled, index=spec.index, seed=spec.seed, run_id=spec.run_id,
-                                    group_seed=spec.group_seed, metadata=spec.metadata)
-    episode.metadata.update(notes)
+    failures: list[str] = []
+    for attempt in range(spec.retries + 1):
+        if attempt:
+            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+        with endpoint_scope(f"{spec.run_id}/{spec.index}") as notes:
+            episode = await run_episode(compiled, index=spec.index, seed=spec.seed, run_id=spec.run_id,
+                                        group_seed=spec.group_seed, metadata=spec.metadata)
+        episode.metadata.update(notes)
+        if not (episode.status == "error" and (episode.error_cause or "").startswith("infrastructure:")):
+            break
+        failures.append(f"{episode.error_cause}: {(episode.error or '').splitlines()[0][:300]}")
+    if attempt:  # only retried episodes carry the notes: a fault-free run stores none
+        episode.metadata["attempts"] = attempt + 1
+        episode.metadata["retried_after"] = failures[:attempt]
     if worker is not None:
         episode.metadata["worker"] = worker
     return episode

@@ -5,11 +5,20 @@ LLM call with the node that made it (``langgraph_node``) and the task it ran in
 (``langgraph_checkpoint_ns``). Calls of one node task become one RoleTurn, with
 the same token-exact accumulation a Role uses, and the role name comes from the
 recipe's node -> role map.
+
+Only chat-model calls make turns. A tool call joins the turn of the chat model
+that ran in the same node task; tools run elsewhere (by a `Role`, which records
+its own tool calls, or by a LangGraph `ToolNode` in a node of its own, whose
+results reach the next chat call as tool messages) record nothing here: a
+turn without a model call would be an empty sample that reward functions count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +29,19 @@ from agentplay._role_loop import TokenTrace
 from agentplay.models import SamplingRecord
 from agentplay.traces import Generation, RoleTurn, ToolCallRecord
 
-__all__ = ["TraceCallback"]
+__all__ = ["TraceCallback", "role_tools"]
+
+_ROLE_TOOLS: ContextVar[bool] = ContextVar("agentplay_role_tools", default=False)
+
+
+@contextlib.contextmanager
+def role_tools() -> Iterator[None]:
+    """Tools run inside this block belong to a `Role`, which records them itself."""
+    token = _ROLE_TOOLS.set(True)
+    try:
+        yield
+    finally:
+        _ROLE_TOOLS.reset(token)
 
 
 class TraceCallback(AsyncCallbackHandler):
@@ -95,12 +116,12 @@ class TraceCallback(AsyncCallbackHandler):
                             metadata: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                             **kwargs: Any) -> None:
         task = self._task(metadata)
-        if task is None:
-            return
+        if task is None or _ROLE_TOOLS.get() or task[1] not in self._turns:
+            return  # a Role's tool, or no chat-model turn in this task to attach it to
         name = str((serialized or {}).get("name") or kwargs.get("name") or "")
         record = ToolCallRecord(call_id=str(run_id), name=name, arguments=inputs, raw_arguments=input_str)
         self._tools[run_id] = (task[1], record, time.perf_counter())
-        self._turn_for(*task)[0].tool_calls.append(record)
+        self._turns[task[1]][0].tool_calls.append(record)
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         entry = self._tools.pop(run_id, None)

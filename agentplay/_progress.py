@@ -12,9 +12,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agentplay._health import ErrorTally
 from agentplay.traces import Episode
 
 if TYPE_CHECKING:
@@ -32,10 +34,13 @@ class RunStats:
         self._reward_n: dict[str, int] = defaultdict(int)
         self._metric_sum: dict[str, float] = defaultdict(float)
         self._metric_n: dict[str, int] = defaultdict(int)
+        self.tally = ErrorTally()
+        """Errors by cause and reward failures by role: what run health judges."""
 
     def add(self, episode: Episode) -> None:
         self.count += 1
         self.errors += episode.status == "error"
+        self.tally.add(episode)
         for turn in episode.turns:
             if turn.reward is not None:
                 self._reward_sum[turn.role] += turn.reward.value
@@ -69,6 +74,9 @@ class RunStats:
         parts += [f"{role} {value:+.2f}" for role, value in self.mean_rewards().items()]
         if self.errors:
             parts.append(f"[red]{self.errors} errors[/]")
+        failed = self.tally.total_reward_failures()
+        if failed:
+            parts.append(f"[red]{failed} reward failures[/]")
         return "  ".join(parts)
 
 
@@ -98,6 +106,12 @@ class RunProgress:
         table = Table(title=f"run {summary.run_id} ({summary.recipe})", show_header=False)
         table.add_row("episodes", f"{summary.completed} this run, {summary.skipped} resumed, {summary.requested} requested")
         table.add_row("errors", str(summary.errors))
+        for cause, n in summary.errors_by_cause.items():
+            table.add_row(f"  {cause}", f"{n} (first: {escape(summary.first_errors.get(cause, '')[:160])})")
+        if summary.retried:
+            table.add_row("retried episodes", f"{summary.retried} (after infrastructure failures)")
+        for role, n in summary.reward_failures.items():
+            table.add_row(f"reward failures: {role}", f"{n} turns (no reward, not trained on)")
         table.add_row("episodes/s", f"{summary.episodes_per_s:.3f}")
         if summary.valid_proposal_rate is not None:
             table.add_row("valid proposals", f"{summary.valid_proposal_rate:.1%}")

@@ -71,9 +71,10 @@ async def llm_judge(
 
     `model` is a spec string (resolved through the process-wide registry, so a judge on
     the policy's spec shares its engine), a ModelConfig or a ChatModel. `mode="binary"`
-    gives 1.0/0.0 from yes/no; `mode="score"` gives score / max_score. An empty answer,
-    a failed call or an unparsable verdict gives 0.0 with the reason; a bad `model`
-    argument raises, since that is the caller's mistake.
+    gives 1.0/0.0 from yes/no; `mode="score"` gives score / max_score. An empty answer
+    or an unparsable verdict gives 0.0 with the reason (the judged text earned it); a
+    failed call raises, so the turn is recorded `reward_failed` (or the episode retried
+    when the server or network failed), never scored 0; a bad `model` argument raises.
     """
     from agentplay._registry import resolve_model  # late: avoids a cycle at import
 
@@ -89,10 +90,9 @@ async def llm_judge(
         temperature=0.0, max_tokens=8 if mode == "binary" else 16, logprobs=False
     )
     messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
-    try:
-        result = await chat_model.chat(messages, sampling=params)
-    except Exception as exc:  # noqa: BLE001 - a failing grader is a recorded zero, not a crash
-        return RewardRecord(value=0.0, reason=f"judge call failed: {type(exc).__name__}: {exc}")
+    # A judge call that fails raises: the episode runner marks the turn reward_failed (or, for
+    # a server or network failure, retries the episode); a failed grader is never a score of 0.
+    result = await chat_model.chat(messages, sampling=params)
     text = result.choice.text
     shown = text.strip()[:80]
     cut = " (cut off by max_tokens)" if result.choice.finish_reason == "length" else ""

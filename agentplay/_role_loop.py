@@ -117,7 +117,10 @@ async def execute_tool_calls(toolbox: ToolRunner, choice: Choice) -> tuple[list[
     The Toolbox never raises: a call that could not be parsed, an unknown tool or
     a crash comes back as a record whose error the model reads and the trace keeps.
     """
-    records: list[ToolCallRecord] = await toolbox.execute([*choice.tool_calls, *choice.tool_call_failures])
+    from agentplay._lc_capture import role_tools
+
+    with role_tools():  # the turn records these calls; LangChain tool callbacks must not add a turn
+        records: list[ToolCallRecord] = await toolbox.execute([*choice.tool_calls, *choice.tool_call_failures])
     return records, [toolbox.tool_message(r) for r in records]
 
 

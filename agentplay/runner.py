@@ -7,6 +7,10 @@ duplicate a finished episode: indexes 0..N-1 with seeds derived from the run
 seed make a resumed run pick up exactly the missing ones. A recipe with group
 rewards has each block held until it is complete, rewarded as a group, and
 stored in one transaction (`_group_rewards`).
+
+A run is judged when it ends: one whose episodes failed more often than
+`max_error_fraction` (or all of them) raises `RunHealthError` with a diagnosis
+instead of returning a summary that looks like success.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from rich.console import Console
 
 from agentplay._executors import EpisodeSpec, Executor, LocalExecutor
 from agentplay._group_rewards import BlockBuffer
+from agentplay._health import RewardFailedError, RunHealthError
 from agentplay._progress import RunProgress, RunStats
 from agentplay._recorder import derive_seed
 from agentplay.recipe import CompiledRecipe, Recipe
 from agentplay.traces import DuplicateEpisode, Episode
 
-__all__ = ["RunConfig", "RunSummary", "episode_seeds", "run_recipe"]
+__all__ = ["RewardFailedError", "RunConfig", "RunHealthError", "RunSummary", "episode_seeds", "run_recipe"]
 
 
 class RunConfig(BaseModel):
@@ -48,6 +53,16 @@ class RunConfig(BaseModel):
     """Name of the run in the store; generated when omitted."""
     progress: bool = True
     """Show the live progress bar and the summary table."""
+    max_error_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """The run fails (`RunHealthError`, non-zero exit) when more than this fraction of its
+    episodes ended in error, and always when every episode did (`--max-error-fraction`)."""
+    episode_retries: int = Field(1, ge=0, le=100)
+    """Times an episode that failed for infrastructure reasons (sandbox, model server,
+    network) is run again from scratch, same index and seeds, before it is stored as an
+    error (`--episode-retries`)."""
+    strict_rewards: bool = False
+    """Stop the run at the first reward fn that raises (`--strict-rewards`); otherwise such
+    turns are stored `reward_failed`, get no reward and are left out of training."""
 
 
 class RunSummary(BaseModel):
@@ -67,6 +82,14 @@ class RunSummary(BaseModel):
     """Indexes already stored before this call (resume)."""
     errors: int
     """Episodes of this call that ended with status "error" (stored, never trained on)."""
+    errors_by_cause: dict[str, int] = Field(default_factory=dict)
+    """``infrastructure:<Type>`` / ``recipe:<Type>`` -> episodes of this call that failed so."""
+    first_errors: dict[str, str] = Field(default_factory=dict)
+    """Cause -> the first error of that cause (episode index and message)."""
+    retried: int = 0
+    """Episodes run more than once after an infrastructure failure."""
+    reward_failures: dict[str, int] = Field(default_factory=dict)
+    """Role -> turns whose reward fn raised (stored `reward_failed`, never a reward)."""
     elapsed_s: float
     """Wall-clock seconds of this call."""
     episodes_per_s: float
@@ -119,7 +142,8 @@ async def run_recipe(
                 meta["group_resumed"] = True  # its block mixes episodes from before and after a restart
             if (i // k + 1) * k > config.episodes:
                 meta["group_incomplete"] = True  # the last block is cut short by N
-            specs.append(EpisodeSpec(index=i, seed=seed, group_seed=group_seed, run_id=run_id, metadata=meta))
+            specs.append(EpisodeSpec(index=i, seed=seed, group_seed=group_seed, run_id=run_id, metadata=meta,
+                                     retries=config.episode_retries))
         # where episodes run is the executor's business (asyncio here, Ray actors elsewhere)
         runner = executor or LocalExecutor(compiled, concurrency=config.concurrency)
         # group rewards need a block's episodes together before any is stored (see _group_rewards)
@@ -135,6 +159,9 @@ async def run_recipe(
                 if on_episode is not None:
                     on_episode(ep)
             progress.update(stats)
+            if config.strict_rewards:
+                for ep in finished:
+                    _stop_on_reward_failure(ep, run_id)
 
         async def consume() -> None:
             async with contextlib.aclosing(runner.run(specs)) as episodes:
@@ -151,16 +178,24 @@ async def run_recipe(
             if store is not None:
                 store.set_run_status(run_id, "failed")
             raise
-        if store is not None:
-            store.set_run_status(run_id, "finished")
         elapsed = time.perf_counter() - start
         summary = RunSummary(
             run_id=run_id, recipe=compiled.name, requested=config.episodes, completed=stats.count,
             skipped=len(stored), errors=stats.errors, elapsed_s=elapsed,
             episodes_per_s=stats.count / elapsed if elapsed > 0 else 0.0,
             valid_proposal_rate=stats.valid_rate(), mean_reward=stats.mean_rewards(),
-            metrics=stats.mean_metrics(),
+            metrics=stats.mean_metrics(), **stats.tally.summary_fields(),
         )
+        verdict = stats.tally.verdict(config.max_error_fraction)
+        if verdict is not None:  # no summary table: it would read like a run that worked
+            if store is not None:
+                store.set_run_status(run_id, "failed")
+            hint = (f"Its episodes, failed ones included, are stored under run {run_id!r}; --resume skips "
+                    "every stored index, so once the cause is fixed start a new run.")
+            raise RunHealthError(stats.tally.diagnosis(verdict, run_id=run_id, retries=config.episode_retries,
+                                                       hint=hint), summary)
+        if store is not None:
+            store.set_run_status(run_id, "finished")
         if config.progress:
             progress.print_summary(summary)
         return summary
@@ -175,6 +210,16 @@ def _append(store: Any, episode: Episode) -> bool:
     except DuplicateEpisode:
         return False  # another writer stored this index meanwhile: already done
     return True
+
+
+def _stop_on_reward_failure(episode: Episode, run_id: str) -> None:
+    for turn in episode.turns:
+        if turn.reward_failed is not None:
+            raise RewardFailedError(
+                f"run {run_id} stopped (strict_rewards / --strict-rewards): the reward fn of role "
+                f"{turn.role!r} failed in episode {episode.index}: {turn.reward_failed}. The episode is "
+                "stored with the turn marked reward_failed; fix the reward fn and rerun."
+            )
 
 
 def _open_run(store: Any | None, compiled: CompiledRecipe, config: RunConfig) -> tuple[str, set[int]]:

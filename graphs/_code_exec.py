@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agentplay.errors import AgentplayError
+from agentplay.sandbox import SandboxUnavailable
 
 TaskType = Literal["deduction", "abduction", "induction"]
 
@@ -105,8 +105,9 @@ _real_out.flush()
 '''.replace("MARK", repr(RESULT_MARK))
 
 
-class SandboxFailure(AgentplayError, RuntimeError):
-    """The sandbox itself failed: an infrastructure fault, not the model's (episode error)."""
+class SandboxFailure(SandboxUnavailable):
+    """The sandbox itself failed: an infrastructure fault, not the model's (the episode is
+    retried, never scored)."""
 
 
 class CodeTask(BaseModel):

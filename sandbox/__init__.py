@@ -10,7 +10,7 @@ Backends: a warm pool of hardened Docker containers, bubblewrap namespaces, or
 
 from ._doctor import BackendCheck, diagnose
 from ._image import build_image
-from ._models import Limits, SandboxConfig, SandboxError, SandboxResult, Status
+from ._models import Limits, SandboxConfig, SandboxError, SandboxResult, SandboxUnavailable, Status
 from ._sandbox import Sandbox, open_sandbox
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxError",
     "SandboxResult",
+    "SandboxUnavailable",
     "Status",
     "build_image",
     "diagnose",

@@ -15,7 +15,7 @@ import time
 import docker
 
 from ._container import ENV, LABEL, WIPE, Container, RunnerGone, owner_alive
-from ._models import Limits, SandboxConfig, SandboxError, SandboxResult
+from ._models import Limits, SandboxConfig, SandboxError, SandboxResult, SandboxUnavailable
 from ._wire import host_timeout, make_job, sandbox_error, to_result
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def docker_client(config: SandboxConfig) -> docker.DockerClient:
         )
         client.ping()
     except Exception as exc:
-        raise SandboxError(
+        raise SandboxUnavailable(
             f"backend='docker': no Docker engine answers ({exc}); start one or use backend='bwrap'"
         ) from exc
     return client
@@ -43,11 +43,11 @@ def check_image(client: docker.DockerClient, image: str) -> None:
     try:
         found = client.images.get(image)
     except docker.errors.ImageNotFound as exc:
-        raise SandboxError(
+        raise SandboxUnavailable(
             f"image: {image!r} is not built here; run `agentplay sandbox build`"
         ) from exc
     if found.labels.get(RUNNER_LABEL) != runner_hash():
-        raise SandboxError(
+        raise SandboxUnavailable(
             f"image: {image!r} has an older sandbox runner; run `agentplay sandbox build`"
         )
 

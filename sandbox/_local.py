@@ -5,22 +5,29 @@ sandbox costs a few milliseconds to make. In bwrap the runner is PID 1 of fresh
 namespaces (no network, nothing of the host but read-only /usr and the
 interpreter), runs as a private host uid when we are root (so RLIMIT_NPROC really
 counts this run only: the kernel never applies it to root), and dies with us.
+Code inside cannot make user namespaces of its own (`--disable-userns`: inside
+one it would be uid 0 with every capability over its mounts), and sees of the
+interpreter only what it needs to start: the binary, the standard library and
+the shared libraries they load, never the folder it was installed in (a
+/opt or home prefix holds other software) nor any site-packages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from ._models import BackendName, Limits, SandboxConfig, SandboxError, SandboxResult
+from ._models import BackendName, Limits, SandboxConfig, SandboxResult, SandboxUnavailable
 from ._wire import (
     RUNNER_PATH,
     decode_frames,
@@ -40,18 +47,93 @@ _ENV = {
 _ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 
 
-def bwrap_python() -> str:
-    """The interpreter bwrap runs: the system one under /usr when there is one."""
+def bwrap_python(config: SandboxConfig | None = None) -> str:
+    """The interpreter bwrap runs: `config.bwrap_python`, else the system one under /usr
+    when there is one, else this process's."""
+    if config is not None and config.bwrap_python:
+        found = shutil.which(config.bwrap_python)
+        if found is None:
+            raise SandboxUnavailable(f"bwrap_python: {config.bwrap_python!r} not found")
+        return os.path.realpath(found)
     real = os.path.realpath(sys.executable)
     if real.startswith("/usr/"):
         return real
     return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else real
 
 
+_SYSTEM = ("/usr/", "/lib", "/bin/", "/sbin/")
+"""Bound as a whole already (read-only /usr and the root links)."""
+
+_PATHS_PROBE = (
+    "import json, sys, sysconfig\n"
+    "paths = sysconfig.get_paths()\n"
+    "print(json.dumps({'stdlib': paths['stdlib'], 'platstdlib': paths['platstdlib'],"
+    " 'dynload': [p for p in sys.path if p.endswith('lib-dynload')],"
+    " 'site': [p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))]"
+    " + [paths['purelib'], paths['platlib']]}))"
+)
+
+
+def _system(path: str) -> bool:
+    return path.startswith(_SYSTEM)
+
+
+@functools.cache
+def interpreter_mounts(python: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(paths to bind read-only, site-package dirs to hide) for running `python` in bwrap.
+
+    Asks the interpreter where its standard library is, and `ldd` which shared
+    libraries it and its extension modules load; binds those files one by one
+    when they live outside the system dirs (a pyenv, conda or /opt install),
+    so the sandbox never sees the rest of the install prefix. Installed packages
+    (site-packages, dist-packages) are hidden: the runner needs only the stdlib,
+    as in the Docker image.
+    """
+    try:
+        out = subprocess.run([python, "-E", "-s", "-c", _PATHS_PROBE], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        paths = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SandboxUnavailable(f"bwrap_python: {python} does not start: {exc}") from exc
+    binds: list[str] = []
+    for path in (python, paths["stdlib"], paths["platstdlib"], *paths["dynload"]):
+        if os.path.exists(path) and not _system(path) and path not in binds:
+            binds.append(path)
+    if not _system(python):  # its shared libraries (libpython, conda's libssl...) where they are
+        objects = [python] + [os.path.join(d, f) for d in paths["dynload"] if os.path.isdir(d)
+                              for f in sorted(os.listdir(d)) if f.endswith(".so")]
+        for lib in _shared_libraries(objects):
+            if not _system(lib) and lib not in binds:
+                binds.append(lib)
+    hide = tuple(dict.fromkeys(p for p in paths["site"] if os.path.isdir(p)))
+    return tuple(binds), hide
+
+
+def _shared_libraries(objects: list[str]) -> list[str]:
+    """Resolved paths of the shared libraries `objects` load (via `ldd`; none without it)."""
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return []
+    found: list[str] = []
+    for start in range(0, len(objects), 64):
+        try:
+            out = subprocess.run([ldd, *objects[start:start + 64]], capture_output=True, text=True,
+                                 timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return found
+        for line in out.splitlines():
+            _, arrow, rest = line.partition("=>")
+            target = rest.split("(")[0].strip() if arrow else ""
+            if target.startswith("/") and target not in found:
+                found.append(target)
+    return found
+
+
 def find_bwrap(config: SandboxConfig) -> str:
     path = shutil.which(config.bwrap_path)
     if path is None:
-        raise SandboxError(f"bwrap_path: {config.bwrap_path!r} not found; install bubblewrap")
+        raise SandboxUnavailable(f"bwrap_path: {config.bwrap_path!r} not found; install bubblewrap "
+                                 "(`apt-get install bubblewrap`)")
     return path
 
 
@@ -195,7 +277,8 @@ class BwrapBackend(_OnceBackend):
     def __init__(self, config: SandboxConfig):
         super().__init__(config)
         self.bwrap = find_bwrap(config)
-        self.python = bwrap_python()
+        self.python = bwrap_python(config)
+        self.binds, self.hidden = interpreter_mounts(self.python)
 
     def _spawn_kwargs(self) -> tuple[int | None, dict]:
         if os.geteuid() != 0:
@@ -209,6 +292,8 @@ class BwrapBackend(_OnceBackend):
         argv = [
             self.bwrap,
             "--unshare-all",
+            "--unshare-user",  # explicit: --disable-userns needs it (--unshare-all only tries)
+            "--disable-userns",
             "--die-with-parent",
             "--new-session",
             "--as-pid-1",
@@ -225,9 +310,6 @@ class BwrapBackend(_OnceBackend):
                 argv += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 argv += ["--ro-bind", link, link]
-        prefix = str(Path(self.python).resolve().parent.parent)
-        if not prefix.startswith("/usr"):
-            argv += ["--ro-bind", prefix, prefix]
         argv += [
             "--proc",
             "/proc",
@@ -248,6 +330,13 @@ class BwrapBackend(_OnceBackend):
             "--ro-bind-data",
             str(runner_fd),
             "/opt/agentplay/runner.py",
+        ]
+        # after the tmpfs dirs, which would otherwise cover an interpreter installed under /tmp
+        for path in self.binds:  # the interpreter's own files, never its whole install prefix
+            argv += ["--ro-bind", os.path.realpath(path), path]
+        for path in self.hidden:  # installed packages: an empty read-only dir in their place
+            argv += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+        argv += [
             "--remount-ro",
             "/",
             "--chdir",

@@ -6,14 +6,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentplay.errors import AgentplayError
+from agentplay.errors import AgentplayError, InfrastructureError
 
 Status = Literal["ok", "error", "timeout", "oom", "output_limit", "sandbox_error"]
 BackendName = Literal["docker", "bwrap", "subprocess"]
 
 
 class SandboxError(AgentplayError, RuntimeError):
-    """A configuration or usage mistake the developer must fix (never a run's outcome)."""
+    """The sandbox cannot do what was asked: a usage mistake to fix (bad arguments, limits
+    above the pool's ceiling), or, as `SandboxUnavailable`, no working sandbox. Never a run's
+    outcome: what the code did is a `SandboxResult`."""
+
+
+class SandboxUnavailable(SandboxError, InfrastructureError):
+    """No sandbox can run code here, or the one in use broke (no Docker engine answers, the
+    image is missing, bubblewrap is not installed, the runner died): the machinery failed, not
+    the code, so an episode that meets it is retried and never scored."""
 
 
 class Limits(BaseModel):
@@ -69,6 +77,9 @@ class SandboxConfig(BaseModel):
     """Timeout of Docker API calls (create, start, remove)."""
     bwrap_path: str = "bwrap"
     """bubblewrap binary."""
+    bwrap_python: str | None = None
+    """Interpreter the bwrap backend runs (only its binary, stdlib and shared libraries are
+    mounted); None: the system python3 under /usr when there is one, else this process's."""
 
 
 class SandboxResult(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any, Protocol, Self
 
 from pydantic import ValidationError
 
-from ._models import BackendName, Limits, SandboxConfig, SandboxError, SandboxResult
+from ._models import BackendName, Limits, SandboxConfig, SandboxError, SandboxResult, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _choose(config: SandboxConfig) -> tuple[_Backend, str]:
         return SubprocessBackend(config), "auto: unsafe subprocess fallback (" + "; ".join(
             why
         ) + ")"
-    raise SandboxError(
+    raise SandboxUnavailable(
         "backend='auto': no safe backend works here ("
         + "; ".join(why)
         + "); fix one, or pass allow_unsafe=True for the subprocess backend"

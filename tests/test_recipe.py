@@ -95,10 +95,14 @@ async def test_send_fan_out_turns_rewards_and_groups():
     assert {t.group_id for t in solvers} == {"r1/ep3/solver"}
     assert askers[0].group_id == "r1/block1/asker"  # index 3 with k=2 -> block 1
     assert episode.metadata["group_block"] == 1
-    for t in solvers:  # broken reward fn or unparsable answer: recorded zero + group delta, never raised
-        assert t.reward is not None
-        assert t.reward.reason.startswith(("reward fn failed: RuntimeError: grader exploded", "parse error: output_parser"))
-        assert t.reward.value == pytest.approx(0.25) and t.reward.components["episode"] == 0.25
+    for t in solvers:  # unparsable answer: a zero + group delta; broken reward fn: no reward at all
+        if t.parse_error:
+            assert t.reward is not None and t.reward.reason.startswith("parse error: output_parser")
+            assert t.reward.value == pytest.approx(0.25) and t.reward.components["episode"] == 0.25
+        else:  # a failure is never a score: marked, with the frame that raised, and no reward
+            assert t.reward is None
+            assert t.reward_failed.startswith("reward fn raised RuntimeError: grader exploded")
+            assert "in broken_reward: raise RuntimeError" in t.reward_failed
     assert askers[0].reward.components == {"n": 3.0}
     assert episode.metrics == {"valid_proposal": 1.0, "n_answers": 3.0}
     tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer

@@ -25,6 +25,7 @@ def test_public_surface_is_pinned():
         "SandboxConfig",
         "SandboxError",
         "SandboxResult",
+        "SandboxUnavailable",
         "Status",
         "build_image",
         "diagnose",

@@ -269,3 +269,25 @@ def test_nan_rewards_and_metrics_survive(store: TraceStore) -> None:
     )
     store.log_metrics(run_id, 0, {"kl": float("nan")})
     assert math.isnan(store.metrics(run_id)[0].value)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_file_without_the_failure_columns_opens_and_gains_them(tmp_path: Path, read_only: bool) -> None:
+    """A store written before reward failures and error causes were recorded opens, its
+    episodes read back (a reader sees no failure), and a writer adds the columns (issue 19)."""
+    path = tmp_path / "old.db"
+    with TraceStore(path) as s:
+        run_id = s.create_run("r")
+        s.append_episode(make_episode(run_id, 0))
+    with sqlite3.connect(path) as conn:  # make it what agentplay wrote before: no such columns
+        conn.execute("ALTER TABLE turns DROP COLUMN reward_failed")
+        conn.execute("ALTER TABLE episodes DROP COLUMN error_cause")
+    with TraceStore(path, read_only=read_only) as s:
+        (old,) = s.episodes(run_id)
+        assert old.index == 0 and old.error_cause is None and all(t.reward_failed is None for t in old.turns)
+    with TraceStore(path) as s:
+        failed = Episode(run_id=run_id, index=1, status="error", error="x", error_cause="infrastructure:X",
+                         turns=[RoleTurn(role="solver", reward_failed="reward fn raised KeyError: 'a'")])
+        s.append_episode(failed)
+        back = {e.index: e for e in s.episodes(run_id)}[1]
+        assert back.error_cause == "infrastructure:X" and back.turns[0].reward_failed.startswith("reward fn raised")

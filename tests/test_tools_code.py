@@ -6,7 +6,7 @@ import re as regex
 
 import pytest
 from agentplay.sandbox import Limits, SandboxConfig, open_sandbox
-from agentplay.tools import CodeTool, Toolbox, ToolError, tool
+from agentplay.tools import CodeTool, Toolbox, tool
 from conftest import require_docker
 
 from agentplay.models import ToolCall
@@ -111,9 +111,14 @@ def test_sandboxed_functions_must_be_self_contained():
             return repr(Toolbox)
 
 
-async def test_sandbox_failure_is_a_tool_error(sandbox):
+async def test_sandbox_failure_ends_the_episode_not_a_tool_answer(sandbox):
+    """A sandbox that cannot run is the machinery's failure (issue 19): it is raised to the
+    episode (infrastructure errors are retried, never scored), never shown to the model as
+    a tool result it would then be judged on."""
+    from agentplay.sandbox import SandboxError
+
     await sandbox.aclose()
-    with pytest.raises(ToolError, match="sandbox: the sandbox is unusable: the sandbox is closed"):
+    with pytest.raises(SandboxError, match="the sandbox is closed"):
         await CodeTool(sandbox).ainvoke({"code": "print(1)"})
-    (rec,) = await Toolbox([word_counts], sandbox=sandbox).execute([call(1, "word_counts", text="a b")])
-    assert rec.error == "sandbox: the sandbox is unusable: the sandbox is closed"
+    with pytest.raises(SandboxError, match="the sandbox is closed"):
+        await Toolbox([word_counts], sandbox=sandbox).execute([call(1, "word_counts", text="a b")])

@@ -84,12 +84,13 @@ class CodeTool(Tool):
         assert sandbox is not None  # Tool.ainvoke guarantees it for sandboxed tools
         if not args.code.strip():
             raise ToolError("code is empty: send a complete Python program", kind="bad_arguments")
-        from agentplay.sandbox import SandboxError
+        from agentplay.sandbox import SandboxUnavailable
 
-        try:
-            res = await sandbox.run_python(args.code, stdin=args.stdin or None, limits=self.limits)
-        except SandboxError as exc:
-            raise ToolError(f"the sandbox is unusable: {exc}", kind="sandbox") from None
+        # A sandbox that cannot run (or broke mid-run) is the machinery's failure, not the
+        # model's: it ends the episode as an infrastructure error (retried, never scored)
+        # instead of becoming a tool answer the policy is then judged on.
+        res = await sandbox.run_python(args.code, stdin=args.stdin or None, limits=self.limits)
         if res.status == "sandbox_error":
-            raise ToolError(f"the sandbox failed, not your code: {res.detail or 'no detail'}", kind="sandbox")
+            raise SandboxUnavailable(f"tool {self.name}: the sandbox failed, not the code: "
+                                     f"{res.detail or 'no detail'}")
         return format_result(res, self.tail_chars)

@@ -120,12 +120,11 @@ class SandboxedFunction:
     async def call(self, sandbox: Sandbox, arguments: dict[str, Any]) -> Any:
         marker = f"@@agentplay-result-{secrets.token_hex(8)}@@"
         stdin = marker + "\n" + json.dumps(arguments)
-        from agentplay.sandbox import SandboxError
+        from agentplay.sandbox import SandboxUnavailable
 
-        try:
-            res = await sandbox.run_python(self._script, stdin=stdin, limits=self.limits)
-        except SandboxError as exc:
-            raise ToolError(f"the sandbox is unusable: {exc}", kind="sandbox") from None
+        res = await sandbox.run_python(self._script, stdin=stdin, limits=self.limits)
+        if res.status == "sandbox_error":  # the machinery failed: an infrastructure error, not a tool answer
+            raise SandboxUnavailable(f"tool {self.name}: the sandbox failed: {res.detail or 'no detail'}")
         if res.status == "error":
             last = next((ln for ln in reversed(res.stderr.strip().splitlines()) if ln.strip()), "")
             raise ToolError(f"{self.name} raised {last or f'exit code {res.exit_code}'}")

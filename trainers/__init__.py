@@ -5,7 +5,7 @@ from ._batch import MicroBatch, make_micro_batches
 from ._checkpoint import CheckpointState, latest_checkpoint
 from ._config import LossType, TrainConfig
 from ._learner import GRPOLearner
-from ._loop import SelfPlayTrainer, TrainError, TrainSummary, rollout_run_id, train
+from ._loop import NothingToTrainError, SelfPlayTrainer, TrainError, TrainSummary, rollout_run_id, train
 from ._versions import IterationVersions, checkpoint_history, version_history
 from ._weights_sync import WeightSyncError, save_adapter, sync_weights
 
@@ -16,6 +16,7 @@ __all__ = [
     "IterationVersions",
     "LossType",
     "MicroBatch",
+    "NothingToTrainError",
     "SelfPlayTrainer",
     "TrainConfig",
     "TrainError",

@@ -11,6 +11,12 @@ REINFORCE++ or SPIRAL's RAE, whose moving baselines are state carried from one
 iteration to the next (`AdvantageStats.rae_baselines` in, the updated copy out;
 the training loop keeps them in its checkpoints). A recipe may also keep only
 some of a role's turns (`agentplay.SampleFilter`), counted per role.
+
+Only real samples reach the trainer: turns of episodes that ended in error,
+turns whose reward fn raised (`reward_failed`) and turns without exact token ids
+are left out, each kind counted, and a group that lost a member to a reward
+failure is left out whole by default (its mean would be taken over the members
+that happened not to crash the reward fn).
 """
 
 from __future__ import annotations
@@ -62,10 +68,49 @@ class AdvantageStats:
     per_role_rewards: dict[str, list[float]] = field(default_factory=dict)
     rae_baselines: RaeBaselines = field(default_factory=dict)
     """The RAE baselines after this batch (the input's, updated by its episodes): save them."""
+    skipped_episode_error: int = 0
+    """Turns of episodes that ended in error (infrastructure or recipe): never samples."""
+    skipped_reward_failed: int = 0
+    """Turns whose reward fn raised (`RoleTurn.reward_failed`): they have no reward."""
+    dropped_reward_failed_groups: int = 0
+    """Groups left out because a member's reward failed (`reward_failed_groups="drop"`)."""
+    dropped_reward_failed_turns: int = 0
+    """The otherwise usable members of those groups."""
+    dropped_zero_variance_turns: int = 0
+    """Members of the zero-variance groups counted in `dropped_groups`."""
 
     @property
     def dropped_group_fraction(self) -> float:
         return self.dropped_groups / self.groups if self.groups else 0.0
+
+    @property
+    def failed_turns(self) -> int:
+        """Turns lost to a failure: an episode error, a reward fn that raised, missing token ids
+        or reward. Each says something broke, unlike an uninformative group."""
+        return (self.skipped_episode_error + self.skipped_reward_failed + self.dropped_reward_failed_turns
+                + self.skipped_no_tokens + self.skipped_no_reward)
+
+    @property
+    def uninformative_turns(self) -> int:
+        """Turns left out by design: zero-variance groups, filters, zero advantages, roles weighted 0."""
+        return (self.dropped_zero_variance_turns + self.skipped_zero_weight + sum(self.filtered.values())
+                + self.dropped_zero_advantage)
+
+    def exclusions(self) -> dict[str, int]:
+        """Why turns did not become samples: reason -> turns (only reasons that occurred)."""
+        reasons = {
+            "episode errors": self.skipped_episode_error,
+            "reward fn failed": self.skipped_reward_failed,
+            "group of a failed reward": self.dropped_reward_failed_turns,
+            "no exact token ids": self.skipped_no_tokens,
+            "no reward": self.skipped_no_reward,
+            "zero-variance groups": self.dropped_zero_variance_turns,
+            "filtered": sum(self.filtered.values()),
+            "zero advantage": self.dropped_zero_advantage,
+            "role weight 0": self.skipped_zero_weight,
+            "no group (not trained)": self.skipped_no_group,
+        }
+        return {k: v for k, v in reasons.items() if v}
 
 
 def _usable(turn: RoleTurn) -> bool:
@@ -91,6 +136,7 @@ def compute_advantages(
     estimators: Mapping[str, Advantage] | None = None,
     filters: Mapping[str, SampleFilter] | None = None,
     rae_baselines: RaeBaselines | None = None,
+    reward_failed_groups: str = "drop",
 ) -> tuple[list[TrainSample], AdvantageStats]:
     """Group turns by (role, group_id), apply each role's estimator, weight by role.
 
@@ -98,19 +144,30 @@ def compute_advantages(
     used as the group of both proposer and solver) are never compared. Roles without
     an estimator use GRPO (`scale_rewards`) or Dr. GRPO (`not scale_rewards`).
     `rae_baselines` is not modified; the updated baselines are in the returned stats.
+    `reward_failed_groups`: "drop" leaves out a group with a reward-failed member;
+    "shrink" normalises over the members that have a reward.
     """
+    if reward_failed_groups not in ("drop", "shrink"):
+        raise ValueError(f"reward_failed_groups: must be 'drop' or 'shrink', got {reward_failed_groups!r}")
     weights = role_weights or {}
     chosen = dict(estimators or {})
     default = Advantage.grpo() if scale_rewards else Advantage.dr_grpo()
     stats = AdvantageStats(rae_baselines={r: dict(b) for r, b in (rae_baselines or {}).items()})
     groups: dict[tuple[str, str], list[_Member]] = defaultdict(list)
+    tainted: set[tuple[str, str]] = set()
     for ep in sorted(episodes, key=lambda e: (e.run_id, e.index)):  # a fixed order: RAE is sequential
         for turn in ep.turns:
             stats.turns += 1
+            if ep.status == "error":
+                stats.skipped_episode_error += 1
+                continue
             if turn.reward is not None:
                 stats.per_role_rewards.setdefault(turn.role, []).append(float(turn.reward.value))
             if turn.group_id is None:
                 stats.skipped_no_group += 1
+            elif turn.reward_failed is not None:
+                stats.skipped_reward_failed += 1
+                tainted.add((turn.role, turn.group_id))
             elif turn.reward is None or not math.isfinite(turn.reward.value):
                 stats.skipped_no_reward += 1
             elif not _usable(turn):
@@ -123,8 +180,12 @@ def compute_advantages(
                 groups[(turn.role, turn.group_id)].append((ep, turn, float(turn.reward.value)))
 
     by_role: dict[str, list[list[_Member]]] = defaultdict(list)
-    for (role, _gid), members in sorted(groups.items(), key=lambda kv: kv[0]):
-        by_role[role].append(members)
+    for key, members in sorted(groups.items(), key=lambda kv: kv[0]):
+        if key in tainted and reward_failed_groups == "drop":
+            stats.dropped_reward_failed_groups += 1
+            stats.dropped_reward_failed_turns += len(members)
+            continue
+        by_role[key[0]].append(members)
     samples: list[TrainSample] = []
     for role, role_groups in sorted(by_role.items()):
         est = chosen.get(role, default)
@@ -161,6 +222,7 @@ def _group_normalised(role_groups: list[list[_Member]], scale: bool, zero_varian
         mean, std = sum(rewards) / len(rewards), _std(rewards)
         if std == 0.0 and zero_variance == "drop":
             stats.dropped_groups += 1
+            stats.dropped_zero_variance_turns += len(members)
             continue
         for m in members:
             adv = m[2] - mean
@@ -182,6 +244,7 @@ def _reinforce_pp(role_groups: list[list[_Member]], est: Advantage, zero_varianc
         if est.group_baseline:
             if _std(rewards) == 0.0 and zero_variance == "drop":
                 stats.dropped_groups += 1
+                stats.dropped_zero_variance_turns += len(members)
                 continue
             mean = sum(rewards) / len(rewards)
             centred += [(m, m[2] - mean) for m in members]

@@ -43,6 +43,18 @@ class TrainConfig(BaseModel):
     (None: no limit). Time spent in `on_iteration` callbacks, e.g. evaluation, is not counted."""
     recipe_options: dict[str, object] = Field(default_factory=dict)
     """Keyword options passed to the recipe's build function."""
+    max_error_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Stop training (non-zero exit) when more than this fraction of an iteration's episodes
+    ended in error, or all of them did; also the share of failed turns (errors, reward failures,
+    missing token ids) above which an iteration with nothing to train on stops the run."""
+    episode_retries: int = Field(1, ge=0, le=100)
+    """Reruns of an episode that failed for infrastructure reasons, same seeds (see RunConfig)."""
+    strict_rewards: bool = False
+    """Stop at the first reward fn that raises instead of leaving that turn out of training."""
+    reward_failed_groups: Literal["drop", "shrink"] = "drop"
+    """A GRPO group with a member whose reward fn raised: drop it whole (its mean would be taken
+    over the members that did not crash the reward fn, a biased baseline) or shrink it to the
+    members with a reward."""
 
     loss_type: LossType = "dapo"
     """TRL loss aggregation: grpo (per-sequence mean), dr_grpo (fixed length), dapo (per-token)..."""

@@ -35,11 +35,17 @@ from ._weights_sync import sync_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SelfPlayTrainer", "TrainError", "TrainSummary", "rollout_run_id", "train"]
+__all__ = ["NothingToTrainError", "SelfPlayTrainer", "TrainError", "TrainSummary", "no_sample_verdict",
+           "rollout_run_id", "train"]
 
 
 class TrainError(AgentplayError, RuntimeError):
     """A training run cannot start or continue as configured (the message says why and how)."""
+
+
+class NothingToTrainError(TrainError):
+    """An iteration had no trainable sample because things failed (episode errors, reward fn
+    failures, missing token ids), not because its groups were uninformative."""
 
 
 class TrainSummary(BaseModel):
@@ -52,6 +58,25 @@ class TrainSummary(BaseModel):
     weight_version: int | None = None
     metrics: list[dict[str, float]] = Field(default_factory=list)
     """One dict per iteration run by this call."""
+    skipped_steps: dict[int, str] = Field(default_factory=dict)
+    """Iteration -> why it took no optimizer step (nothing trainable, and what was left out)."""
+
+
+def no_sample_verdict(stats: AdvantageStats, max_error_fraction: float) -> tuple[str, bool]:
+    """(why an iteration has no trainable sample, whether that is a failure that must stop the run).
+
+    Zero-variance groups (every sample rewarded alike) and roles weighted 0 are a batch with
+    nothing to learn: skip the step and go on. Turns lost to failures (episode errors, reward
+    fns that raised, missing token ids or rewards) are a broken run when nothing else explains
+    the empty batch, or when they are more than `max_error_fraction` of the turns left out.
+    """
+    parts = [f"{n} turns: {why}" for why, n in stats.exclusions().items()]
+    why = "no trainable sample (" + ("; ".join(parts) if parts else "no turns at all") + ")"
+    failed, uninformative = stats.failed_turns, stats.uninformative_turns
+    if failed == 0 and uninformative == 0:
+        return why, True  # no episode produced a turn of a trainable role
+    fatal = failed > 0 and (uninformative == 0 or failed / (failed + uninformative) > max_error_fraction)
+    return why, fatal
 
 
 def rollout_run_id(run_id: str, iteration: int) -> str:
@@ -140,6 +165,8 @@ class SelfPlayTrainer:
         self.history: list[IterationVersions] = []
         """Per iteration so far: the version that sampled its rollouts and the one it produced."""
         self._iteration = -1
+        self.skip_reasons: dict[int, str] = {}
+        """Iteration -> why it took no optimizer step (read by `on_iteration` callbacks)."""
 
     async def _setup(self, resume: bool) -> tuple[Any, Any, int]:
         from agentplay._registry import resolve_model
@@ -234,7 +261,9 @@ class SelfPlayTrainer:
             await run_recipe(
                 compiled,
                 RunConfig(episodes=cfg.episodes_per_iteration, concurrency=cfg.concurrency, resume=True,
-                          seed=cfg.seed * 1_000_003 + iteration, run_id=run_id, progress=False),
+                          seed=cfg.seed * 1_000_003 + iteration, run_id=run_id, progress=False,
+                          max_error_fraction=cfg.max_error_fraction, episode_retries=cfg.episode_retries,
+                          strict_rewards=cfg.strict_rewards),
                 store=self._store, executor=self.executor,
                 on_episode=lambda _: kill_point("rollout", iteration),
             )
@@ -250,6 +279,13 @@ class SelfPlayTrainer:
             "dropped_groups": float(stats.dropped_groups),
             "dropped_group_fraction": stats.dropped_group_fraction,
             "skipped_turns": float(stats.skipped_no_group + stats.skipped_no_reward + stats.skipped_no_tokens),
+            "excluded/episode_error": float(stats.skipped_episode_error),
+            "excluded/reward_failed": float(stats.skipped_reward_failed),
+            "excluded/reward_failed_group": float(stats.dropped_reward_failed_turns),
+            "excluded/no_tokens": float(stats.skipped_no_tokens),
+            "excluded/no_reward": float(stats.skipped_no_reward),
+            "excluded/zero_variance": float(stats.dropped_zero_variance_turns),
+            "errored_episodes": float(sum(ep.status == "error" for ep in episodes)),
             "trained_tokens": float(sum(sum(s.turn.mask or []) for s in samples)),
         }
         for role, rewards in sorted(stats.per_role_rewards.items()):
@@ -285,6 +321,19 @@ class SelfPlayTrainer:
         summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
                                weight_version=self.weight_version)
         store.set_run_status(cfg.run_name, "running")
+        try:
+            await self._iterations(compiled, store, start, summary)
+        except BaseException:
+            store.set_run_status(cfg.run_name, "failed")  # a health stop, a crash or a kill alike
+            self.learner.close()
+            raise
+        store.set_run_status(cfg.run_name, "finished")
+        self.learner.close()
+        return summary
+
+    async def _iterations(self, compiled: Any, store: Any, start: int, summary: TrainSummary) -> None:
+        cfg = self.cfg
+        assert self.learner is not None
         budget = TimeBudget(cfg.time_budget_s)
         for it in range(start, cfg.iterations):
             if not budget.allows_another():
@@ -298,6 +347,7 @@ class SelfPlayTrainer:
             samples, stats = compute_advantages(
                 episodes, scale_rewards=cfg.scale, zero_variance=cfg.zero_variance, role_weights=cfg.role_weights,
                 estimators=recipe.advantages, filters=recipe.filters, rae_baselines=self.rae_baselines,
+                reward_failed_groups=cfg.reward_failed_groups,
             )
             metrics = self._metrics(episodes, samples, stats, rollout_version)
             if samples:
@@ -306,6 +356,16 @@ class SelfPlayTrainer:
                 _seed_everything(cfg.seed * 1_000_003 + it)
                 metrics.update(self.learner.step(samples))
                 self.weight_version = rollout_version + 1
+            else:  # nothing to learn from: no step, same version, but the iteration counts
+                why, fatal = no_sample_verdict(stats, cfg.max_error_fraction)
+                if fatal:
+                    raise NothingToTrainError(
+                        f"iteration {it}: {why}. That is a failure, not an uninformative batch, so no "
+                        f"optimizer step was taken and training stops; the rollouts are in the store under "
+                        f"run {rollout_run_id(cfg.run_name, it)!r} (`agentplay traces list`)."
+                    )
+                summary.skipped_steps[it] = why
+                self.skip_reasons[it] = why
             metrics.update({
                 "iteration": float(it), "optimizer_step": float(self.learner.global_step),
                 "skipped_step": 0.0 if samples else 1.0,  # nothing to learn from: no step, same version
@@ -338,9 +398,6 @@ class SelfPlayTrainer:
                 if inspect.isawaitable(maybe):
                     await maybe
                 budget.pause(time.perf_counter() - t4)
-        store.set_run_status(cfg.run_name, "finished")
-        self.learner.close()
-        return summary
 
 
 def _seed_everything(seed: int) -> None:

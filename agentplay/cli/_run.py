@@ -47,13 +47,22 @@ def run(
     endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs (agentplay serve / "
                                                        "vLLM) for an openai: --model; episodes spread by load.")]
     = None,
+    max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fail (exit 1, with a diagnosis) "
+                                                      "when more than this fraction of episodes errored; "
+                                                      "a run where all did always fails.")] = 0.5,
+    episode_retries: Annotated[int, typer.Option(min=0, help="Reruns of an episode that failed for "
+                                                 "infrastructure reasons (sandbox, model server, network), "
+                                                 "same seeds, before it is stored as an error.")] = 1,
+    strict_rewards: Annotated[bool, typer.Option("--strict-rewards", help="Stop at the first reward fn that "
+                                                 "raises (default: the turn is stored reward_failed and "
+                                                 "left out of training).")] = False,
 ) -> None:
     """Run RECIPE for --episodes episodes, storing each one as it finishes."""
     from agentplay._loading import load_recipe
     from agentplay._registry import close_models, override_models
     from agentplay.cli._scale import ScaleOptions
     from agentplay.recipe import RecipeError
-    from agentplay.runner import RunConfig, run_recipe
+    from agentplay.runner import RunConfig, RunHealthError, run_recipe
 
     console = Console(stderr=True)
     options = _parse_sets(set_ or [])
@@ -64,7 +73,8 @@ def run(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     config = RunConfig(episodes=episodes, concurrency=concurrency, store=store, resume=resume,
-                       seed=seed, run_id=run_id, progress=progress)
+                       seed=seed, run_id=run_id, progress=progress, max_error_fraction=max_error_fraction,
+                       episode_retries=episode_retries, strict_rewards=strict_rewards)
     scale = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=endpoints)
     try:
         make_executor = scale.plan(recipe, model=model, options=options, concurrency=concurrency)
@@ -82,5 +92,13 @@ def run(
                 await runner.aclose()
             await close_models()
 
-    summary = asyncio.run(main())
+    try:
+        summary = asyncio.run(main())
+    except RunHealthError as exc:
+        from rich.markup import escape
+
+        console.print(f"[red]run failed:[/] {escape(str(exc))}", highlight=False)
+        if exc.summary is not None:
+            typer.echo(exc.summary.model_dump_json())
+        raise typer.Exit(1) from None
     typer.echo(summary.model_dump_json())

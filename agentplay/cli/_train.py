@@ -46,6 +46,14 @@ def train(
     workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
     endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs of an openai: --model; "
                                                        "adapters are loaded on every one.")] = None,
+    max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop (exit 1, with a diagnosis) "
+                                                      "when more than this fraction of an iteration's episodes "
+                                                      "errored; always when all did.")] = 0.5,
+    episode_retries: Annotated[int, typer.Option(min=0, help="Reruns of an episode that failed for "
+                                                 "infrastructure reasons, same seeds, before it is stored "
+                                                 "as an error.")] = 1,
+    strict_rewards: Annotated[bool, typer.Option("--strict-rewards", help="Stop at the first reward fn "
+                                                 "that raises.")] = False,
 ) -> None:
     """Train the model serving RECIPE's roles on its own self-play traces (GRPO via TRL)."""
     from pydantic import ValidationError
@@ -64,7 +72,8 @@ def train(
             recipe=recipe, model=model, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
             concurrency=concurrency, store=store, output_dir=output_dir, run_name=run_id, lora=lora,
             loss_type=loss_type, learning_rate=learning_rate, beta=beta, micro_batch_size=micro_batch_size,
-            seed=seed, recipe_options=_parse_sets(set_ or []), **_parse_sets(option or []),
+            seed=seed, recipe_options=_parse_sets(set_ or []), max_error_fraction=max_error_fraction,
+            episode_retries=episode_retries, strict_rewards=strict_rewards, **_parse_sets(option or []),
         )
     except ValidationError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -87,6 +96,7 @@ def train(
         raise typer.Exit(2) from None
 
     progress = _train_progress(console, iterations)
+    skip_reasons: dict[int, str] = {}
 
     def report(it: int, m: dict[str, float]) -> None:
         rewards = " ".join(f"{k[7:]}={v:.3f}" for k, v in m.items() if k.startswith("reward/"))
@@ -98,6 +108,10 @@ def train(
         )
         progress.update(progress.task_ids[0], completed=it + 1, figures=line)
         progress.console.print(f"iteration {it}: {line}")
+        if it in skip_reasons:
+            from rich.markup import escape
+
+            progress.console.print(f"[yellow]iteration {it}: no optimizer step: {escape(skip_reasons[it])}[/]")
 
     async def main() -> Any:
         from agentplay._registry import close_models
@@ -108,6 +122,7 @@ def train(
         runner = make_executor(follow=served)
         trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report
+        trainer.skip_reasons = skip_reasons  # shared: `report` reads why a step was skipped
         try:
             return await trainer.run(resume=resume)
         finally:
@@ -117,11 +132,19 @@ def train(
                 await served.aclose()
             await close_models()
 
+    from rich.markup import escape
+
+    from agentplay.runner import RunHealthError
+    from agentplay.trainers import NothingToTrainError
+
     try:
         with progress:
             summary = asyncio.run(main())
+    except (RunHealthError, NothingToTrainError) as exc:  # the run broke: not a usage error
+        console.print(f"[red]training failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
     except TrainError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(_summary_table(summary))
     typer.echo(summary.model_dump_json(exclude={"metrics"}))

@@ -21,7 +21,7 @@ def insert_episode(conn: sqlite3.Connection, episode: Episode, *, fts: bool) -> 
     """Insert one episode and everything under it; the caller owns the transaction."""
     cur = conn.execute(
         "INSERT INTO episodes(episode_id, run_id, idx, recipe, seed, status, error, metrics,"
-        " metadata, n_turns, created_at, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " metadata, n_turns, created_at, stored_at, error_cause) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             episode.episode_id,
             episode.run_id,
@@ -35,6 +35,7 @@ def insert_episode(conn: sqlite3.Connection, episode: Episode, *, fts: bool) -> 
             len(episode.turns),
             episode.created_at,
             time.time(),
+            episode.error_cause,
         ),
     )
     seq = int(cur.lastrowid or 0)
@@ -50,8 +51,8 @@ def _insert_turn(
     cur = conn.execute(
         "INSERT INTO turns(episode_seq, position, turn_id, run_id, role, node, group_id, messages,"
         " prompt_token_ids, token_ids, mask, logprobs, n_tokens, n_model_tokens, token_exact,"
-        " weight_version, output, parse_error, started_at, latency_s)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " weight_version, output, parse_error, started_at, latency_s, reward_failed)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             seq,
             position,
@@ -73,6 +74,7 @@ def _insert_turn(
             turn.parse_error,
             turn.started_at,
             turn.latency_s,
+            turn.reward_failed,
         ),
     )
     rowid = cur.lastrowid
@@ -172,16 +174,20 @@ def load_episodes(conn: sqlite3.Connection, seqs: list[int]) -> list[Episode]:
 
 def _load_chunk(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, Episode]:
     marks = _marks(len(seqs))
+    # files written before these columns existed, opened read-only, read NULL (see ADDED_COLUMNS)
+    error_cause = "error_cause" if has_column(conn, "episodes", "error_cause") else "NULL"
+    reward_failed = "reward_failed" if has_column(conn, "turns", "reward_failed") else "NULL"
     episodes = conn.execute(
         "SELECT seq, episode_id, run_id, idx, recipe, seed, status, error, metrics, metadata,"
-        " created_at"
+        f" created_at, {error_cause}"
         f" FROM episodes WHERE seq IN ({marks})",
         seqs,
     ).fetchall()
     turn_rows = conn.execute(
         "SELECT turn_rowid, episode_seq, turn_id, role, node, group_id, messages,"
         " prompt_token_ids, token_ids,"
-        " mask, logprobs, token_exact, weight_version, output, parse_error, started_at, latency_s"
+        " mask, logprobs, token_exact, weight_version, output, parse_error, started_at, latency_s,"
+        f" {reward_failed}"
         f" FROM turns WHERE episode_seq IN ({marks}) ORDER BY episode_seq, position",
         seqs,
     ).fetchall()
@@ -210,6 +216,7 @@ def _load_chunk(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, Episode]
                 generations=generations.get(rowid, []),
                 tool_calls=tool_calls.get(rowid, []),
                 reward=rewards.get(rowid),
+                reward_failed=row[17],
             )
         )
     return {
@@ -225,6 +232,7 @@ def _load_chunk(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, Episode]
             metrics=c.loads(row[8]),
             metadata=c.loads(row[9]),
             created_at=row[10],
+            error_cause=row[11],
             turns=turns.get(row[0], []),
         )
         for row in episodes

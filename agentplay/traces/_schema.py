@@ -135,6 +135,8 @@ CREATE INDEX IF NOT EXISTS tool_calls_name ON tool_calls(name);
 
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("generations", "sampling", "TEXT"),  # JSON SamplingRecord: how the tokens were sampled
+    ("turns", "reward_failed", "TEXT"),  # the reward fn raised: why (no reward row, never trained on)
+    ("episodes", "error_cause", "TEXT"),  # status error: 'infrastructure:Type' or 'recipe:Type'
 )
 """Columns added after a schema version shipped, as (table, column, SQL type). Adding a
 nullable column breaks no reader, so it does not bump `SCHEMA_VERSION`: a writer adds the

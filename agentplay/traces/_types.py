@@ -94,6 +94,10 @@ class RoleTurn(BaseModel):
     """The role's parsed result (e.g. a question, an answer, a verdict)."""
     parse_error: str | None = None
     reward: RewardRecord | None = None
+    reward_failed: str | None = None
+    """Set when the reward fn (or the group reward fn) raised: the exception and the frame it
+    was raised in. Such a turn has no reward (`reward` is None): a failure is never a score,
+    and the trainer excludes it (and its group, see `TrainConfig.reward_failed_groups`)."""
     started_at: float = Field(default_factory=time.time)
     latency_s: float = 0.0
 
@@ -118,6 +122,11 @@ class Episode(BaseModel):
     seed: int | None = None
     status: EpisodeStatus = "ok"
     error: str | None = None
+    error_cause: str | None = None
+    """For status "error": ``<kind>:<ExceptionType>``. Kind ``infrastructure`` means the
+    machinery failed (sandbox, model server, network: an `agentplay.errors.InfrastructureError`
+    in the exception chain), so the episode says nothing about the policy and was retried
+    first; ``recipe`` is an exception raised by the graph or its code."""
     turns: list[RoleTurn] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)
     """Episode-level figures (valid proposal, solve rate...) for progress and charts."""
