@@ -1,8 +1,9 @@
 """Live figures of a run: the numbers that say whether self-play is working.
 
-Episodes/s says whether the engine is busy; the valid-proposal rate says
-whether the proposer still writes usable tasks; per-role mean reward shows one
-role running away from the other.
+Episodes/s says whether the engine is busy; the recipe's headline metrics
+(`Recipe.headline_metrics`, e.g. the valid-proposal rate: does the proposer
+still write usable tasks?) say whether the game is healthy; per-role mean
+reward shows one role running away from the other.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 class RunStats:
     """Running sums over the episodes finished so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, headline: list[str] | None = None) -> None:
+        self.headline = list(headline or [])
+        """Episode metrics shown in the progress line and the summary (`Recipe.headline_metrics`)."""
         self.count = 0
         self.errors = 0
         self.started = time.perf_counter()
@@ -53,9 +56,9 @@ class RunStats:
         elapsed = time.perf_counter() - self.started
         return self.count / elapsed if elapsed > 0 else 0.0
 
-    def valid_rate(self) -> float | None:
-        n = self._metric_n.get("valid_proposal", 0)
-        return self._metric_sum["valid_proposal"] / n if n else None
+    def headline_means(self) -> dict[str, float]:
+        """Mean of each headline metric reported so far, in the recipe's order."""
+        return {m: self._metric_sum[m] / self._metric_n[m] for m in self.headline if self._metric_n.get(m)}
 
     def mean_rewards(self) -> dict[str, float]:
         return {r: self._reward_sum[r] / n for r, n in sorted(self._reward_n.items()) if n}
@@ -65,12 +68,7 @@ class RunStats:
 
     def line(self) -> str:
         parts = [f"{self.rate():.2f} ep/s"]
-        valid = self.valid_rate()
-        if valid is not None:
-            parts.append(f"valid {valid:.0%}")
-        solve = self.mean_metrics().get("solve_rate")
-        if solve is not None:
-            parts.append(f"solve {solve:.0%}")
+        parts += [f"{name} {value:.2f}" for name, value in self.headline_means().items()]
         parts += [f"{role} {value:+.2f}" for role, value in self.mean_rewards().items()]
         if self.errors:
             parts.append(f"[red]{self.errors} errors[/]")
@@ -113,10 +111,11 @@ class RunProgress:
         for role, n in summary.reward_failures.items():
             table.add_row(f"reward failures: {role}", f"{n} turns (no reward, not trained on)")
         table.add_row("episodes/s", f"{summary.episodes_per_s:.3f}")
-        if summary.valid_proposal_rate is not None:
-            table.add_row("valid proposals", f"{summary.valid_proposal_rate:.1%}")
+        for name, value in summary.headline.items():
+            table.add_row(f"[bold]{name}[/]", f"[bold]{value:.3f}[/]")
         for role, value in summary.mean_reward.items():
             table.add_row(f"mean reward: {role}", f"{value:.3f}")
         for name, value in summary.metrics.items():
-            table.add_row(f"metric: {name}", f"{value:.3f}")
+            if name not in summary.headline:
+                table.add_row(f"metric: {name}", f"{value:.3f}")
         self._console.print(table)

@@ -160,7 +160,11 @@ class Recipe(BaseModel):
     initial_state: Callable[[EpisodeContext], dict[str, Any]]
     """Builds the graph input of one episode from its context (index, seeds, rng)."""
     metrics: Callable[[dict[str, Any], list[RoleTurn]], dict[str, float]] | None = None
-    """Episode figures shown in progress and stored (``valid_proposal`` feeds the valid-proposal rate)."""
+    """``fn(final_state, turns) -> {name: value}``: the episode's figures, stored with it and averaged per run."""
+    headline_metrics: list[str] = Field(default_factory=list)
+    """The `metrics` names that say at a glance whether self-play works (e.g. ``["valid_proposal",
+    "solve_rate"]``), in the order shown: the progress bar, the run summary, the trainer's log line,
+    its summary table, the UI's charts and the report show these and no others."""
     zero_on_parse_error: bool = True
     """A turn whose answer could not be parsed gets reward 0 with the parse error as reason,
     without calling the reward fn (reward fns then only see well-formed answers)."""
@@ -244,6 +248,10 @@ class Recipe(BaseModel):
             for role, fn in fns.items():
                 if not callable(fn):
                     problems.append(f"{field}: the value for {role!r} is not callable")
+        if self.headline_metrics and self.metrics is None:
+            problems.append(f"headline_metrics: {', '.join(self.headline_metrics)} need a `metrics` fn that reports them")
+        if len(set(self.headline_metrics)) != len(self.headline_metrics):
+            problems.append(f"headline_metrics: a name appears twice in {self.headline_metrics}")
         if problems:
             raise RecipeError(f"Recipe {self.name!r} does not fit its graph:\n  - " + "\n  - ".join(problems))
         return CompiledRecipe(recipe=self, graph=compiled, block_size=ks.pop() if ks else 1)

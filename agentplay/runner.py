@@ -94,8 +94,8 @@ class RunSummary(BaseModel):
     """Wall-clock seconds of this call."""
     episodes_per_s: float
     """Episodes finished per second of this call."""
-    valid_proposal_rate: float | None = None
-    """Mean of the `valid_proposal` episode metric, when the recipe reports it."""
+    headline: dict[str, float] = Field(default_factory=dict)
+    """The recipe's headline metrics (`Recipe.headline_metrics`) -> mean over this call's episodes."""
     mean_reward: dict[str, float] = Field(default_factory=dict)
     """Role -> mean reward over this call's turns."""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -133,7 +133,7 @@ async def run_recipe(
         todo = [i for i in range(config.episodes) if i not in stored]
         k = compiled.block_size
         resumed_blocks = {i // k for i in stored}
-        stats = RunStats()
+        stats = RunStats(compiled.recipe.headline_metrics)
         specs: list[EpisodeSpec] = []
         for i in todo:
             seed, group_seed = episode_seeds(config.seed, i, k)
@@ -183,7 +183,7 @@ async def run_recipe(
             run_id=run_id, recipe=compiled.name, requested=config.episodes, completed=stats.count,
             skipped=len(stored), errors=stats.errors, elapsed_s=elapsed,
             episodes_per_s=stats.count / elapsed if elapsed > 0 else 0.0,
-            valid_proposal_rate=stats.valid_rate(), mean_reward=stats.mean_rewards(),
+            headline=stats.headline_means(), mean_reward=stats.mean_rewards(),
             metrics=stats.mean_metrics(), **stats.tally.summary_fields(),
         )
         verdict = stats.tally.verdict(config.max_error_fraction)
@@ -227,7 +227,8 @@ def _open_run(store: Any | None, compiled: CompiledRecipe, config: RunConfig) ->
     from agentplay.traces import new_id
 
     run_config = {"episodes": config.episodes, "concurrency": config.concurrency, "seed": config.seed,
-                  "options": _jsonable(compiled.recipe.options)}
+                  "options": _jsonable(compiled.recipe.options),
+                  "headline_metrics": list(compiled.recipe.headline_metrics)}  # what the UI and report chart
     if store is None:
         return config.run_id or new_id(), set()
     if not config.resume:

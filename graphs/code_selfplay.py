@@ -568,6 +568,7 @@ def build(
         episode_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
         initial_state=initial_state,
         metrics=partial(metrics, buffer=buffer),
+        headline_metrics=["valid_proposal", "solve_rate"],
         zero_on_parse_error=not cfg.format_rewards,  # the reward fns give format errors their -1
         options={"model": model, **cfg.model_dump()},
     )

@@ -381,5 +381,6 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
         episode_rewards={"proposer": partial(proposer_repetition, cfg=cfg)},
         initial_state=initial_state,
         metrics=partial(metrics, cfg=cfg, pool=pool),
+        headline_metrics=["valid_proposal", "solve_rate"],
         options={"model": model, **cfg.model_dump()},
     )

@@ -222,5 +222,6 @@ def build(model: str = DEFAULT_MODEL_SPEC, **options: Any) -> Recipe:
         filters={"solver": SampleFilter.band("agreement", 0.5 - cfg.band_delta, 0.5 + cfg.band_delta)},
         initial_state=initial_state,
         metrics=metrics,
+        headline_metrics=["valid_proposal", "agreement"],
         options={"model": model, **cfg.model_dump()},
     )

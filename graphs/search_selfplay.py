@@ -354,5 +354,6 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         groups={"proposer": GroupBy.seed(cfg.group_k), "solver": GroupBy.episode()},
         initial_state=initial_state,
         metrics=metrics,
+        headline_metrics=["valid_proposal", "solve_rate"],
         options={"model": model, **cfg.model_dump()},
     )

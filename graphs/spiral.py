@@ -199,6 +199,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, **options: Any) -> Recipe:
         advantages={p.name: rae for p in players},
         initial_state=initial_state,
         metrics=metrics,
+        headline_metrics=["illegal_end", "draw"],
         zero_on_parse_error=False,  # an answer naming no move is an illegal move: the game's verdict
         recursion_limit=2 * longest + 10,
         options={"model": model, **cfg.model_dump()},

@@ -19,8 +19,9 @@ from agentplay.ui import SeriesCache, distinct_n, write_report
 runner = CliRunner()
 pytestmark = pytest.mark.timeout(1800)  # the first test to ask for recipe_store pays for the real run
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CHARTS = ["reward", "solve_rate", "valid_proposal_rate", "dropped_group_fraction",
+CHARTS = ["reward", "headline-valid_proposal", "headline-solve_rate", "dropped_group_fraction",
           "proposal_diversity", "time_split"]
+"""search-selfplay declares valid_proposal and solve_rate as its headline metrics."""
 
 
 def test_report_writes_pngs_and_html_from_a_real_run(recipe_store: tuple[Path, str], tmp_path: Path) -> None:  # noqa: F811
@@ -41,7 +42,7 @@ def test_report_writes_pngs_and_html_from_a_real_run(recipe_store: tuple[Path, s
     assert f"<td class=\"value\">{run.mean_reward:.3f}</td>" in html
     assert "<th>episodes</th><td class=\"value\">3 (" in html
     valid = [ep.metrics["valid_proposal"] for ep in episodes]
-    assert re.search(rf"Valid-proposal rate</th><td class=\"value\">{valid[-1]:.3f} last, "
+    assert re.search(rf"valid_proposal</th><td class=\"value\">{valid[-1]:.3f} last, "
                      rf"{sum(valid) / len(valid):.3f} mean", html), html
 
 

@@ -183,7 +183,7 @@ def test_ui_shows_runs_charts_episodes_and_filters(recipe_store: tuple[Path, str
     row.locator("a").click()
     page.wait_for_selector('figure.chart[data-chart="reward"] circle.point')
     assert page.locator('figure.chart[data-chart="reward"] circle.point').count() >= 3
-    assert page.locator('figure.chart[data-chart="valid_proposal_rate"] circle.point').count() == 3
+    assert page.locator('figure.chart[data-chart="headline-valid_proposal"] circle.point').count() == 3
     assert page.locator("figure.chart").count() == 6
     page.wait_for_function("document.querySelectorAll('#episodes tr.episode').length === 3")
     _shot(page, "02-run")

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -271,7 +271,7 @@ class SelfPlayTrainer:
         return sorted(self._store.episodes(run_id), key=lambda ep: ep.index)
 
     def _metrics(self, episodes: list[Any], samples: list[TrainSample], stats: AdvantageStats,
-                 version: int | None) -> dict[str, float]:
+                 version: int | None, headline: Sequence[str] = ()) -> dict[str, float]:
         m: dict[str, float] = {
             "episodes": float(len(episodes)),
             "samples": float(len(samples)),
@@ -300,9 +300,9 @@ class SelfPlayTrainer:
         names = sorted({k for ep in episodes for k in ep.metrics})
         for name in names:
             m[f"episode/{name}"] = _mean([float(ep.metrics[name]) for ep in episodes if name in ep.metrics])
-        for short in ("solve_rate", "valid_proposal"):
-            if f"episode/{short}" in m:
-                m[short] = m[f"episode/{short}"]
+        for name in headline:  # the recipe's headline figures, for the log line, summary table and UI
+            if f"episode/{name}" in m:
+                m[f"headline/{name}"] = m[f"episode/{name}"]
         lags = [version - s.turn.weight_version for s in samples
                 if version is not None and s.turn.weight_version is not None]
         m["off_policy_lag/mean"] = _mean([float(x) for x in lags])
@@ -349,7 +349,7 @@ class SelfPlayTrainer:
                 estimators=recipe.advantages, filters=recipe.filters, rae_baselines=self.rae_baselines,
                 reward_failed_groups=cfg.reward_failed_groups,
             )
-            metrics = self._metrics(episodes, samples, stats, rollout_version)
+            metrics = self._metrics(episodes, samples, stats, rollout_version, recipe.headline_metrics)
             if samples:
                 # seeded per iteration: a resumed step draws what the uninterrupted one drew
                 # (dropout, sampling in user losses), whatever the rollouts consumed before it

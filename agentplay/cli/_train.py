@@ -99,13 +99,7 @@ def train(
     skip_reasons: dict[int, str] = {}
 
     def report(it: int, m: dict[str, float]) -> None:
-        rewards = " ".join(f"{k[7:]}={v:.3f}" for k, v in m.items() if k.startswith("reward/"))
-        line = (
-            f"{rewards} solve={m.get('solve_rate', float('nan')):.3f} "
-            f"dropped={m['dropped_group_fraction']:.2f} samples={int(m['samples'])} "
-            f"rollout={m['time/rollout_s']:.1f}s train={m['time/train_s']:.1f}s update={m['time/update_s']:.1f}s "
-            f"version={int(m['weight_version'])}"
-        )
+        line = iteration_line(m)
         progress.update(progress.task_ids[0], completed=it + 1, figures=line)
         progress.console.print(f"iteration {it}: {line}")
         if it in skip_reasons:
@@ -150,6 +144,18 @@ def train(
     typer.echo(summary.model_dump_json(exclude={"metrics"}))
 
 
+def iteration_line(m: dict[str, float]) -> str:
+    """One iteration's figures: per-role rewards, the recipe's headline metrics, then the trainer's own."""
+    rewards = " ".join(f"{k[7:]}={v:.3f}" for k, v in m.items() if k.startswith("reward/"))
+    headline = "".join(f"{k[9:]}={v:.3f} " for k, v in m.items() if k.startswith("headline/"))
+    return (
+        f"{rewards} {headline}"
+        f"dropped={m['dropped_group_fraction']:.2f} samples={int(m['samples'])} "
+        f"rollout={m['time/rollout_s']:.1f}s train={m['time/train_s']:.1f}s update={m['time/update_s']:.1f}s "
+        f"version={int(m['weight_version'])}"
+    )
+
+
 def _train_progress(console: Console, iterations: int) -> Any:
     """Iterations done, time elapsed and the last iteration's figures, live on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -172,9 +178,8 @@ def _summary_table(summary: Any) -> Any:
         table.add_row("iterations run", "0", "0")
         return table
     first, last = summary.metrics[0], summary.metrics[-1]
-    names = [k for k in last if k.startswith("reward/")]
-    names += [k for k in ("solve_rate", "valid_proposal", "dropped_group_fraction", "samples", "trained_tokens",
-                          "off_policy_lag/mean") if k in last]
+    names = [k for k in last if k.startswith(("reward/", "headline/"))]  # headline: the recipe's own figures
+    names += [k for k in ("dropped_group_fraction", "samples", "trained_tokens", "off_policy_lag/mean") if k in last]
     for name in names:
         table.add_row(name, f"{first.get(name, float('nan')):.3f}", f"{last[name]:.3f}")
     for name in ("time/rollout_s", "time/train_s", "time/update_s"):

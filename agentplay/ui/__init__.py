@@ -1,7 +1,7 @@
 """Seeing a run: the `agentplay ui` web app and static `agentplay report` pages.
 
 Both read a trace store read-only (safe next to a run that is writing) and
-draw the same charts: per-role mean reward, solve rate, valid-proposal rate,
+draw the same charts: per-role mean reward, the recipe's headline metrics,
 dropped-group fraction, proposal diversity and the step time split.
 """
 

@@ -4,9 +4,10 @@ A training run logs one row of metrics per iteration (`reward/<role>`,
 `solve_rate`, `dropped_group_fraction`, `time/rollout_s`...), and its rollouts
 are runs of their own named `<run>/it00003`. A plain `agentplay run` logs no
 metrics, so its charts are computed from its episodes in buckets of
-consecutive episodes: per-role mean reward, solve and valid-proposal rates,
-groups without reward variance, proposal diversity and where the time went.
-Logged metrics win over derived figures wherever both exist.
+consecutive episodes: per-role mean reward, the recipe's headline metrics
+(`Recipe.headline_metrics`, stored in the run's config), groups without reward
+variance, proposal diversity and where the time went. Logged metrics win over
+derived figures wherever both exist.
 
 Episodes are digested once and cached per run, so a page polling every two
 seconds only reads the episodes stored since its last poll.
@@ -23,11 +24,14 @@ from pydantic import BaseModel, Field
 
 from agentplay.traces import Episode, RoleTurn, RunInfo, TraceStore
 
-__all__ = ["Chart", "ChartSet", "EpisodeDigest", "Series", "SeriesCache", "child_runs", "distinct_n"]
+__all__ = ["Chart", "ChartSet", "EpisodeDigest", "Series", "SeriesCache", "child_runs", "distinct_n", "headline_of"]
 
 MAX_POINTS = 40
 """Plain runs are bucketed so a chart never has more points than this."""
 _ITERATION = re.compile(r"/it(\d+)$")
+STORED_BEFORE_HEADLINES = ["valid_proposal", "solve_rate"]
+"""Headline metrics of a run stored before recipes declared theirs (its config has no
+`headline_metrics`): the two figures the built-in recipes reported then."""
 
 
 class Series(BaseModel):
@@ -135,7 +139,23 @@ def child_runs(runs: list[RunInfo], run_id: str) -> dict[int, str]:
     return out
 
 
-def _bucket_figures(digests: list[EpisodeDigest], groups_closing: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+def headline_of(run: RunInfo, runs: list[RunInfo]) -> list[str]:
+    """The headline metrics of a run: its config's, else its first rollout run's (a training run)."""
+    children = child_runs(runs, run.run_id)
+    by_id = {r.run_id: r for r in runs}
+    for candidate in [run, *(by_id[c] for _, c in sorted(children.items()) if c in by_id)]:
+        if "headline_metrics" in candidate.config:
+            return [str(n) for n in candidate.config["headline_metrics"]]
+    return list(STORED_BEFORE_HEADLINES)
+
+
+def headline_key(name: str) -> str:
+    """The chart key of a headline metric (also its PNG file name in a report)."""
+    return "headline-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _bucket_figures(digests: list[EpisodeDigest], groups_closing: dict[str, list[float]],
+                    headline: list[str]) -> dict[str, dict[str, float]]:
     """chart key -> series name -> value, for one bucket of episodes."""
     fig: dict[str, dict[str, float]] = defaultdict(dict)
     rewards: dict[str, list[float]] = defaultdict(list)
@@ -144,12 +164,10 @@ def _bucket_figures(digests: list[EpisodeDigest], groups_closing: dict[str, list
             rewards[role] += values
     for role, values in sorted(rewards.items()):
         fig["reward"][role] = sum(values) / len(values)
-    for key, names in (("solve_rate", ("solve_rate",)), ("valid_proposal_rate", ("valid_proposal", "valid"))):
-        for name in names:
-            value = _mean([d.metrics[name] for d in digests if name in d.metrics])
-            if value is not None:
-                fig[key][key.replace("_", " ")] = value
-                break
+    for name in headline:
+        value = _mean([d.metrics[name] for d in digests if name in d.metrics])
+        if value is not None:
+            fig[headline_key(name)][name] = value
     sized = [v for v in groups_closing.values() if len(v) >= 2]
     if sized:
         fig["dropped_group_fraction"]["no reward variance"] = sum(
@@ -169,16 +187,16 @@ def _bucket_figures(digests: list[EpisodeDigest], groups_closing: dict[str, list
 
 _CHARTS: list[tuple[str, str, str, bool]] = [
     ("reward", "Mean reward per role", "reward", False),
-    ("solve_rate", "Solve rate", "fraction", False),
-    ("valid_proposal_rate", "Valid-proposal rate", "fraction", False),
+    ("headline", "", "", False),  # one chart per headline metric of the run's recipe, in its order
     ("dropped_group_fraction", "Dropped-group fraction (no reward variance)", "fraction", False),
     ("proposal_diversity", "Proposal diversity (distinct-2)", "distinct-2", False),
     ("time_split", "Step time split", "seconds", True),
 ]
 
 
-def _metric_figures(rows: list[tuple[int, str, float]]) -> dict[int, dict[str, dict[str, float]]]:
+def _metric_figures(rows: list[tuple[int, str, float]], headline: list[str]) -> dict[int, dict[str, dict[str, float]]]:
     """iteration -> chart key -> series -> value, from logged trainer metrics."""
+    logged_as = {f"{prefix}/{name}": name for name in headline for prefix in ("headline", "episode")}
     out: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for it, name, value in rows:
         if value is None or not math.isfinite(value):
@@ -186,10 +204,8 @@ def _metric_figures(rows: list[tuple[int, str, float]]) -> dict[int, dict[str, d
         fig = out[it]
         if name.startswith("reward/"):
             fig["reward"][name.split("/", 1)[1]] = value
-        elif name in ("solve_rate", "episode/solve_rate"):
-            fig["solve_rate"].setdefault("solve rate", value)
-        elif name in ("valid_proposal_rate", "valid_proposal", "episode/valid_proposal"):
-            fig["valid_proposal_rate"].setdefault("valid proposal rate", value)
+        elif name in logged_as:  # the trainer logs each episode metric as episode/<name>
+            fig[headline_key(logged_as[name])].setdefault(logged_as[name], value)
         elif name in ("dropped_group_fraction", "dropped_group_frac"):
             fig["dropped_group_fraction"]["no reward variance"] = value
         elif name in ("proposal_diversity", "diversity/proposals"):
@@ -200,9 +216,11 @@ def _metric_figures(rows: list[tuple[int, str, float]]) -> dict[int, dict[str, d
     return out
 
 
-def _charts(points: dict[float, dict[str, dict[str, float]]]) -> list[Chart]:
+def _charts(points: dict[float, dict[str, dict[str, float]]], headline: list[str]) -> list[Chart]:
     charts = []
-    for key, title, y_label, stacked in _CHARTS:
+    specs = [spec for key, *rest in _CHARTS
+             for spec in ([(headline_key(n), n, "", False) for n in headline] if key == "headline" else [(key, *rest)])]
+    for key, title, y_label, stacked in specs:
         series: dict[str, Series] = {}
         for x in sorted(points):
             for name, value in points[x].get(key, {}).items():
@@ -231,27 +249,28 @@ class SeriesCache:
         runs = self._store.list_runs()
         run = next((r for r in runs if r.run_id == run_id), None) or self._store.get_run(run_id)
         children = child_runs(runs, run_id)
-        logged = _metric_figures(self._store.metrics(run_id))
+        headline = headline_of(run, runs)
+        logged = _metric_figures(self._store.metrics(run_id), headline)
         if children or logged:
-            return self._by_iteration(run, children, logged)
-        return self._by_bucket(run)
+            return self._by_iteration(run, children, logged, headline)
+        return self._by_bucket(run, headline)
 
     def _by_iteration(self, run: RunInfo, children: dict[int, str],
-                      logged: dict[int, dict[str, dict[str, float]]]) -> ChartSet:
+                      logged: dict[int, dict[str, dict[str, float]]], headline: list[str]) -> ChartSet:
         points: dict[float, dict[str, dict[str, float]]] = {}
         total = 0
         for it, child in sorted(children.items()):
             digests = self.digests(child)
             total += len(digests)
             if digests:
-                points[float(it)] = _bucket_figures(digests, _groups(digests))
+                points[float(it)] = _bucket_figures(digests, _groups(digests), headline)
         for it, fig in logged.items():
             merged = points.setdefault(float(it), {})
             merged.update({key: dict(values) for key, values in fig.items()})  # logged wins
         return ChartSet(run_id=run.run_id, source="metrics", x_label="iteration",
-                        charts=_charts(points), episodes=total, last_seq=run.last_seq)
+                        charts=_charts(points, headline), episodes=total, last_seq=run.last_seq)
 
-    def _by_bucket(self, run: RunInfo) -> ChartSet:
+    def _by_bucket(self, run: RunInfo, headline: list[str]) -> ChartSet:
         digests = self.digests(run.run_id)
         size = max(1, math.ceil(len(digests) / MAX_POINTS))
         groups_last: dict[str, int] = {}
@@ -263,10 +282,10 @@ class SeriesCache:
         for b, start in enumerate(range(0, len(digests), size)):
             chunk = digests[start : start + size]
             closing = {k: v for k, v in all_groups.items() if groups_last[k] == b}
-            points[float(start + len(chunk))] = _bucket_figures(chunk, closing)
+            points[float(start + len(chunk))] = _bucket_figures(chunk, closing, headline)
         label = "episodes" if size == 1 else f"episodes (buckets of {size})"
         return ChartSet(run_id=run.run_id, source="episodes", x_label=label,
-                        charts=_charts(points), episodes=len(digests), last_seq=run.last_seq)
+                        charts=_charts(points, headline), episodes=len(digests), last_seq=run.last_seq)
 
 
 def _groups(digests: list[EpisodeDigest]) -> dict[str, list[float]]:
