@@ -406,8 +406,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def on_iteration(it: int, m: dict[str, float]) -> None:
         history.append({"iteration": it, **m})
         print(f"it {it}: solver={m.get('reward/solver', float('nan')):.3f} proposer={m.get('reward/proposer', float('nan')):.3f}"
-              f" solve={m.get('solve_rate', float('nan')):.2f} format={m.get('episode/solver_format', float('nan')):.2f}"
-              f" valid={m.get('valid_proposal', float('nan')):.2f} dropped={m['dropped_group_fraction']:.2f}"
+              f" solve={m.get('episode/solve_rate', float('nan')):.2f} format={m.get('episode/solver_format', float('nan')):.2f}"
+              f" valid={m.get('episode/valid_proposal', float('nan')):.2f} dropped={m['dropped_group_fraction']:.2f}"
               f" samples={int(m['samples'])} entropy={m.get('entropy', float('nan')):.3f}"
               f" rollout={m['time/rollout_s']:.0f}s train={m['time/train_s']:.0f}s update={m['time/update_s']:.1f}s",
               flush=True)

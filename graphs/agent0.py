@@ -353,6 +353,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, sandbox: Any = None, **options: An
         filters={"executor": SampleFilter.band("agreement", cfg.band_low, cfg.band_high)},
         initial_state=initial_state,
         metrics=metrics,
+        headline_metrics=["valid_proposal", "agreement"],
         zero_on_parse_error=False,  # an unparsed answer still counts against p̂ and in its group
         options={"model": model, **cfg.model_dump()},
     )

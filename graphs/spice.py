@@ -349,6 +349,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         advantages={"challenger": Advantage.dr_grpo(), "reasoner": Advantage.dr_grpo()},
         initial_state=initial_state,
         metrics=metrics,
+        headline_metrics=["valid_proposal", "solve_rate"],
         zero_on_parse_error=False,  # an unparsable task earns ρ, not 0; an unparsable answer is wrong
         options={"model": model, **cfg.model_dump()},
     )
