@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agentplay import RunConfig, run_recipe
-from agentplay._loading import load_recipe
+from agentplay import RunConfig, load_recipe, run_recipe
 from agentplay.runner import RewardFailedError, RunHealthError
 from agentplay.traces import TraceStore
-from agentplay.trainers._advantages import compute_advantages
+from agentplay.trainers import compute_advantages
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = f"{ROOT / 'tests' / 'data' / 'health_recipe.py'}:build"
@@ -241,7 +240,7 @@ async def test_train_stops_before_an_optimizer_step_when_failures_left_nothing(t
 
 
 def test_uninformative_batch_skips_the_step_but_a_broken_one_stops():
-    from agentplay.trainers._advantages import AdvantageStats
+    from agentplay.trainers import AdvantageStats
     from agentplay.trainers._loop import no_sample_verdict
 
     why, fatal = no_sample_verdict(AdvantageStats(dropped_groups=2, dropped_zero_variance_turns=4), 0.5)
