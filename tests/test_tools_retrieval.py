@@ -170,3 +170,32 @@ def test_corpus_cli_index_search_info(tmp_path: Path):
     assert res.exit_code == 2 and "built without dense embeddings" in _plain(res.output)
     res = runner.invoke(corpus_app, ["index", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "nowhere: no such file or folder" in _plain(res.output)
+
+
+def test_corpus_index_reads_text_files_of_any_name_and_counts_binaries(tmp_path: Path):
+    """Issue 19: plain-text files without an extension were "no documents"; now any UTF-8
+    text file is a document, and binary or non-UTF-8 files are skipped and counted."""
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "tides").write_text("The moon's gravity raises ocean tides twice a day.")
+    (folder / "sub" / "README").write_text("# Rivers\nRivers carry sediment to the sea.")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "old-notes").write_bytes("caf\xe9 au lait".encode("latin-1"))  # not UTF-8
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")  # hidden: not a document
+    skipped: list[Path] = []
+    docs = load_documents(folder, skipped)
+    assert [(d.id, d.title) for d in docs] == [("sub/README", "Rivers"), ("tides", "tides")]
+    assert sorted(p.name for p in skipped) == ["logo.png", "old-notes"]
+    runner = CliRunner()
+    res = runner.invoke(corpus_app, ["index", str(folder), "--out", str(tmp_path / "n.index"), "--no-dense"])
+    assert res.exit_code == 0, res.output
+    text = _plain(res.output)
+    assert "indexed 2 documents" in text and "skipped 2 binary or non-UTF-8 files (logo.png, old-notes)" in text
+    res = runner.invoke(corpus_app, ["search", str(tmp_path / "n.index"), "ocean tides", "-k", "1", "--mode", "bm25"])
+    assert res.exit_code == 0 and "tides" in res.output
+    only_binary = tmp_path / "bin"
+    only_binary.mkdir()
+    (only_binary / "a.bin").write_bytes(b"\x00\x01\x02")
+    res = runner.invoke(corpus_app, ["index", str(only_binary), "--no-dense"])
+    assert res.exit_code == 2 and "no UTF-8 text file (1 binary or non-UTF-8 files skipped)" in _plain(res.output)

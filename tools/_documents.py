@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+"""Suffixes named in messages; a folder is read by content, so any UTF-8 text file counts."""
 
 
 class Document(BaseModel):
@@ -71,28 +72,57 @@ def iter_jsonl(path: Path) -> Iterator[Document]:
                 yield document_from_row(row, line_no)
 
 
-def iter_folder(root: Path) -> Iterator[Document]:
-    """Every text/markdown file under `root`, id = relative path, title = first heading or name."""
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES):
-        text = path.read_text(encoding="utf-8", errors="replace")
+def read_text_file(path: Path) -> str | None:
+    """The file's text when it is UTF-8 text, else None (binary: a NUL byte or invalid UTF-8).
+
+    Decided by content, not by name: notes, READMEs and man pages often have no
+    extension, and a `.txt` holding a PDF is still binary.
+    """
+    data = path.read_bytes()
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_folder(root: Path, skipped: list[Path] | None = None) -> Iterator[Document]:
+    """Every UTF-8 text file under `root` (hidden files and folders aside), id = relative path,
+    title = first heading or name. Binary files are skipped and appended to `skipped`."""
+    files = (p for p in root.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for path in sorted(files):
+        text = read_text_file(path)
+        if text is None:
+            if skipped is not None:
+                skipped.append(path)
+            continue
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         title = first.lstrip("#").strip() if first.startswith("#") else path.stem
         yield Document(id=path.relative_to(root).as_posix(), title=title, text=text)
 
 
-def load_documents(path: str | Path) -> list[Document]:
-    """Documents from a folder of text files or a JSONL file, duplicates rejected."""
+def load_documents(path: str | Path, skipped: list[Path] | None = None) -> list[Document]:
+    """Documents from a folder of UTF-8 text files or a JSONL file, duplicates rejected.
+
+    Binary files in a folder are skipped (and appended to `skipped` when given)."""
     path = Path(path)
+    passed_over: list[Path] = []
     if path.is_dir():
-        docs = list(iter_folder(path))
+        docs = list(iter_folder(path, passed_over))
     elif path.is_file() and path.suffix in (".jsonl", ".json"):
         docs = list(iter_jsonl(path))
     elif path.exists():
-        raise ValueError(f"{path}: expected a folder of {'/'.join(TEXT_SUFFIXES)} files or a .jsonl")
+        raise ValueError(f"{path}: expected a folder of UTF-8 text files (e.g. {', '.join(TEXT_SUFFIXES)} "
+                         "or no extension) or a .jsonl")
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if skipped is not None:
+        skipped.extend(passed_over)
     if not docs:
-        raise ValueError(f"{path}: no documents found")
+        extra = f" ({len(passed_over)} binary or non-UTF-8 files skipped)" if passed_over else ""
+        raise ValueError(f"{path}: no documents found: no UTF-8 text file{extra}")
     seen: set[str] = set()
     for d in docs:
         if d.id in seen:

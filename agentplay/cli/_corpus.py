@@ -40,7 +40,8 @@ def _check_mode(mode: str) -> str:
 
 @corpus_app.command("index")
 def index_cmd(
-    path: Annotated[Path, typer.Argument(help="A folder of .txt/.md/.rst files, or a JSONL of "
+    path: Annotated[Path, typer.Argument(help="A folder of UTF-8 text files (any name; binary files "
+                                              "are skipped), or a JSONL of "
                                               "{id, title, text} or Search-R1 {id, contents} rows.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Index folder (default: PATH.index).")] = None,
     dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Also embed with MiniLM.")] = True,
@@ -48,10 +49,16 @@ def index_cmd(
     """Build a persisted index from documents."""
     from agentplay.tools import CorpusIndex, load_documents
 
+    skipped: list[Path] = []
     try:
-        docs = load_documents(path)
+        docs = load_documents(path, skipped)
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="PATH") from None
+    if skipped:
+        shown = ", ".join(p.relative_to(path).as_posix() for p in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        _console.print(f"[yellow]skipped {len(skipped)} binary or non-UTF-8 file{'s' if len(skipped) > 1 else ''}[/]"
+                       f" ({shown}{more})", highlight=False)
     target = out or path.with_name(path.stem + ".index")
     start = time.perf_counter()
     with _console.status(f"indexing {len(docs)} documents{' (with dense embeddings)' if dense else ''}"):
