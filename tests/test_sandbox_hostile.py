@@ -3,12 +3,18 @@
 For each case: the verdict has the right status, the host has no leftover process,
 file or container afterwards, and the very next ordinary run on the same sandbox
 (the same warm pool for Docker) answers correctly.
+
+Loopback only: no probe sends a packet off this machine, not even to show it is
+blocked. Network isolation is shown from inside (the only interface is `lo`, there is
+no route at all) and by a listener this test opens on the host's 127.0.0.1 that the
+sandbox must not reach; the other host addresses probed are this machine's own.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,10 +29,20 @@ TOKEN = secrets.token_hex(4)
 
 
 def _host_addresses() -> list[str]:
-    addrs = {"127.0.0.1", "172.17.0.1"}
+    """This machine's own IPv4 addresses (its interfaces'): a packet to them never leaves it."""
+    addrs = {"127.0.0.1"}
     for entries in psutil.net_if_addrs().values():
-        addrs.update(a.address for a in entries if a.family.name == "AF_INET")
+        addrs.update(a.address for a in entries if a.family == socket.AF_INET)
     return sorted(addrs)
+
+
+LISTENER = socket.create_server(("127.0.0.1", 0))
+"""A listener on the host's loopback: reachable from the host, never from the sandbox."""
+LISTENER.setblocking(False)
+LISTENER_PORT = LISTENER.getsockname()[1]
+
+HOST_OPT = sorted(set(os.listdir("/opt")) - {"agentplay"}) if os.path.isdir("/opt") else []
+"""Host software under /opt: none of it may show inside the bwrap sandbox."""
 
 
 @dataclass
@@ -62,18 +78,74 @@ NET = (
 import socket
 def tcp(host, port):
     s = socket.socket(); s.settimeout(0.5); s.connect((host, port))
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b"x", ("8.8.8.8", 53)); s.settimeout(0.5); s.recv(10)
-probe("tcp 1.1.1.1:443", lambda: tcp("1.1.1.1", 443))
-probe("udp 8.8.8.8:53", udp)
-probe("dns example.com", lambda: socket.getaddrinfo("example.com", 80))
+def only(label, seen, allowed):
+    print("blocked" if set(seen) <= set(allowed) else "OPEN", label, sorted(seen))
+only("interfaces", [name for _, name in socket.if_nameindex()], ["lo"])
+with open("/proc/net/route") as fh:  # IPv4 routes (127/8 lives in the local table, not here)
+    only("ipv4 routes", [line.split()[1] for line in fh.read().splitlines()[1:] if line.strip()], [])
+try:
+    with open("/proc/net/ipv6_route") as fh:  # a default route is destination :: with prefix 0
+        v6 = [line.split() for line in fh.read().splitlines() if line.strip()]
+except FileNotFoundError:  # IPv6 disabled in this namespace
+    v6 = []
+# the kernel's own "unreachable" ::/0 entry on lo carries RTF_REJECT (0x200): not a way out
+only("ipv6 default route", [r[9] for r in v6 if r[0] == "0" * 32 and r[1] == "00" and not int(r[8], 16) & 0x200], [])
+probe("host listener 127.0.0.1:{LISTENER_PORT}", lambda: tcp("127.0.0.1", {LISTENER_PORT}))
 for host in {_host_addresses()!r}:
-    for port in (22, 80, 2375, 8000):
+    for port in (22, 80, 2375, 8000, {LISTENER_PORT}):
         if host != "127.0.0.1":
             probe(f"tcp {{host}}:{{port}}", lambda: tcp(host, port))
 """
 )
+
+
+def _network_isolated(res: SandboxResult) -> None:
+    _all_blocked(res)
+    assert "blocked interfaces ['lo']" in res.stdout, res.stdout
+    assert f"blocked host listener 127.0.0.1:{LISTENER_PORT}" in res.stdout, res.stdout
+    with pytest.raises(BlockingIOError):  # nothing from the sandbox ever got through
+        LISTENER.accept()
+
+
+USERNS = (
+    PROBE
+    + """
+import ctypes, os, shutil, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def unshare_user():
+    if os.fork() == 0:  # in a child: a success would change this process's namespaces
+        os._exit(0 if libc.unshare(0x10000000) == 0 else 1)  # CLONE_NEWUSER
+    if os.waitstatus_to_exitcode(os.wait()[1]) != 0:
+        raise PermissionError("unshare(CLONE_NEWUSER) failed")
+probe("unshare(CLONE_NEWUSER)", unshare_user)
+def unshare_cmd():  # the issue's reproduction: `unshare -Ur id` printed uid 0
+    out = subprocess.run(["unshare", "-Ur", "id"], capture_output=True, text=True, timeout=5)
+    if out.returncode != 0 or "uid=0" not in out.stdout:
+        raise PermissionError(out.stderr.strip()[:80])
+if shutil.which("unshare"):
+    probe("unshare -Ur id", unshare_cmd)
+"""
+)
+
+HOST_FILES = (
+    PROBE
+    + f"""
+import os, sys
+for name in {HOST_OPT!r}:
+    probe(f"/opt/{{name}}", lambda: os.stat(f"/opt/{{name}}"))
+def listed(path):
+    if not os.listdir(path):
+        raise FileNotFoundError(path)
+for path in [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]:
+    probe(f"installed packages {{path}}", lambda: listed(path))
+print("blocked", "sandbox /opt holds", sorted(os.listdir("/opt")))
+"""
+)
+
+
+def _host_files_hidden(res: SandboxResult) -> None:
+    _all_blocked(res)
+    assert "blocked sandbox /opt holds ['agentplay']" in res.stdout, res.stdout
 
 ESCAPE = (
     PROBE
@@ -242,7 +314,9 @@ CASES = [
         {"ok", "timeout"},
         wall_time_s=1.5,
     ),
-    Case("network_egress", NET, {"ok"}, _all_blocked),
+    Case("network_loopback_only", NET, {"ok"}, _network_isolated),
+    Case("nested_user_namespace", USERNS, {"ok"}, _all_blocked),
+    Case("host_opt_and_packages", HOST_FILES, {"ok"}, _host_files_hidden, backends={"bwrap"}),
     Case("write_outside_workdir", ESCAPE, {"ok"}, _all_blocked),
     Case("docker_socket", SOCKET, {"ok"}, _all_blocked),
     Case("read_harness", HARNESS, {"ok"}, _all_blocked),
