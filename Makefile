@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all bench install sandbox-image clean
+.PHONY: demo test test-all bench install sandbox-setup sandbox-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,35 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Model code runs in a sandbox: Docker when an engine answers, else bubblewrap, and the
+# test suite exercises bubblewrap either way. Install bubblewrap when it is missing and we
+# can (root with apt-get or dnf); otherwise say the exact command. Never fails by itself:
+# `agentplay demo` stops with the diagnosis when no sandbox works.
+sandbox-setup:
+	@if command -v bwrap >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "bubblewrap (the sandbox without Docker) is missing: apt-get install bubblewrap"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bubblewrap \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bubblewrap; } \
+		|| echo "could not install bubblewrap; run: apt-get install bubblewrap"; \
+	elif [ "$$(id -u)" = 0 ] && command -v dnf >/dev/null 2>&1; then \
+		echo "bubblewrap (the sandbox without Docker) is missing: dnf install bubblewrap"; \
+		dnf install -y -q bubblewrap || echo "could not install bubblewrap; run: dnf install bubblewrap"; \
+	else \
+		echo "bubblewrap (the sandbox without Docker) is missing; install it with:"; \
+		echo "  sudo apt-get install bubblewrap    # Debian, Ubuntu"; \
+		echo "  sudo dnf install bubblewrap        # Fedora, RHEL"; \
+		echo "(or start a Docker engine: the demo then builds and uses the sandbox image)"; \
+	fi
+
+demo: $(STAMP) sandbox-setup
 	$(BIN)/agentplay demo
 
-test: $(STAMP)
+test: $(STAMP) sandbox-setup
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) sandbox-setup
 	$(BIN)/python -m pytest -q -m ''
 
 sandbox-image: $(STAMP)

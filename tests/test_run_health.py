@@ -253,3 +253,24 @@ def test_uninformative_batch_skips_the_step_but_a_broken_one_stops():
     assert fatal
     _, fatal = no_sample_verdict(AdvantageStats(), 0.5)
     assert fatal  # no episode produced a turn of a trainable role
+
+
+def test_make_sandbox_setup_names_the_install_command_when_it_cannot_install(tmp_path):
+    """`make demo` / `make test` first set up the sandbox: with no bubblewrap on PATH and no
+    package manager it may use, the Makefile prints the exact command (and goes on)."""
+    import shutil
+
+    bare = tmp_path / "bin"  # make and id only: no bwrap, no apt-get, no dnf
+    bare.mkdir()
+    for tool in ("make", "id"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    out = subprocess.run([str(bare / "make"), "--no-print-directory", "-C", str(ROOT), "sandbox-setup"],
+                         env={"PATH": str(bare), "HOME": str(tmp_path)}, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "bubblewrap (the sandbox without Docker) is missing" in out.stdout
+    assert "sudo apt-get install bubblewrap" in out.stdout and "sudo dnf install bubblewrap" in out.stdout
+    present = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "sandbox-setup"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    if shutil.which("bwrap"):  # installed here: nothing to do, nothing said
+        assert present.returncode == 0 and present.stdout == "", present.stdout
