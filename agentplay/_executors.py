@@ -144,7 +144,9 @@ class RecipeRef(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     """Build options (`--set name=value`)."""
     endpoints: list[str] = Field(default_factory=list)
-    """Serving endpoints (`--endpoints`): each worker spreads its episodes over them."""
+    """Serving endpoints (`--base-url`): each worker spreads its episodes over them."""
+    tokenizer: str | None = None
+    """`--tokenizer`: rebuild token ids for a server that returns none."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables set in each worker before building (offline flags, torch threads)."""
 
@@ -188,12 +190,14 @@ class RayConfig(BaseModel):
         return max(1, math.ceil(self.concurrency / self.workers))
 
 
-def register_endpoints(model: str, endpoints: list[str]) -> Any:
-    """Make `model` (an `openai:` spec) resolve, in this process, to a pool over `endpoints`."""
+def register_endpoints(model: str, endpoints: list[str], **overrides: Any) -> Any:
+    """Make `model` (an `openai:` spec) resolve, in this process, to a pool over `endpoints`
+    (none: $OPENAI_BASE_URL); `overrides` are ModelConfig fields (tokenizer, timeout...)."""
     from agentplay._registry import register_model
     from agentplay.models import EndpointPool, parse_model_spec
 
-    return register_model(EndpointPool(parse_model_spec(model), endpoints), model)
+    config = parse_model_spec(model, **{k: v for k, v in overrides.items() if v is not None})
+    return register_model(EndpointPool(config, endpoints or None), model)
 
 
 def loopback_only_ray() -> None:

@@ -95,7 +95,7 @@ class TraceCallback(AsyncCallbackHandler):
         prompt_ids = meta.get("prompt_token_ids")
         completion_ids = meta.get("completion_token_ids", meta.get("token_ids"))
         logprobs = _logprobs(meta.get("logprobs"))
-        trace.add(prompt_ids, completion_ids, logprobs)
+        trace.add(prompt_ids, completion_ids, logprobs, exact=not meta.get("token_ids_retokenized"))
         trace.fill(turn)
         version = meta.get("weight_version")
         turn.weight_version = version if version is not None else turn.weight_version

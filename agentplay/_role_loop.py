@@ -56,10 +56,14 @@ class TokenTrace:
         self.breaks: list[str] = []
 
     def add(self, prompt_ids: list[int] | None, completion_ids: list[int] | None,
-            logprobs: list[float] | None) -> None:
+            logprobs: list[float] | None, *, exact: bool = True) -> None:
+        """`exact=False`: the ids were rebuilt from text (`ChatResult.retokenized`), not sampled."""
         if not self.available or prompt_ids is None or completion_ids is None:
             self.available = False  # an API without token ids: text-only trace
             return
+        if not exact:
+            self.exact = False
+            self.breaks.append(f"call {len(self.breaks) + 1}: ids re-tokenized from text, not from the server")
         if self.prompt_ids is None:
             self.prompt_ids = list(prompt_ids)
         else:
@@ -79,6 +83,7 @@ class TokenTrace:
 
     def fill(self, turn: RoleTurn) -> None:
         if not self.available or self.prompt_ids is None:
+            turn.token_exact = False  # no ids from the server: nothing here is token-exact
             return
         turn.prompt_token_ids = self.prompt_ids
         turn.token_ids = self.ids
@@ -147,7 +152,8 @@ async def continue_loop(
     conversation = list(messages)
     tool_rounds = 0
     while True:
-        trace.add(result.prompt_token_ids, choice.completion_token_ids, choice.logprobs)
+        trace.add(result.prompt_token_ids, choice.completion_token_ids, choice.logprobs,
+                  exact=not result.retokenized)
         turn.generations.append(generation_record(result, choice, sampling))
         if result.weight_version is not None:
             turn.weight_version = result.weight_version

@@ -28,9 +28,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    """`agentplay serve` on a free 127.0.0.1 port, waited for until /v1/models answers."""
-    port = _free_port()
+def start_server(port: int | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`agentplay serve` on `port` (default: a free 127.0.0.1 one), waited for until /v1/models answers."""
+    port = port or _free_port()
     proc = subprocess.Popen([*AGENTPLAY, "serve", "--model", DEFAULT_MODEL_SPEC, "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], env=agentplay_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from agentplay.models import SamplingParams, load_model
+from agentplay.errors import InfrastructureError
+from agentplay.models import NoLiveEndpointError, SamplingParams, load_model
 
 COMPLETION = {
     "id": "chatcmpl-1",
@@ -154,12 +155,29 @@ async def test_retries_429_and_503_then_parses_the_answer(flaky):
     assert choice.tool_call_failures[0].raw == "{broken"
 
 
-async def test_gives_up_after_max_retries(flaky):
-    url, script = flaky([503, 503, 503])
-    model = load_model("openai:m", base_url=url, api_key="k", max_retries=1)
-    with pytest.raises(openai.InternalServerError):
+async def test_gives_up_after_the_retry_deadline_with_a_clear_infrastructure_error(flaky):
+    url, script = flaky([503] * 50)
+    model = load_model("openai:m", base_url=url, api_key="k", max_retries=1, retry_deadline_s=0.5)
+    with pytest.raises(NoLiveEndpointError, match=r"retry_deadline_s=0.5.*HTTP 503|retry_deadline_s=0.5.*503") as err:
         await model.chat([{"role": "user", "content": "hi"}])
-    assert script.attempts == 2
+    assert isinstance(err.value, InfrastructureError)  # never a reward; health retries the episode
+    assert isinstance(err.value.__cause__, openai.InternalServerError)
+    assert script.attempts == 2  # the client's own retry, then the breaker opened and the deadline passed
+
+
+async def test_last_endpoint_is_not_given_up_after_one_error(flaky):
+    """Issue #19 item 3: one endpoint, more 503s than the client retries: the pool's breaker
+    opens, a probe finds the server answering, and the call succeeds instead of failing
+    every later request with "every endpoint is down"."""
+    url, script = flaky([503, 503, 503, 500, 429])
+    model = load_model("openai:m", base_url=url, api_key="k", max_retries=1, retry_deadline_s=60)
+    try:
+        first = await model.chat([{"role": "user", "content": "hi"}])
+        second = await model.chat([{"role": "user", "content": "again"}])
+    finally:
+        await model.aclose()
+    assert first.prompt_token_ids == [1, 2, 3] and second.prompt_token_ids == [1, 2, 3]
+    assert script.attempts == 7 and model.status()[0]["state"] == "closed"
 
 
 async def test_bad_request_is_not_retried(flaky):
@@ -199,7 +217,9 @@ async def test_assistant_tool_calls_go_out_as_json_strings(flaky):
 
 async def test_unreachable_server_raises_connection_error():
     model = load_model(
-        "openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=5
+        "openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=5,
+        retry_deadline_s=0.3,
     )
-    with pytest.raises(openai.APIConnectionError):
+    with pytest.raises(NoLiveEndpointError, match="127.0.0.1:9.*Connect") as err:
         await model.chat([{"role": "user", "content": "hi"}])
+    assert isinstance(err.value.__cause__, openai.APIConnectionError)

@@ -59,7 +59,7 @@ async def test_episode_pinned_spread_and_failover(server):
             second = await pool.chat(MSG, sampling=FAST)
         assert first.choices[0].completion_token_ids and second.choices[0].completion_token_ids
         assert notes["endpoints"] == [dead, server] and notes["endpoint_failovers"] == 1
-        assert pool.live_urls == [server] and "Connection" in pool.status()[0]["last_error"]
+        assert pool.live_urls == [server] and "Connect" in pool.status()[0]["last_error"]
         with endpoint_scope("run/1") as later:
             await pool.chat(MSG, sampling=FAST)
         assert later["endpoints"] == [server] and "endpoint_failovers" not in later  # out of rotation
@@ -93,9 +93,9 @@ async def test_all_down_is_a_clear_error_and_health_check_brings_one_back():
     port = port_sock.getsockname()[1]
     port_sock.close()
     url = f"http://127.0.0.1:{port}/v1"
-    pool = EndpointPool(parse_model_spec(SERVED), [url], health_interval_s=0.2)
+    pool = EndpointPool(parse_model_spec(SERVED, retry_deadline_s=0.5), [url], cooldown_s=0.2, max_cooldown_s=0.5)
     try:
-        with pytest.raises(NoLiveEndpointError, match=f"every endpoint is down.*{port}"):
+        with pytest.raises(NoLiveEndpointError, match=f"no endpoint answered within retry_deadline_s=0.5.*{port}"):
             await pool.chat(MSG, sampling=FAST)
         # a server comes up on that port: the background probe puts it back in rotation
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _TINY_SERVER, str(port),
@@ -140,7 +140,8 @@ def test_cli_local_executor_with_endpoints_records_them(tmp_path, server):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--executor", "spark"], "--executor: expected local or ray"),
-    (["--endpoints", "http://127.0.0.1:1/v1"], "--endpoints: needs --model openai:"),
+    (["--base-url", "http://127.0.0.1:1/v1"], "--base-url: needs --model openai:"),
+    (["--endpoints", "http://127.0.0.1:1/v1"], "--base-url: needs --model openai:"),  # the deprecated alias
     (["--address", "auto"], "--address: only used with --executor ray"),
 ])
 def test_cli_scale_options_are_checked(tmp_path, args, message):

@@ -30,6 +30,7 @@ from ._advantages import AdvantageStats, TrainSample, compute_advantages
 from ._checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
 from ._learner import GRPOLearner
+from ._token_ids import token_id_problem
 from ._versions import IterationVersions
 from ._weights_sync import sync_weights
 
@@ -341,6 +342,8 @@ class SelfPlayTrainer:
             self._iteration = it
             t0 = time.perf_counter()
             episodes = await self.rollouts(compiled, it)
+            if (problem := token_id_problem(episodes, it)) is not None:
+                raise TrainError(problem)
             t1 = time.perf_counter()
             rollout_version = self.weight_version
             recipe = compiled.recipe

@@ -44,9 +44,14 @@ def run(
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (auto, host:6379, "
                                                      "ray://host:10001); default: a private local one.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
-    endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs (agentplay serve / "
-                                                       "vLLM) for an openai: --model; episodes spread by load.")]
-    = None,
+    base_url: Annotated[str | None, typer.Option(help="Serving URL of an openai: --model (agentplay serve, "
+                                                      "vLLM, any OpenAI-compatible API), e.g. http://127.0.0.1:8000/v1; "
+                                                      "several comma-separated spread episodes by load. "
+                                                      "Default: $OPENAI_BASE_URL.")] = None,
+    endpoints: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --base-url.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="For a server that returns no token ids (llama.cpp): "
+                                                       "rebuild them with this tokenizer (a local model folder, or "
+                                                       "`default`); recorded as token_exact = false.")] = None,
     max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fail (exit 1, with a diagnosis) "
                                                       "when more than this fraction of episodes errored; "
                                                       "a run where all did always fails.")] = 0.5,
@@ -60,13 +65,14 @@ def run(
     """Run RECIPE for --episodes episodes, storing each one as it finishes."""
     from agentplay._loading import load_recipe
     from agentplay._registry import close_models, override_models
-    from agentplay.cli._scale import ScaleOptions
+    from agentplay.cli._scale import ScaleOptions, check_recipe_models
     from agentplay.recipe import RecipeError
     from agentplay.runner import RunConfig, RunHealthError, run_recipe
 
     console = Console(stderr=True)
     options = _parse_sets(set_ or [])
     try:
+        served_at = serving_url(base_url, endpoints)
         built, model_applied = load_recipe(recipe, model=model, options=options)
         compiled = built.compile()
     except (ValueError, TypeError, KeyError, FileNotFoundError, AttributeError, RecipeError) as exc:
@@ -75,9 +81,12 @@ def run(
     config = RunConfig(episodes=episodes, concurrency=concurrency, store=store, resume=resume,
                        seed=seed, run_id=run_id, progress=progress, max_error_fraction=max_error_fraction,
                        episode_retries=episode_retries, strict_rewards=strict_rewards)
-    scale = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=endpoints)
+    scale = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at,
+                         tokenizer=tokenizer)
     try:
         make_executor = scale.plan(recipe, model=model, options=options, concurrency=concurrency)
+        if model is None:
+            check_recipe_models(built)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -102,3 +111,10 @@ def run(
             typer.echo(exc.summary.model_dump_json())
         raise typer.Exit(1) from None
     typer.echo(summary.model_dump_json())
+
+
+def serving_url(base_url: str | None, endpoints: str | None) -> str | None:
+    """`--base-url`, or its deprecated name `--endpoints` (not both)."""
+    if endpoints is not None and base_url is not None:
+        raise ValueError("--base-url: give --base-url only (--endpoints is its deprecated name), not both")
+    return base_url if base_url is not None else endpoints

@@ -1,4 +1,9 @@
-"""`--executor`, `--address`, `--workers`, `--endpoints`: shared by `agentplay run` and `train`."""
+"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`: shared by `agentplay run` and `train`.
+
+`--base-url` is the serving URL's one name (what the openai client, vLLM's tools and
+OPENAI_BASE_URL call it); several comma-separated URLs make a pool. `--endpoints`,
+its earlier name, stays as a hidden alias.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ class ScaleOptions(BaseModel):
     workers: int = 2
     """Ray worker actors."""
     endpoints: str | None = None
-    """Comma-separated serving URLs for an `openai:` model."""
+    """`--base-url`: comma-separated serving URLs for an `openai:` model."""
+    tokenizer: str | None = None
+    """`--tokenizer`: rebuild token ids for servers that return none (see ModelConfig.tokenizer)."""
 
     def urls(self) -> list[str]:
         return [u.strip() for u in (self.endpoints or "").split(",") if u.strip()]
@@ -43,24 +50,51 @@ class ScaleOptions(BaseModel):
             raise ValueError(f"--executor: expected local or ray, got {self.executor!r}")
         kind = "ray" if self.executor == "ray" else "local"
         urls = self.urls()
+        served = (model or "").startswith("openai:")
         if self.endpoints is not None and not urls:
-            raise ValueError("--endpoints: give at least one URL, e.g. http://127.0.0.1:8000/v1")
-        if urls and not (model or "").startswith("openai:"):
-            raise ValueError(f"--endpoints: needs --model openai:<served model name>, got --model {model!r}")
+            raise ValueError("--base-url: give at least one URL, e.g. http://127.0.0.1:8000/v1")
+        if urls and not served:
+            raise ValueError(f"--base-url: needs --model openai:<served model name>, got --model {model!r}")
+        if self.tokenizer is not None and not served:
+            raise ValueError(f"--tokenizer: only for --model openai:<served model name>, got --model {model!r}")
+        if served:
+            check_served_model(str(model), urls)
         if kind == "local":
             if self.address is not None:
                 raise ValueError("--address: only used with --executor ray")
-            if urls and model and register_local:
+            if served and model and register_local:
                 from agentplay._executors import register_endpoints
 
-                register_endpoints(model, urls)
+                register_endpoints(model, urls, tokenizer=self.tokenizer)
             return lambda follow=None: None
         from agentplay._executors import RayConfig, RayExecutor, RecipeRef
 
         env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith("AGENTPLAY_")}
         try:
-            ref = RecipeRef(recipe=recipe, model=model, options=options, endpoints=urls, env=env)
+            ref = RecipeRef(recipe=recipe, model=model, options=options, endpoints=urls, env=env,
+                            tokenizer=self.tokenizer)
             config = RayConfig(address=self.address, workers=self.workers, concurrency=concurrency)
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
         return lambda follow=None: RayExecutor(ref, config, follow=follow)
+
+
+def check_served_model(model: Any, urls: list[str] | None = None) -> None:
+    """Before any episode: an `openai:` model must have a server to call (`--base-url`,
+    $OPENAI_BASE_URL, or $OPENAI_API_KEY for api.openai.com). Raises ValueError naming the flag."""
+    from agentplay.models import ModelSpecError, parse_model_spec
+
+    try:
+        config = parse_model_spec(model, **({"base_url": ",".join(urls)} if urls else {}))
+        if config.backend == "openai":
+            config.endpoint_urls()
+    except ModelSpecError as exc:
+        raise ValueError(str(exc).replace("base_url: ", "--base-url: ", 1)) from None
+
+
+def check_recipe_models(recipe: Any) -> None:
+    """`check_served_model` for each role's own model (a recipe run without `--model`)."""
+    for role in recipe.roles.values():
+        model = getattr(role, "model", None)
+        if isinstance(model, str) or hasattr(model, "backend"):
+            check_served_model(model)

@@ -17,8 +17,10 @@ def train(
                                                "propose-solve-judge) or path/to/file.py:attr.")],
     model: Annotated[str, typer.Option(help="Model spec serving every role (local:..., openai:... with --base-url).")]
     = "local:smollm2-135m-instruct",
-    base_url: Annotated[str | None, typer.Option(help="API root of an openai: model, e.g. "
-                                                      "http://127.0.0.1:8000/v1 for `agentplay serve` or vLLM.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Serving URL of an openai: --model, e.g. "
+                                                      "http://127.0.0.1:8000/v1 for `agentplay serve` or vLLM; several "
+                                                      "comma-separated: adapters are loaded on every one. "
+                                                      "Default: $OPENAI_BASE_URL.")] = None,
     iterations: Annotated[int, typer.Option(min=1, help="Iterations (rollouts + one optimizer step) in total.")] = 10,
     episodes_per_iteration: Annotated[int, typer.Option(min=1, help="Episodes rolled out per iteration.")] = 8,
     concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 8,
@@ -41,11 +43,10 @@ def train(
     option: Annotated[list[str] | None, typer.Option("--option", help="Any TrainConfig field name=value "
                                                                       "(JSON values), repeatable.")] = None,
     executor: Annotated[str, typer.Option(help="Where rollouts run: local or ray (worker actors; needs "
-                                               "an HTTP-served model: --endpoints or --base-url).")] = "local",
+                                               "an HTTP-served model: --base-url).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: a private local one.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
-    endpoints: Annotated[str | None, typer.Option(help="Comma-separated serving URLs of an openai: --model; "
-                                                       "adapters are loaded on every one.")] = None,
+    endpoints: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --base-url.")] = None,
     max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop (exit 1, with a diagnosis) "
                                                       "when more than this fraction of an iteration's episodes "
                                                       "errored; always when all did.")] = 0.5,
@@ -81,14 +82,13 @@ def train(
 
     from agentplay.cli._scale import ScaleOptions
 
-    if endpoints is not None and base_url is not None:
-        console.print("[red]error:[/] --endpoints: give either --endpoints or --base-url, not both")
-        raise typer.Exit(2)
-    served_at = endpoints if endpoints is not None else base_url
+    from agentplay.cli._run import serving_url
+
     try:
+        served_at = serving_url(base_url, endpoints)
         if executor == "ray" and not served_at:
             raise ValueError("--executor ray: workers must reach the weights the trainer updates; "
-                             "serve the model over HTTP and pass --endpoints (or --base-url)")
+                             "serve the model over HTTP and pass --base-url")
         make_executor = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at).plan(
             recipe, model=model, options=cfg.recipe_options, concurrency=concurrency, register_local=False)
     except ValueError as exc:
@@ -112,7 +112,8 @@ def train(
         from agentplay.models import load_model
         from agentplay.trainers import SelfPlayTrainer
 
-        served = load_model(model, base_url=served_at) if served_at else None  # several URLs: an EndpointPool
+        # an openai: model is an EndpointPool over --base-url (or $OPENAI_BASE_URL)
+        served = load_model(model, base_url=served_at) if model.startswith("openai:") else None
         runner = make_executor(follow=served)
         trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report

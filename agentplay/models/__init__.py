@@ -20,7 +20,7 @@ from ._weights import MissingModelPackageError, default_model_dir
 _LAZY = {
     "AgentplayChatModel": "._langchain",
     "EndpointPool": "._endpoints",
-    "NoLiveEndpointError": "._endpoints",
+    "NoLiveEndpointError": "._resilience",
     "ModelServerError": "._openai",
     "OpenAIModel": "._openai",
     "TextDelta": "._openai",

@@ -76,9 +76,21 @@ class ModelConfig(BaseModel):
     prefix_cache_size: int = Field(1024, ge=0)
     """Recent (text -> token ids) pairs kept so multi-turn prompts reuse the exact sampled ids."""
     timeout: float = Field(600.0, gt=0)
-    """`openai`: request timeout in seconds."""
+    """`openai`: seconds a request may wait for the server's next byte (a stalled request is
+    cut off after this and retried)."""
     max_retries: int = Field(4, ge=0, le=20)
-    """`openai`: retries (exponential backoff with jitter, Retry-After honoured) on 408/409/429/5xx and connection errors."""
+    """`openai`: retries of one request by the openai client (exponential backoff with jitter,
+    Retry-After honoured) on 408/409/429/5xx, connection errors, timeouts and 2xx answers
+    that are not JSON. With several endpoints each gets at most one before the pool fails over."""
+    retry_deadline_s: float = Field(300.0, gt=0)
+    """`openai`: how long one model call keeps trying after its first failed request: while
+    every endpoint is down (circuit breaker open) it waits for one to come back, probing
+    each with growing pauses; past the deadline it fails with `NoLiveEndpointError`
+    naming every endpoint and its last error (an infrastructure failure: never a reward)."""
+    tokenizer: str | None = None
+    """`openai`: tokenizer to rebuild token ids with when the server returns none (llama.cpp's
+    server, hosted APIs): a local Hugging Face folder, or `default` for the packaged model's.
+    Such ids are recorded with token_exact = false and are not trained on."""
     max_concurrency: int = Field(64, ge=1)
     """`openai`: most requests in flight at once from this model object."""
     extra_headers: dict[str, str] = Field(default_factory=dict)
@@ -93,9 +105,9 @@ class ModelConfig(BaseModel):
                 f"name: unknown local model {self.name!r}; known: {', '.join(LOCAL_MODELS)}"
                 f" (for any other Hugging Face folder use hf:<folder or repo id>)"
             )
-        if self.backend != "openai" and (self.base_url or self.api_key):
+        if self.backend != "openai" and (self.base_url or self.api_key or self.tokenizer):
             raise ValueError(
-                f"base_url/api_key: only used by the openai backend, not {self.backend!r}"
+                f"base_url/api_key/tokenizer: only used by the openai backend, not {self.backend!r}"
             )
         return self
 
@@ -103,6 +115,24 @@ class ModelConfig(BaseModel):
     def spec(self) -> str:
         """The spec string this config stands for."""
         return f"{self.backend}:{self.name}"
+
+    def endpoint_urls(self) -> list[str]:
+        """`openai`: the API roots to call: `base_url` (comma-separated), else $OPENAI_BASE_URL,
+        else api.openai.com when an API key is given. Raises ModelSpecError when there is none,
+        so a run fails before its first episode instead of storing a connection error in each."""
+        raw = self.base_url or os.environ.get("OPENAI_BASE_URL") or ""
+        if not raw.strip() and (self.api_key or os.environ.get("OPENAI_API_KEY")):
+            raw = "https://api.openai.com/v1"
+        urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+        if not urls:
+            raise ModelSpecError(
+                f"base_url: {self.spec} has no server to call: pass --base-url URL (e.g. "
+                "http://127.0.0.1:8000/v1 for `agentplay serve` or vLLM), or set OPENAI_BASE_URL, "
+                "or OPENAI_API_KEY for api.openai.com"
+            )
+        if len(set(urls)) != len(urls):
+            raise ModelSpecError(f"base_url: duplicate endpoint in {urls}")
+        return urls
 
 
 def _env_threads() -> int:

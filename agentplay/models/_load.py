@@ -11,19 +11,17 @@ __all__ = ["load_model"]
 
 
 def load_model(spec: str | ModelConfig | dict[str, Any], **overrides: Any) -> ChatModel:
-    """`local:`/`hf:` -> in-process LocalModel; `openai:` -> an OpenAI-compatible API client.
+    """`local:`/`hf:` -> in-process LocalModel; `openai:` -> an EndpointPool over its server(s).
 
     `overrides` are ModelConfig fields, e.g. `load_model("openai:qwen", base_url=..., api_key=...)`.
     """
     config = parse_model_spec(spec, **overrides)
-    if config.backend == "openai" and config.base_url and "," in config.base_url:
-        from ._endpoints import EndpointPool  # several servers: spread episodes, fail over
-
-        return EndpointPool(config)
     if config.backend == "openai":
-        from ._openai import OpenAIModel  # the API backend; imported lazily (no torch needed)
+        # The API backend, imported lazily (no torch needed): a pool even over one server, so
+        # an outage is waited out (within retry_deadline_s) instead of failing every call.
+        from ._endpoints import EndpointPool
 
-        return OpenAIModel(config)
+        return EndpointPool(config)  # ModelSpecError at once when there is no URL to call
     from ._local import LocalModel
 
     return LocalModel(config)

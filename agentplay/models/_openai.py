@@ -1,10 +1,13 @@
 """The API backend: any OpenAI-compatible server (vLLM, `agentplay serve`, llama.cpp, OpenAI).
 
-Retries are the official client's own: it already backs off exponentially with
-jitter on 408/409/429/5xx and connection errors and honours `Retry-After` /
-`retry-after-ms`, so a second retry loop here would only double the waits.
-What the client does not do is bound concurrency (a self-play run fires
-hundreds of requests at once) or read vLLM's token-id extensions; both are here.
+Retries of one request are the official client's own: it already backs off
+exponentially with jitter on 408/409/429/5xx, connection errors and timeouts and
+honours `Retry-After` / `retry-after-ms`, so a second loop here would only double
+the waits. Added here: a response hook so a 2xx body that is not JSON is retried
+in that same loop (the client parses bodies only after it, see `_resilience`),
+bounded concurrency (a self-play run fires hundreds of requests at once) and
+vLLM's token-id extensions. Remembering failing servers and waiting for them to
+come back is `EndpointPool`'s job (`load_model` wraps every `openai:` model in one).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
@@ -23,6 +27,7 @@ from agentplay.errors import AgentplayError
 
 from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig
+from ._resilience import require_json_body
 from ._types import (
     ChatResult,
     Choice,
@@ -192,6 +197,7 @@ class OpenAIModel(ChatModel, UpdatableModel):
             timeout=config.timeout,
             max_retries=config.max_retries,
             default_headers=config.extra_headers or None,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [require_json_body]}),
         )
         self._limit = asyncio.Semaphore(config.max_concurrency)
         self._version: int | None = None
@@ -200,6 +206,10 @@ class OpenAIModel(ChatModel, UpdatableModel):
     @property
     def weight_version(self) -> int | None:
         return self._version
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for requests made outside the openai client (admin calls, health probes)."""
+        return {"Authorization": f"Bearer {self._client.api_key}", **(self.config.extra_headers or {})}
 
     def _params(
         self,
@@ -341,12 +351,8 @@ class OpenAIModel(ChatModel, UpdatableModel):
         if check_version(version) is not None:
             body = {**body, "weight_version": version}
         url = f"{str(self._client.base_url).rstrip('/')}/{endpoint}"
-        headers = {
-            "Authorization": f"Bearer {self._client.api_key}",
-            **(self.config.extra_headers or {}),
-        }
         async with httpx.AsyncClient(timeout=self.config.timeout) as http:
-            resp = await http.post(url, json=body, headers=headers)
+            resp = await http.post(url, json=body, headers=self.auth_headers())
         if resp.status_code >= 400:
             try:
                 message = resp.json()["error"]["message"]

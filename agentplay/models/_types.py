@@ -138,6 +138,9 @@ class ChatResult(BaseModel):
     sampled_with: SamplingRecord | None = None
     """How the backend says it sampled every choice; None when it cannot say."""
     usage: Usage = Field(default_factory=Usage)
+    retokenized: bool = False
+    """True when the server returned no ids and these were rebuilt from text by a local
+    tokenizer: plausible ids, not necessarily the ones sampled (traces say token_exact = false)."""
 
     @property
     def choice(self) -> Choice:

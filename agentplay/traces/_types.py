@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentplay.models._types import Message, SamplingRecord
 
@@ -86,7 +86,8 @@ class RoleTurn(BaseModel):
     logprobs: list[float] | None = None
     """Sampling logprob per token in `token_ids` (0.0 where mask is 0)."""
     token_exact: bool = True
-    """False when a re-rendered prompt did not extend the previous tokens exactly."""
+    """True only when the ids came from the server that sampled them and each call's prompt
+    extended the previous ids exactly; False for re-tokenized ids, a broken prefix, or no ids."""
     generations: list[Generation] = Field(default_factory=list)
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     weight_version: int | None = None
@@ -100,6 +101,12 @@ class RoleTurn(BaseModel):
     and the trainer excludes it (and its group, see `TrainConfig.reward_failed_groups`)."""
     started_at: float = Field(default_factory=time.time)
     latency_s: float = 0.0
+
+    @model_validator(mode="after")
+    def _no_ids_are_not_exact(self) -> RoleTurn:
+        if self.token_ids is None:
+            self.token_exact = False  # also for turns stored before this rule (text-only servers said 1)
+        return self
 
 
 def turn_sampling(turn: RoleTurn) -> SamplingRecord | None:

@@ -1,0 +1,160 @@
+"""Transient model-server faults cost nothing (issue #19, item 3).
+
+A real `agentplay serve` (SmolLM2) behind tests/_fault_proxy.py, called by the
+real openai client through `EndpointPool`: each fault class alone, then a run of
+episodes at a 30% fault rate whose stored episodes must equal a fault-free run
+with the same seeds, then (slow) the server killed and restarted mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _fault_proxy import FAULT_KINDS, FaultProxy
+from _servers import SERVED, start_server, stop_server
+
+from agentplay import RunConfig, run_recipe
+from agentplay._executors import register_endpoints
+from agentplay._loading import load_recipe
+from agentplay._registry import close_models
+from agentplay.models import SamplingParams, load_model
+from agentplay.traces import Episode, TraceStore
+
+EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'my_recipe.py'}:build"
+OPTIONS = {"max_tokens": 4, "n_solvers": 1}
+MSG = [{"role": "user", "content": "Say hi."}]
+TIMEOUT_S = 2.0
+"""Client timeout in these tests; the proxy's stall outlasts it."""
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server()
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def reference(server, tmp_path_factory):
+    """Six episodes straight from the server, no proxy: what every faulty run must reproduce."""
+    db = tmp_path_factory.mktemp("ref") / "ref.db"
+    return run_episodes(server, db, "ref", episodes=6)
+
+
+def run_episodes(url: str, db: Path, run_id: str, *, episodes: int, concurrency: int = 2,
+                 during: Any = None, **model_options: Any) -> list[Episode]:
+    """Run examples/my_recipe.py in-process against `url`; returns the stored episodes."""
+
+    async def main() -> None:
+        register_endpoints(SERVED, [url], timeout=TIMEOUT_S, retry_deadline_s=model_options.pop("deadline", 120.0),
+                           **model_options)
+        recipe, _ = load_recipe(EXAMPLE, model=SERVED, options=dict(OPTIONS))
+        try:
+            with TraceStore(db) as store:
+                await run_recipe(recipe, RunConfig(episodes=episodes, concurrency=concurrency, seed=7,
+                                                   run_id=run_id, progress=False), store=store,
+                                 on_episode=during)
+        finally:
+            await close_models()
+
+    asyncio.run(main())
+    with TraceStore(db) as store:
+        return sorted(store.episodes(run_id), key=lambda e: e.index)
+
+
+def fingerprint(episode: Episode) -> tuple[Any, ...]:
+    """What a fault must not change: status, seed, every turn's ids, text and rewards."""
+    turns = tuple((t.role, tuple(t.prompt_token_ids or ()), tuple(t.token_ids or ()), tuple(t.mask or ()),
+                   t.output, t.token_exact, t.reward.value if t.reward else None, t.reward.reason if t.reward else None)
+                  for t in episode.turns)
+    return episode.index, episode.seed, episode.status, episode.error, turns, sorted(episode.metrics.items())
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_each_fault_class_is_retried_to_the_right_answer(server, kind):
+    """One request meets `kind`; the call still returns what the server answers fault-free."""
+    sampling = SamplingParams(max_tokens=3, temperature=0.8, seed=11)
+    with FaultProxy(server, rate=0.0, script=[kind], stall_s=TIMEOUT_S + 1.5) as proxy:
+        pool = load_model(SERVED, base_url=proxy.url, timeout=TIMEOUT_S, retry_deadline_s=60)
+        try:
+            faulty = await pool.chat(MSG, sampling=sampling)
+        finally:
+            await pool.aclose()
+        assert proxy.injected[kind] == 1 and proxy.forwarded >= 1
+    direct = load_model(SERVED, base_url=server)
+    try:
+        clean = await direct.chat(MSG, sampling=sampling)
+    finally:
+        await direct.aclose()
+    assert faulty.prompt_token_ids == clean.prompt_token_ids and faulty.prompt_token_ids
+    assert faulty.choice.completion_token_ids == clean.choice.completion_token_ids
+    assert faulty.choice.text == clean.choice.text
+
+
+def test_thirty_percent_faults_lose_no_episode_and_change_none(server, reference, tmp_path):
+    """Every fault class at least once, then 30% of chat requests faulted at random:
+    all episodes stored ok and identical to the fault-free run with the same seeds."""
+    script: list[str | None] = [k for kind in FAULT_KINDS for k in (kind, None)]
+    with FaultProxy(server, rate=0.3, seed=3, script=script, stall_s=TIMEOUT_S + 1.5) as proxy:
+        episodes = run_episodes(proxy.url, tmp_path / "faults.db", "faults", episodes=len(reference))
+    assert all(proxy.injected[k] >= 1 for k in FAULT_KINDS), proxy.injected
+    assert sum(proxy.injected.values()) >= len(FAULT_KINDS) + 1  # the random 30% injected too
+    assert [e.status for e in episodes] == ["ok"] * len(reference), [e.error for e in episodes]
+    assert [fingerprint(e) for e in episodes] == [fingerprint(e) for e in reference]
+
+
+async def test_deadline_passes_with_a_clear_infrastructure_error(server):
+    """Every request faulted: after retry_deadline_s the call fails, naming the endpoint and the cause."""
+    from agentplay.errors import InfrastructureError
+    from agentplay.models import NoLiveEndpointError
+
+    with FaultProxy(server, rate=1.0, kinds=("500",)) as proxy:
+        pool = load_model(SERVED, base_url=proxy.url, max_retries=1, retry_deadline_s=1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(NoLiveEndpointError) as err:
+                await pool.chat(MSG, sampling=SamplingParams(max_tokens=2))
+        finally:
+            await pool.aclose()
+    assert isinstance(err.value, InfrastructureError) and proxy.url in str(err.value)
+    assert "retry_deadline_s=1" in str(err.value) and "500" in str(err.value)
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.slow
+def test_server_killed_and_restarted_mid_run_loses_nothing(reference, tmp_path):
+    """The only server dies after the first episode and is back ~20 s later: the run waits
+    for it (within retry_deadline_s), finishes, and stores the fault-free episodes."""
+    proc, url = start_server()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    state: dict[str, Any] = {"proc": proc}
+    restarted = threading.Event()
+
+    def outage() -> None:
+        stop_server(state["proc"])
+        state["down_at"] = time.monotonic()
+        time.sleep(8)  # + the new server's start-up: ~20 s without an answer
+        state["proc"], _ = start_server(port)
+        state["up_at"] = time.monotonic()
+        restarted.set()
+
+    killer = threading.Thread(target=outage)
+
+    def after_episode(episode: Episode) -> None:
+        if not killer.is_alive() and not restarted.is_set() and "down_at" not in state:
+            killer.start()
+
+    try:
+        episodes = run_episodes(url, tmp_path / "outage.db", "outage", episodes=len(reference),
+                                concurrency=1, during=after_episode, deadline=180.0)
+        killer.join(timeout=300)
+    finally:
+        stop_server(state["proc"])
+    assert restarted.is_set() and state["up_at"] - state["down_at"] >= 12
+    assert [e.status for e in episodes] == ["ok"] * len(reference), [e.error for e in episodes]
+    assert [fingerprint(e) for e in episodes] == [fingerprint(e) for e in reference]
