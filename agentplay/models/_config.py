@@ -105,9 +105,13 @@ class ModelConfig(BaseModel):
                 f"name: unknown local model {self.name!r}; known: {', '.join(LOCAL_MODELS)}"
                 f" (for any other Hugging Face folder use hf:<folder or repo id>)"
             )
-        if self.backend != "openai" and (self.base_url or self.api_key or self.tokenizer):
+        if self.backend != "openai" and (self.base_url or self.api_key):
             raise ValueError(
-                f"base_url/api_key/tokenizer: only used by the openai backend, not {self.backend!r}"
+                f"base_url/api_key: only used by the openai backend, not {self.backend!r}"
+            )
+        if self.backend != "openai" and self.tokenizer:
+            raise ValueError(
+                f"tokenizer: only used by the openai backend (local models return exact ids), not {self.backend!r}"
             )
         return self
 
