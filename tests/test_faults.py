@@ -18,10 +18,8 @@ import pytest
 from _fault_proxy import FAULT_KINDS, FaultProxy
 from _servers import SERVED, start_server, stop_server
 
-from agentplay import RunConfig, run_recipe
+from agentplay import RunConfig, close_models, load_recipe, run_recipe
 from agentplay._executors import register_endpoints
-from agentplay._loading import load_recipe
-from agentplay._registry import close_models
 from agentplay.models import SamplingParams, load_model
 from agentplay.traces import Episode, TraceStore
 
