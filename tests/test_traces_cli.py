@@ -44,7 +44,12 @@ def test_list_prints_one_run_per_line_id_first(db: Path) -> None:
     lines = result.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["aaaa1111", "bbbb2222"]
     assert "search-selfplay  finished  3 episodes (ok 3)" in lines[0]
-    assert "code-selfplay  running  0 episodes" in lines[1]
+    assert "code-selfplay  running  0 episodes  mean reward -" in lines[1]
+    with TraceStore(db, read_only=True) as store:  # the mean of each role's own rewards, not of all together
+        episodes = list(store.episodes("aaaa1111"))
+    means = {role: [t.reward.value for ep in episodes for t in ep.turns if t.role == role] for role in ("proposer", "solver")}
+    expected = " ".join(f"{role} {sum(v) / len(v):.3f}" for role, v in means.items())
+    assert f"mean reward {expected}  " in lines[0]
 
 
 def test_show_run_and_episode(db: Path) -> None:
@@ -76,6 +81,24 @@ def test_show_run_and_episode(db: Path) -> None:
 
     as_json = _run("traces", "show", "aaaa1111:2", "--store", str(db), "--json")
     assert json.loads(as_json.stdout)["episode_id"] == episodes[2].episode_id
+
+
+def test_show_lists_episodes_by_index_and_prints_real_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    with TraceStore(path) as store:
+        run_id = store.create_run("r", run_id="r1")
+        for i in (2, 0, 3, 1):  # finishing order differs from index order
+            store.append_episode(make_episode(run_id, i, n_turns=1))
+        turn = RoleTurn(role="solver", messages=[{"role": "user", "content": "line one\nline two"}],
+                        output="a\nb", reward=RewardRecord(value=1))
+        store.append_episode(make_episode(run_id, 4).model_copy(update={"turns": [turn]}))
+    listed = _run("traces", "show", "r1", "--store", str(path)).stdout
+    assert [line.split()[0] for line in listed.splitlines() if line.startswith("  #")] == ["#0", "#1", "#2", "#3", "#4"]
+    assert [line.split()[0] for line in _run("traces", "show", "r1", "--store", str(path), "--limit", "2")
+            .stdout.splitlines() if line.startswith("  #")] == ["#3", "#4"]  # the highest indexes
+    shown = _run("traces", "show", "r1:4", "--store", str(path)).stdout
+    assert "\\n" not in shown
+    assert "  [user] line one\n      line two\n" in shown and "  output: a\n      b\n" in shown
 
 
 def test_show_clips_long_text_unless_full(tmp_path: Path) -> None:

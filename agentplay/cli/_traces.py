@@ -56,18 +56,21 @@ def _counts(run: RunInfo) -> str:
     return f"{run.episodes} episodes" + (f" ({parts})" if parts else "")
 
 
-def _reward(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _clip(text: str, limit: int | None, indent: str = "      ") -> str:
+    """`text` cut to `limit` characters, its line breaks kept: later lines indented under the first."""
+    text = text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("\n", "\n" + indent)
 
 
-def _clip(text: str, limit: int | None) -> str:
-    text = text.replace("\n", "\\n")
-    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+def _role_rewards(run: RunInfo) -> str:
+    if not run.mean_reward_by_role:
+        return "mean reward -"
+    return "mean reward " + " ".join(f"{role} {value:.3f}" for role, value in run.mean_reward_by_role.items())
 
 
 @traces_app.command("list")
 def list_runs(store: Path = _STORE) -> None:
-    """One run per line: run id, recipe, status, episode counts, mean reward, start time."""
+    """One run per line: run id, recipe, status, episode counts, mean reward per role, start time."""
     with _open(store) as db:
         runs = db.list_runs()
     if not runs:
@@ -76,7 +79,7 @@ def list_runs(store: Path = _STORE) -> None:
     for run in runs:
         typer.echo(
             f"{run.run_id}  {run.recipe}  {run.status}  {_counts(run)}  "
-            f"mean reward {_reward(run.mean_reward)}  {_when(run.created_at)}"
+            f"{_role_rewards(run)}  {_when(run.created_at)}"
         )
 
 
@@ -86,7 +89,7 @@ def show(
         ..., metavar="RUN_OR_EPISODE", help="Run id, episode id, a unique prefix, or RUN:INDEX."
     ),
     store: Path = _STORE,
-    limit: int = typer.Option(50, min=1, help="Episodes listed for a run (the most recent)."),
+    limit: int = typer.Option(50, min=1, help="Episodes listed for a run (the highest indexes, in index order)."),
     full: bool = typer.Option(
         False, "--full", help="Print message and tool texts whole instead of clipped."
     ),
@@ -113,14 +116,14 @@ def _show_run(db: TraceStore, run: RunInfo, limit: int) -> None:
         f"  recipe {run.recipe}  status {run.status}  started {_when(run.created_at)}"
         f"  updated {_when(run.updated_at)}"
     )
-    typer.echo(f"  {_counts(run)}  mean reward {_reward(run.mean_reward)}")
+    typer.echo(f"  {_counts(run)}  {_role_rewards(run)}")
     typer.echo(f"  config {json.dumps(run.config, sort_keys=True)}")
     points = db.metrics(run.run_id)
     if points:
         last = points[-1].iteration
         figures = "  ".join(f"{p.name}={p.value:.4g}" for p in points if p.iteration == last)
         typer.echo(f"  metrics at iteration {last}: {figures}")
-    episodes = list(db.episodes(run.run_id, limit=limit, newest_first=True))[::-1]
+    episodes = list(db.episodes(run.run_id, limit=limit, newest_first=True, by_index=True))[::-1]
     if run.episodes > len(episodes):
         typer.echo(f"episodes (last {len(episodes)} of {run.episodes}):")
     else:

@@ -203,6 +203,13 @@ class TraceStore:
             params,
         ):
             counts.setdefault(rid, {})[status] = n
+        by_role: dict[str, dict[str, float]] = {}
+        for rid, role, mean in self._rows(
+            f"SELECT run_id, role, avg(value) FROM rewards {'WHERE run_id = ?' if run_id else ''}"
+            " GROUP BY run_id, role HAVING count(value) > 0 ORDER BY run_id, role",
+            params,
+        ):
+            by_role.setdefault(rid, {})[role] = mean
         return [
             RunInfo(
                 run_id=row[0],
@@ -214,6 +221,7 @@ class TraceStore:
                 episodes=row[6],
                 last_seq=row[7],
                 mean_reward=row[8],
+                mean_reward_by_role=by_role.get(row[0], {}),
                 status_counts=counts.get(row[0], {}),
             )
             for row in rows
@@ -276,8 +284,9 @@ class TraceStore:
         text: str | None = None,
         limit: int | None = None,
         newest_first: bool = False,
+        by_index: bool = False,
     ) -> Iterator[Episode]:
-        """Episodes in `seq` order matching every filter given.
+        """Episodes in `seq` order (`by_index`: in episode-index order) matching every filter given.
 
         `since_seq`/`before_seq` bound `seq` exclusively: poll for new episodes, or page
         backwards from the oldest one shown. `role`, `min_reward`/`max_reward` and `text`
@@ -290,7 +299,7 @@ class TraceStore:
             min_reward=min_reward, max_reward=max_reward, status=status, text=text, fts=self._fts,
         )  # fmt: skip
         order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT seq FROM episodes e {where} ORDER BY seq {order}"
+        sql = f"SELECT seq FROM episodes e {where} ORDER BY {'idx' if by_index else 'seq'} {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         seqs = [row[0] for row in self._rows(sql, params)]

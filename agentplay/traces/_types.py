@@ -165,6 +165,8 @@ class RunInfo(BaseModel):
     """Episodes per status ("ok", "invalid", "error")."""
     mean_reward: float | None = None
     """Mean reward over all rewarded role turns of the run; None when none is rewarded yet."""
+    mean_reward_by_role: dict[str, float] = Field(default_factory=dict)
+    """Role -> mean reward over its rewarded turns (roles' rewards are on different scales)."""
     last_seq: int | None = None
     """Highest episode `seq` of the run (poll from here for new episodes)."""
 
