@@ -37,14 +37,20 @@ class RewardFailedError(RunHealthError):
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Transport failures of the HTTP stack under the OpenAI-compatible client: the server or
-    the network failed, not the policy (a refused or reset connection, a read timeout)."""
+    """Transport failures of the HTTP stack under the OpenAI-compatible client, and the
+    server errors it gives up on (5xx, 429): the server or the network failed, not the policy."""
     out: list[type[BaseException]] = [ConnectionError]
     try:
         import httpx
 
         out.append(httpx.TransportError)
     except ImportError:  # pragma: no cover - httpx comes with the openai client
+        pass
+    try:  # what the openai client raises once its own retries are spent: the server failed
+        import openai
+
+        out += [openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError]
+    except ImportError:  # pragma: no cover - a core dependency
         pass
     return tuple(out)
 

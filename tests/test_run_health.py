@@ -274,3 +274,39 @@ def test_make_sandbox_setup_names_the_install_command_when_it_cannot_install(tmp
                              capture_output=True, text=True, timeout=60, check=False)
     if shutil.which("bwrap"):  # installed here: nothing to do, nothing said
         assert present.returncode == 0 and present.stdout == "", present.stdout
+
+
+def test_cli_train_exits_non_zero_when_an_iteration_has_nothing_to_train_on(tmp_path):
+    out = subprocess.run(
+        [*AGENTPLAY, "train", RECIPE, "--iterations", "2", "--episodes-per-iteration", "2", "--concurrency", "2",
+         "--store", str(tmp_path / "t.db"), "--output-dir", str(tmp_path / "out"), "--set", "mode=reward_raises"],
+        env=_env(COLUMNS="400"), capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "training failed:" in out.stderr and "iteration 0: no trainable sample" in out.stderr
+    assert "1 turns: reward fn failed" in out.stderr and "no optimizer step was taken" in out.stderr
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_error_causes_name_the_machinery_or_the_recipe():
+    import httpx
+    import openai
+
+    from agentplay._health import error_cause
+    from agentplay.errors import InfrastructureError
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    server_down = openai.InternalServerError("503", response=httpx.Response(503, request=request), body=None)
+    assert error_cause(server_down) == "infrastructure:InternalServerError"
+    try:
+        try:
+            raise httpx.ConnectError("refused", request=request)
+        except httpx.ConnectError as exc:
+            raise RuntimeError("tool failed") from exc
+    except RuntimeError as exc:  # a wrapper keeps its cause: still the network's fault
+        assert error_cause(exc) == "infrastructure:ConnectError"
+    group = ExceptionGroup("graph", [ValueError("x"), InfrastructureError("sandbox died")])
+    assert error_cause(group) == "infrastructure:InfrastructureError"
+    assert error_cause(KeyError("answer")) == "recipe:KeyError"
+    bad_request = openai.BadRequestError("400", response=httpx.Response(400, request=request), body=None)
+    assert error_cause(bad_request) == "recipe:BadRequestError"  # our request was wrong: not retried

@@ -32,8 +32,8 @@ class SandboxWentAway(InfrastructureError):
     """Stands for a sandbox or server that died under the episode."""
 
 
-def build(mode: str = "ok", max_tokens: int = 2, k: int = 2) -> Recipe:
-    solver = Role(name="solver", model=DEFAULT_MODEL_SPEC,
+def build(mode: str = "ok", max_tokens: int = 2, k: int = 2, model: str = DEFAULT_MODEL_SPEC) -> Recipe:
+    solver = Role(name="solver", model=model,
                   sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0))
 
     def start(ctx: EpisodeContext) -> State:
