@@ -91,12 +91,19 @@ async def test_one_iteration_in_process_updates_served_weights(tmp_path):
                 "time/update_s"} <= set(m)
         assert (tmp_path / "out" / "checkpoint-00000" / "optimizer.pt").exists()
         assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
-        # resuming a finished run loads the full-weight checkpoint, publishes it again under the
-        # checkpoint's version (the policy's, not a count of this process's updates), runs nothing more
+        # resuming a finished run on a fresh engine (a restarted process: base weights, version 0)
+        # loads the full-weight checkpoint and publishes it under the checkpoint's version (the
+        # policy's, not a count of this process's updates): the served model is exactly the one
+        # that answered at checkpoint time, and nothing more runs
+        await served.aclose()
+        served = load_model("local:smollm2-135m-instruct")
+        assert served.weight_version == 0
         again = await SelfPlayTrainer(cfg, recipe=build_recipe(), served=served, store=store).run(resume=True)
         assert (again.first_iteration, again.last_iteration) == (1, 0)
         assert served.weight_version == v0 + 1 == again.weight_version
         resumed = await served.chat(FIXED, sampling=GREEDY)
+        assert resumed.weight_version == v0 + 1
+        assert resumed.choice.completion_token_ids == after.choice.completion_token_ids
         assert resumed.choice.logprobs == after.choice.logprobs
     finally:
         await served.aclose()

@@ -185,6 +185,9 @@ class SelfPlayTrainer:
         self._served = served
         compiled = _resolve_recipe(self._recipe_ref, cfg.model, dict(cfg.recipe_options))
         model, tok = _trainable_copy(served, cfg)
+        # seeded: TRL wraps the LoRA adapter (random A matrices) before transformers seeds anything,
+        # so without this two runs with the same --seed start from different adapters
+        _seed_everything(cfg.seed)
         self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
         self._arm_step_kill_point()
         start = 0
