@@ -103,7 +103,7 @@ class TraceCallback(AsyncCallbackHandler):
             prompt_token_ids=prompt_ids, completion_token_ids=completion_ids, logprobs=logprobs,
             text=text, finish_reason=str(meta.get("finish_reason") or "stop"),
             weight_version=version, model=str(meta.get("model_name") or meta.get("model") or ""),
-            sampling=_sampling(meta.get("sampled_with")),
+            sampling=_sampling(meta.get("sampled_with")), tokenizer=meta.get("tokenizer"),
         ))
         if message is not None:
             turn.messages.append(_as_dict(message))

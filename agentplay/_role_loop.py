@@ -113,6 +113,7 @@ def generation_record(result: ChatResult, choice: Choice, sampling: SamplingPara
         finish_reason=choice.finish_reason,
         weight_version=result.weight_version,
         model=result.model,
+        tokenizer=result.tokenizer,
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentplay.models import default_model_dir
 from agentplay.traces import Episode, TraceStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,8 +290,13 @@ def test_api_filters_agree_with_the_store(recipe_store: tuple[Path, str], ui_ser
         assert [t["role"] for t in one["turns"]] == [t.role for t in episodes[0].turns]
         turn = one["turns"][0]
         assert turn["tokens"]["model"] == sum(episodes[0].turns[0].mask or [])
-        if turn["pieces"] is not None:  # the default model's tokenizer is on disk: token by token
-            assert [m for m, _ in turn["pieces"]] == (episodes[0].turns[0].mask or [])[: len(turn["pieces"])]
+        first = episodes[0].turns[0]
+        assert {g.tokenizer for g in first.generations} == {str(default_model_dir(create=False))}  # named
+        assert turn["pieces"] is not None  # decoded token by token with the tokenizer the trace names
+        assert [m for m, _ in turn["pieces"]] == (first.mask or [])[: len(turn["pieces"])]
+        ascii_only = lambda t: t.encode("ascii", "ignore").decode()  # a multi-byte char spans tokens
+        text = ascii_only("".join(piece for _, piece in turn["pieces"]))
+        assert ascii_only(first.generations[0].text[:40]) in text  # the model's own words read back
         missing = client.get("/api/runs/no-such-run/episodes")
         assert missing.status_code == 404 and "no run 'no-such-run'" in missing.json()["detail"]
 

@@ -83,6 +83,8 @@ def _metadata(result: ChatResult, choice: Choice) -> dict[str, Any]:
         meta["sampled_with"] = result.sampled_with.model_dump()
     if result.retokenized:
         meta["token_ids_retokenized"] = True
+    if result.tokenizer is not None:
+        meta["tokenizer"] = result.tokenizer
     if choice.top_logprobs is not None:
         meta["top_logprobs"] = [[t.model_dump() for t in step] for step in choice.top_logprobs]
     if choice.tool_call_failures:

@@ -105,6 +105,7 @@ class LocalModel(ChatModel, UpdatableModel):
             choices=choices,
             prompt_token_ids=list(prompt_ids),
             weight_version=version,
+            tokenizer=self.config.path,
             sampled_with=SamplingRecord(
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,

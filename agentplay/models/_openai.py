@@ -339,6 +339,7 @@ class OpenAIModel(ChatModel, UpdatableModel):
             prompt_token_ids=list(prompt_ids) if prompt_ids is not None else None,
             weight_version=version if isinstance(version, int) else self._version,
             usage=usage,
+            tokenizer=self.config.tokenizer,  # the one named for this model, if any
         )
 
     async def _admin(self, endpoint: str, body: dict[str, Any], version: int | None) -> int:

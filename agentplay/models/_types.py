@@ -141,6 +141,10 @@ class ChatResult(BaseModel):
     retokenized: bool = False
     """True when the server returned no ids and these were rebuilt from text by a local
     tokenizer: plausible ids, not necessarily the ones sampled (traces say token_exact = false)."""
+    tokenizer: str | None = None
+    """The model's tokenizer: a local folder (or tokenizer.json) or a Hugging Face repo id; the
+    trace keeps it so its token ids can be read back (the UI's token view) whatever the model.
+    None when the backend cannot say (an OpenAI-compatible server without `tokenizer=`)."""
 
     @property
     def choice(self) -> Choice:

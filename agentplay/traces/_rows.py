@@ -80,7 +80,7 @@ def _insert_turn(
     rowid = cur.lastrowid
     conn.executemany(
         "INSERT INTO generations(turn_rowid, position, prompt_token_ids, completion_token_ids, logprobs,"
-        " text, finish_reason, weight_version, model, sampling) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " text, finish_reason, weight_version, model, sampling, tokenizer) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         [
             (
                 rowid,
@@ -93,6 +93,7 @@ def _insert_turn(
                 g.weight_version,
                 g.model,
                 None if g.sampling is None else g.sampling.model_dump_json(),
+                g.tokenizer,
             )
             for i, g in enumerate(turn.generations)
         ],
@@ -246,12 +247,13 @@ def _turn_children(
     tool_calls: dict[int, list[ToolCallRecord]] = defaultdict(list)
     rewards: dict[int, RewardRecord] = {}
     sampling = "sampling" if has_column(conn, "generations", "sampling") else "NULL"
+    tokenizer = "tokenizer" if has_column(conn, "generations", "tokenizer") else "NULL"
     for chunk in _chunks(rowids):
         marks = _marks(len(chunk))
         for row in conn.execute(
             "SELECT turn_rowid, prompt_token_ids, completion_token_ids, logprobs, text,"
             " finish_reason,"
-            f" weight_version, model, {sampling} FROM generations WHERE turn_rowid IN ({marks})"
+            f" weight_version, model, {sampling}, {tokenizer} FROM generations WHERE turn_rowid IN ({marks})"
             " ORDER BY turn_rowid, position",
             chunk,
         ):
@@ -265,6 +267,7 @@ def _turn_children(
                     weight_version=row[6],
                     model=row[7],
                     sampling=None if row[8] is None else SamplingRecord.model_validate_json(row[8]),
+                    tokenizer=row[9],
                 )
             )
         for row in conn.execute(

@@ -137,6 +137,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("generations", "sampling", "TEXT"),  # JSON SamplingRecord: how the tokens were sampled
     ("turns", "reward_failed", "TEXT"),  # the reward fn raised: why (no reward row, never trained on)
     ("episodes", "error_cause", "TEXT"),  # status error: 'infrastructure:Type' or 'recipe:Type'
+    ("generations", "tokenizer", "TEXT"),  # the model's tokenizer (folder, tokenizer.json or repo id)
 )
 """Columns added after a schema version shipped, as (table, column, SQL type). Adding a
 nullable column breaks no reader, so it does not bump `SCHEMA_VERSION`: a writer adds the

@@ -51,6 +51,9 @@ class Generation(BaseModel):
     sampling: SamplingRecord | None = None
     """How the tokens were sampled (temperature, top_p, top_k, logprobs mode, engine); the
     trainer scores them under these. None in traces written before it was recorded."""
+    tokenizer: str | None = None
+    """The model's tokenizer (a local folder or tokenizer.json, or a Hugging Face repo id), so
+    the ids can be decoded back token by token; None when the backend could not say."""
 
 
 class RewardRecord(BaseModel):

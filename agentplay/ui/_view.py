@@ -1,14 +1,15 @@
 """Episodes shaped for people: conversations with tool calls inline, rewards with reasons.
 
 Token view: the store keeps `token_ids` and `mask` but not token strings, and
-decoding needs the tokenizer of the model that wrote them. Loading a model's
-tokenizer is cheap only when it is already on disk, so the viewer decodes
-token by token only for runs of the default model whose Hugging Face folder
-exists (`default_model_dir(create=False)`; nothing is downloaded or
-dequantized for a page view). Every turn always gets the token strip: how many
-tokens the model wrote (mask 1, trained on) and how many came from tools or
-the chat template (mask 0); the messages themselves show tool output apart
-from model text.
+decoding needs the tokenizer of the model that wrote them. Each generation
+names it (`Generation.tokenizer`: a folder, a tokenizer.json or a Hugging Face
+repo id), so the viewer decodes token by token for any model whose tokenizer
+is on this machine (read offline: nothing is downloaded or dequantized for a
+page view). Traces written before generations named their tokenizer fall back
+to the default model's, for turns of the default model. Every turn always gets
+the token strip: how many tokens the model wrote (mask 1, trained on) and how
+many came from tools or the chat template (mask 0); the messages themselves
+show tool output apart from model text.
 """
 
 from __future__ import annotations
@@ -26,37 +27,64 @@ MAX_TOKEN_VIEW = 3000
 
 
 class TokenDecoder:
-    """Decodes token ids with the default model's tokenizer when it is on disk; else None."""
+    """Decodes token ids with the tokenizer each turn's generations name, when it is on disk."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded = False
-        self._tok: Any = None
+        self._loaded: dict[str, Any] = {}
 
-    def _tokenizer(self) -> Any:
+    def _tokenizer(self, name: str) -> Any:
+        """The tokenizer `name` names (loaded once, offline), or None when it is not at hand."""
         with self._lock:
-            if not self._loaded:
-                self._loaded = True
-                try:
-                    from tokenizers import Tokenizer
-
-                    from agentplay.models import default_model_dir
-
-                    path = default_model_dir(create=False) / "tokenizer.json"
-                    self._tok = Tokenizer.from_file(str(path)) if path.is_file() else None
-                except Exception:  # noqa: BLE001 - no tokenizer means the strip only
-                    self._tok = None
-            return self._tok
+            if name not in self._loaded:
+                self._loaded[name] = _load_tokenizer(name)
+            return self._loaded[name]
 
     def pieces(self, run: RunInfo | None, turn: RoleTurn) -> list[tuple[int, str]] | None:
         """(mask, text) per token, or None when this turn's tokenizer is not at hand."""
-        if not turn.token_ids or not turn.mask or not _default_model(run, turn):
+        if not turn.token_ids or not turn.mask:
             return None
-        tok = self._tokenizer()
+        name = _tokenizer_name(run, turn)
+        tok = self._tokenizer(name) if name else None
         if tok is None:
             return None
         ids = turn.token_ids[:MAX_TOKEN_VIEW]
         return [(turn.mask[i] if i < len(turn.mask) else 0, _piece(tok, t)) for i, t in enumerate(ids)]
+
+
+def _tokenizer_name(run: RunInfo | None, turn: RoleTurn) -> str | None:
+    """The one tokenizer every generation of the turn names; for older traces, the default
+    model's folder when every call was the default model; else None (mixed or unknown)."""
+    named = {g.tokenizer for g in turn.generations}
+    if len(named) == 1 and None not in named:
+        return named.pop()
+    if named == {None} or not turn.generations:
+        if _default_model(run, turn):
+            from agentplay.models import default_model_dir
+
+            return str(default_model_dir(create=False))
+    return None
+
+
+def _load_tokenizer(name: str) -> Any:
+    """A `tokenizers.Tokenizer` from a folder / tokenizer.json, else a transformers tokenizer
+    from the local Hugging Face cache; None when neither is on this machine."""
+    from pathlib import Path
+
+    path = Path(name)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    try:
+        if file.is_file() and file.suffix == ".json":
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(file))
+        if path.is_dir() or "/" in name:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot be read means the strip only
+        return None
+    return None
 
 
 def _piece(tok: Any, token_id: int) -> str:
