@@ -8,7 +8,8 @@ get a fault with probability `rate`, the kind drawn from `kinds` by a seeded rng
 everything else (`GET /models` probes, adapter calls) is forwarded untouched.
 Each exchange uses one connection (`Connection: close`), as a restarting or
 overloaded server would force anyway. `strip_token_ids` makes the server behind
-look like llama.cpp's (answers without token ids or logprobs). Used by tests/test_faults*.py and bench/faults.py.
+look like llama.cpp's (answers without token ids or logprobs). `run_episodes` runs
+examples/my_recipe.py against a URL, for the tests and the bench alike. Used by tests/test_faults*.py and bench/faults.py.
 """
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ import socket
 import struct
 import threading
 from collections import Counter
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from _servers import SERVED
+
+from agentplay import RunConfig, close_models, load_recipe, run_recipe
+from agentplay._executors import register_endpoints
+from agentplay.traces import Episode, TraceStore
 
 FAULT_KINDS = ("429", "500", "503-html", "reset", "truncated-json", "stall")
 """Every class of transient fault the issue names, except the server going away (done by killing it)."""
+
+EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'my_recipe.py'}:build"
+OPTIONS = {"max_tokens": 4, "n_solvers": 1}
+TIMEOUT_S = 2.0
+"""Client timeout of these runs; a proxy's stall must outlast it."""
 
 _REASONS = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 _HTML_503 = b"<html><head><title>503 Service Unavailable</title></head><body><h1>503 Service Unavailable</h1>" \
@@ -206,3 +220,36 @@ def _dechunk(data: bytes) -> bytes:
         out += rest[:size]
         data = rest[size + 2:]
     return bytes(out)
+
+
+def run_episodes(url: str, db: Path, run_id: str, *, episodes: int, concurrency: int = 2,
+                 during: Any = None, episode_retries: int = 0, **model_options: Any) -> list[Episode]:
+    """Run examples/my_recipe.py in-process against `url` (seed 7); returns the stored episodes.
+
+    `episode_retries` defaults to 0: what these runs measure is that no model call fails,
+    not that a failed episode can be run again."""
+
+    async def main() -> None:
+        register_endpoints(SERVED, [url], timeout=TIMEOUT_S, retry_deadline_s=model_options.pop("deadline", 120.0),
+                           **model_options)
+        recipe, _ = load_recipe(EXAMPLE, model=SERVED, options=dict(OPTIONS))
+        try:
+            with TraceStore(db) as store:
+                await run_recipe(recipe, RunConfig(episodes=episodes, concurrency=concurrency, seed=7,
+                                                   run_id=run_id, progress=False, episode_retries=episode_retries,
+                                                   max_error_fraction=1.0), store=store,
+                                 on_episode=during)
+        finally:
+            await close_models()
+
+    asyncio.run(main())
+    with TraceStore(db) as store:
+        return sorted(store.episodes(run_id), key=lambda e: e.index)
+
+
+def fingerprint(episode: Episode) -> tuple[Any, ...]:
+    """What a fault must not change: status, seed, every turn's ids, text and rewards."""
+    turns = tuple((t.role, tuple(t.prompt_token_ids or ()), tuple(t.token_ids or ()), tuple(t.mask or ()),
+                   t.output, t.token_exact, t.reward.value if t.reward else None, t.reward.reason if t.reward else None)
+                  for t in episode.turns)
+    return episode.index, episode.seed, episode.status, episode.error, turns, sorted(episode.metrics.items())

@@ -8,26 +8,18 @@ with the same seeds, then (slow) the server killed and restarted mid-run.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from _fault_proxy import FAULT_KINDS, FaultProxy
+from _fault_proxy import FAULT_KINDS, TIMEOUT_S, FaultProxy, fingerprint, run_episodes
 from _servers import SERVED, start_server, stop_server
 
-from agentplay import RunConfig, close_models, load_recipe, run_recipe
-from agentplay._executors import register_endpoints
 from agentplay.models import SamplingParams, load_model
-from agentplay.traces import Episode, TraceStore
+from agentplay.traces import Episode
 
-EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'my_recipe.py'}:build"
-OPTIONS = {"max_tokens": 4, "n_solvers": 1}
 MSG = [{"role": "user", "content": "Say hi."}]
-TIMEOUT_S = 2.0
-"""Client timeout in these tests; the proxy's stall outlasts it."""
 
 
 @pytest.fixture(scope="module")
@@ -42,35 +34,6 @@ def reference(server, tmp_path_factory):
     """Six episodes straight from the server, no proxy: what every faulty run must reproduce."""
     db = tmp_path_factory.mktemp("ref") / "ref.db"
     return run_episodes(server, db, "ref", episodes=6)
-
-
-def run_episodes(url: str, db: Path, run_id: str, *, episodes: int, concurrency: int = 2,
-                 during: Any = None, **model_options: Any) -> list[Episode]:
-    """Run examples/my_recipe.py in-process against `url`; returns the stored episodes."""
-
-    async def main() -> None:
-        register_endpoints(SERVED, [url], timeout=TIMEOUT_S, retry_deadline_s=model_options.pop("deadline", 120.0),
-                           **model_options)
-        recipe, _ = load_recipe(EXAMPLE, model=SERVED, options=dict(OPTIONS))
-        try:
-            with TraceStore(db) as store:
-                await run_recipe(recipe, RunConfig(episodes=episodes, concurrency=concurrency, seed=7,
-                                                   run_id=run_id, progress=False), store=store,
-                                 on_episode=during)
-        finally:
-            await close_models()
-
-    asyncio.run(main())
-    with TraceStore(db) as store:
-        return sorted(store.episodes(run_id), key=lambda e: e.index)
-
-
-def fingerprint(episode: Episode) -> tuple[Any, ...]:
-    """What a fault must not change: status, seed, every turn's ids, text and rewards."""
-    turns = tuple((t.role, tuple(t.prompt_token_ids or ()), tuple(t.token_ids or ()), tuple(t.mask or ()),
-                   t.output, t.token_exact, t.reward.value if t.reward else None, t.reward.reason if t.reward else None)
-                  for t in episode.turns)
-    return episode.index, episode.seed, episode.status, episode.error, turns, sorted(episode.metrics.items())
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
