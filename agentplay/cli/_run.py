@@ -52,6 +52,9 @@ def run(
     tokenizer: Annotated[str | None, typer.Option(help="For a server that returns no token ids (llama.cpp): "
                                                        "rebuild them with this tokenizer (a local model folder, or "
                                                        "`default`); recorded as token_exact = false.")] = None,
+    retry_deadline: Annotated[float | None, typer.Option(min=0.1, help="Seconds a model call of an openai: "
+                                                         "--model keeps retrying, waiting for a server to come "
+                                                         "back, before its episode fails (default 300).")] = None,
     max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fail (exit 1, with a diagnosis) "
                                                       "when more than this fraction of episodes errored; "
                                                       "a run where all did always fails.")] = 0.5,
@@ -82,7 +85,7 @@ def run(
                        seed=seed, run_id=run_id, progress=progress, max_error_fraction=max_error_fraction,
                        episode_retries=episode_retries, strict_rewards=strict_rewards)
     scale = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at,
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer, retry_deadline=retry_deadline)
     try:
         make_executor = scale.plan(recipe, model=model, options=options, concurrency=concurrency)
         if model is None:

@@ -1,4 +1,5 @@
-"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`: shared by `agentplay run` and `train`.
+"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`, `--retry-deadline`: shared by
+`agentplay run` and `train`.
 
 `--base-url` is the serving URL's one name (what the openai client, vLLM's tools and
 OPENAI_BASE_URL call it); several comma-separated URLs make a pool. `--endpoints`,
@@ -11,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = ["ScaleOptions"]
 
@@ -36,6 +37,8 @@ class ScaleOptions(BaseModel):
     """`--base-url`: comma-separated serving URLs for an `openai:` model."""
     tokenizer: str | None = None
     """`--tokenizer`: rebuild token ids for servers that return none (see ModelConfig.tokenizer)."""
+    retry_deadline: float | None = Field(None, gt=0)
+    """`--retry-deadline`: seconds a model call waits out an outage (ModelConfig.retry_deadline_s)."""
 
     def urls(self) -> list[str]:
         return [u.strip() for u in (self.endpoints or "").split(",") if u.strip()]
@@ -57,6 +60,8 @@ class ScaleOptions(BaseModel):
             raise ValueError(f"--base-url: needs --model openai:<served model name>, got --model {model!r}")
         if self.tokenizer is not None and not served:
             raise ValueError(f"--tokenizer: only for --model openai:<served model name>, got --model {model!r}")
+        if self.retry_deadline is not None and not served:
+            raise ValueError(f"--retry-deadline: only for --model openai:<served model name>, got --model {model!r}")
         if served:
             check_served_model(str(model), urls)
         if kind == "local":
@@ -65,14 +70,14 @@ class ScaleOptions(BaseModel):
             if served and model and register_local:
                 from agentplay._executors import register_endpoints
 
-                register_endpoints(model, urls, tokenizer=self.tokenizer)
+                register_endpoints(model, urls, tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
             return lambda follow=None: None
         from agentplay._executors import RayConfig, RayExecutor, RecipeRef
 
         env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith("AGENTPLAY_")}
         try:
             ref = RecipeRef(recipe=recipe, model=model, options=options, endpoints=urls, env=env,
-                            tokenizer=self.tokenizer)
+                            tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
             config = RayConfig(address=self.address, workers=self.workers, concurrency=concurrency)
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None

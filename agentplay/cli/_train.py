@@ -47,6 +47,9 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: a private local one.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
     endpoints: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --base-url.")] = None,
+    retry_deadline: Annotated[float | None, typer.Option(min=0.1, help="Seconds a model call of an openai: "
+                                                         "--model keeps retrying, waiting for a server to come "
+                                                         "back, before its episode fails (default 300).")] = None,
     max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop (exit 1, with a diagnosis) "
                                                       "when more than this fraction of an iteration's episodes "
                                                       "errored; always when all did.")] = 0.5,
@@ -89,7 +92,8 @@ def train(
         if executor == "ray" and not served_at:
             raise ValueError("--executor ray: workers must reach the weights the trainer updates; "
                              "serve the model over HTTP and pass --base-url")
-        make_executor = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at).plan(
+        make_executor = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at,
+                                     retry_deadline=retry_deadline).plan(
             recipe, model=model, options=cfg.recipe_options, concurrency=concurrency, register_local=False)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -113,7 +117,8 @@ def train(
         from agentplay.trainers import SelfPlayTrainer
 
         # an openai: model is an EndpointPool over --base-url (or $OPENAI_BASE_URL)
-        served = load_model(model, base_url=served_at) if model.startswith("openai:") else None
+        deadline = {"retry_deadline_s": retry_deadline} if retry_deadline is not None else {}
+        served = load_model(model, base_url=served_at, **deadline) if model.startswith("openai:") else None
         runner = make_executor(follow=served)
         trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report
