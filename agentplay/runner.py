@@ -43,8 +43,9 @@ class RunConfig(BaseModel):
     """Total episodes of the run (indexes 0..N-1), counting ones stored before a resume."""
     concurrency: int = Field(4, ge=1, le=4096)
     """Episodes in flight at once."""
-    store: str | None = None
-    """SQLite file for traces (used when no TraceStore is passed to `run_recipe`)."""
+    store: str | None = Field(None, json_schema_extra={"cli_default": "traces.db"})
+    """SQLite file for traces (used when no TraceStore is passed to `run_recipe`; the CLI's default is
+    traces.db)."""
     resume: bool = False
     """Continue `run_id` (or the latest run of this recipe): skip stored indexes."""
     seed: int = 0

@@ -8,6 +8,16 @@ weights in one process; the baseline is TRL's row-by-row scoring at 4 and at 16 
 per forward. Also prints the tokens each forward carries. Target: >= 2x.
 
     python bench/train_step.py --groups 2 --group-size 16
+
+Data parallel: `--processes 2` also times the shared-prompt step with 2 trainer processes over
+gloo (torchrun, each process training on half the micro-batches, gradients averaged) and prints
+trained tokens/s of 1 and 2 processes.
+
+TRL pinned vs another version: `--other-trl DIR` (a folder made with
+`pip install --no-deps --target DIR trl==1.16.0`) times the shared-prompt step again in a
+subprocess importing TRL from DIR, and prints the ratio to this process's TRL. The trainer
+scores tokens with its own hook (trainers/_trl_grpo.py), so TRL's own scoring path (1.15+
+routes it through a chunked LM head, slow on CPU) is not on the step's path.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,6 +89,11 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1, help="timed steps per learner (median)")
+    ap.add_argument("--other-trl", type=Path, default=None,
+                    help="folder holding another TRL version: time the shared-prompt step with it too")
+    ap.add_argument("--only-shared", action="store_true", help=argparse.SUPPRESS)  # the --other-trl child
+    ap.add_argument("--processes", type=int, default=1,
+                    help="also time the shared-prompt step with this many data-parallel processes")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("AGENTPLAY_TORCH_THREADS", "2")))
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,6 +106,11 @@ def main() -> None:
     print(f"{len(samples)} rows in {args.groups} groups; prompt {n_prompt} tokens, completions {n_completion:.1f} on average")
     setups = [("row by row, 4 rows per forward", 4, False), ("row by row, 16 rows per forward", 16, False),
               ("shared prompt, 16 rows per forward", 16, True)]
+    if args.only_shared:
+        setups = setups[-1:]
+    import trl
+
+    print(f"TRL {trl.__version__} from {Path(trl.__file__).parent}")
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, mbs, share in setups:
@@ -108,8 +129,43 @@ def main() -> None:
             print(f"{label:36s} {times[label]:7.1f} s/step  {forwarded_tokens(samples, mbs, share):7d} tokens per pass",
                   flush=True)
     packed = times[setups[-1][0]]
+    if args.only_shared:
+        from agentplay.trainers._distributed import data_parallel
+
+        if data_parallel().is_main:
+            print(json.dumps({"trl": trl.__version__, "step_s": packed}))
+        return
     for label, *_ in setups[:-1]:
         print(f"speed-up of shared prompts over {label}: {times[label] / packed:.2f}x")
+    if args.processes > 1:
+        tokens = sum(sum(s.turn.mask or []) for s in samples)
+        dp = _time_child(args, {}, ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
+                                    str(args.processes), "--master-addr", "127.0.0.1", "--master-port", "29533"])
+        print(f"trained tokens/s: 1 process {tokens / packed:.1f}, {args.processes} processes "
+              f"{tokens / dp['step_s']:.1f} ({packed / dp['step_s']:.2f}x)")
+    if args.other_trl is not None:
+        other = _time_with_other_trl(args)
+        print(f"TRL {other['trl']}: {other['step_s']:.1f} s/step with shared prompts, "
+              f"{other['step_s'] / packed:.2f}x the time of TRL {trl.__version__}")
+
+
+def _time_with_other_trl(args: argparse.Namespace) -> dict[str, Any]:
+    """The shared-prompt step timed in a child process that imports TRL from `args.other_trl`."""
+    return _time_child(args, {"PYTHONPATH": os.pathsep.join([str(args.other_trl), os.environ.get("PYTHONPATH", "")])},
+                       [])
+
+
+def _time_child(args: argparse.Namespace, env: dict[str, str], launcher: list[str]) -> dict[str, Any]:
+    """The shared-prompt step timed in child process(es): another TRL, or several processes."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, *launcher, __file__, "--groups", str(args.groups), "--group-size",
+                          str(args.group_size), "--repeats", str(args.repeats), "--only-shared"],
+                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    print("\n".join(line for line in lines if not line.startswith("{")))
+    return json.loads([line for line in lines if line.startswith("{")][-1])
 
 
 if __name__ == "__main__":

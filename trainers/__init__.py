@@ -1,13 +1,42 @@
-"""GRPO training on self-play traces, with the serving model updated after each step."""
+"""GRPO training on self-play traces, with the serving model updated after each step.
 
-from ._advantages import AdvantageStats, TrainSample, compute_advantages
-from ._batch import MicroBatch, make_micro_batches
-from ._checkpoint import CheckpointState, latest_checkpoint
+Only the configuration is imported eagerly: the CLI builds its flags from `TrainConfig`
+at startup, and the rest pulls in torch, transformers and TRL (seconds) on first use.
+"""
+
 from ._config import LossType, TrainConfig
-from ._learner import GRPOLearner
-from ._loop import NothingToTrainError, SelfPlayTrainer, TrainError, TrainSummary, rollout_run_id, train
-from ._versions import IterationVersions, checkpoint_history, version_history
-from ._weights_sync import WeightSyncError, save_adapter, sync_weights
+
+_LAZY = {
+    "AdvantageStats": "._advantages",
+    "TrainSample": "._advantages",
+    "compute_advantages": "._advantages",
+    "MicroBatch": "._batch",
+    "make_micro_batches": "._batch",
+    "CheckpointState": "._checkpoint",
+    "latest_checkpoint": "._checkpoint",
+    "GRPOLearner": "._learner",
+    "NothingToTrainError": "._loop",
+    "SelfPlayTrainer": "._loop",
+    "TrainError": "._loop",
+    "TrainSummary": "._loop",
+    "rollout_run_id": "._loop",
+    "train": "._loop",
+    "IterationVersions": "._versions",
+    "checkpoint_history": "._versions",
+    "version_history": "._versions",
+    "WeightSyncError": "._weights_sync",
+    "save_adapter": "._weights_sync",
+    "sync_weights": "._weights_sync",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AdvantageStats",
@@ -23,8 +52,8 @@ __all__ = [
     "TrainSample",
     "TrainSummary",
     "WeightSyncError",
-    "checkpoint_history",
     "compute_advantages",
+    "checkpoint_history",
     "latest_checkpoint",
     "make_micro_batches",
     "rollout_run_id",

@@ -108,6 +108,10 @@ class TrainConfig(BaseModel):
     """Module names that get adapters."""
     adapter_name: str = "agentplay"
     """Name the adapter is served under (vLLM's `lora_name`)."""
+    processes: int = Field(1, ge=1)
+    """Data-parallel trainer processes (`agentplay train` launches them with torchrun; gloo on CPU,
+    NCCL on GPUs). The main one rolls out, checkpoints and syncs the server; every one trains on
+    its share of the batch and the gradients are averaged."""
     device: str = "auto"
     """Where the trainer's copy of the weights lives: `auto` (CUDA when present, else CPU), `cpu`,
     `cuda`, `cuda:1`..."""

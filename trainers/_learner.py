@@ -24,6 +24,7 @@ import torch
 from ._advantages import TrainSample
 from ._batch import MicroBatch, make_micro_batches
 from ._config import TrainConfig
+from ._distributed import data_parallel
 from ._rollout_correction import CorrectionConfig, MismatchStats
 
 __all__ = ["GRPOLearner", "resolve_device"]
@@ -41,6 +42,16 @@ def resolve_device(cfg: TrainConfig) -> tuple[str, bool]:
         raise ValueError("dtype: bfloat16 training needs a CUDA device (on CPU use float32 or auto)")
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and on_cuda and torch.cuda.is_bf16_supported())
     return device, bf16
+
+
+def _no_loss(mb: MicroBatch) -> MicroBatch:
+    """A micro-batch that runs the loss (and its cross-process metric gathers) but trains on
+    nothing: a data-parallel rank with fewer micro-batches than the others gets these."""
+    inputs = dict(mb.inputs)
+    inputs["tool_mask"] = torch.zeros_like(inputs["tool_mask"])
+    inputs["advantages"] = torch.zeros_like(inputs["advantages"])
+    return MicroBatch(inputs=inputs, missing_old_logps=torch.zeros_like(mb.missing_old_logps), size=mb.size,
+                      temperatures=mb.temperatures, roles=mb.roles)
 
 
 class GRPOLearner:
@@ -157,6 +168,8 @@ class GRPOLearner:
         # TRL divides per-micro-batch losses by the accumulation count (grpo, bnpo,
         # dr_grpo) or by num_items * accumulation / steps_per_generation (dapo,
         # cispo); with one optimizer step per batch both must mean "the whole batch".
+        dp = data_parallel()
+        mbs = dp.shard(mbs, empty=_no_loss)  # data-parallel: this process's share of the batch
         accum = len(mbs)
         t.set_accumulation(accum)
         scale = t.args.steps_per_generation / accum
@@ -186,6 +199,8 @@ class GRPOLearner:
             mismatch.add(mb.roles, rows.trainer_logps, rollout, trained & known[:, None])
             for key, value in (rows.correction_counts or {}).items():
                 touched[key] = touched.get(key, 0.0) + value
+        dp.average_gradients([p for p in t.model.parameters() if p.requires_grad])
+        total_loss = dp.sum(total_loss) / dp.world  # each process's loss is scaled for averaged gradients
         grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), self.cfg.max_grad_norm)
         t.optimizer.step()
         t.lr_scheduler.step()
@@ -193,6 +208,9 @@ class GRPOLearner:
         t.state.global_step += 1
         out = {"loss": total_loss, "grad_norm": float(grad_norm), "micro_batches": float(accum)}
         out.update(t.pop_metrics())
+        if dp.world > 1:  # every process measured its own share
+            mismatch.merge(dp.gather(mismatch.state()))
+            touched = {k: sum(d.get(k, 0.0) for d in dp.gather(touched)) for k in touched}
         out.update(mismatch.metrics())
         if touched:
             tokens, seqs = max(touched["tokens"], 1.0), max(touched["sequences"], 1.0)

@@ -29,6 +29,7 @@ from agentplay.errors import AgentplayError
 from ._advantages import AdvantageStats, TrainSample, compute_advantages
 from ._checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
+from ._distributed import data_parallel
 from ._learner import GRPOLearner
 from ._token_ids import token_id_problem
 from ._versions import IterationVersions
@@ -168,6 +169,8 @@ class SelfPlayTrainer:
         self._iteration = -1
         self.skip_reasons: dict[int, str] = {}
         """Iteration -> why it took no optimizer step (read by `on_iteration` callbacks)."""
+        self.dp = data_parallel()
+        """Data-parallel place: rank 0 rolls out, writes the store and checkpoints, syncs the server."""
 
     async def _setup(self, resume: bool) -> tuple[Any, Any, int]:
         from agentplay._registry import resolve_model
@@ -178,10 +181,15 @@ class SelfPlayTrainer:
         ckpt = latest_checkpoint(cfg.output_dir)
         if ckpt is not None and not resume:
             raise TrainError(f"output_dir: {cfg.output_dir} already holds {ckpt.name}; pass --resume to continue it or choose an empty --output-dir")
-        store = self._store if self._store is not None else TraceStore(cfg.store)
+        main = self.dp.is_main
+        if main:
+            store = self._store if self._store is not None else TraceStore(cfg.store)
+            store.get_or_create_run(cfg.run_name, recipe="train", config=cfg.model_dump(mode="json"))
+        self.dp.barrier()  # other processes only read the store the main one created
+        if not main:
+            store = self._store if self._store is not None else TraceStore(cfg.store, read_only=True)
         self._store = store
-        store.get_or_create_run(cfg.run_name, recipe="train", config=cfg.model_dump(mode="json"))
-        served = self._served if self._served is not None else await resolve_model(cfg.model)
+        served = self._served if self._served is not None or not main else await resolve_model(cfg.model)
         self._served = served
         compiled = _resolve_recipe(self._recipe_ref, cfg.model, dict(cfg.recipe_options))
         model, tok = _trainable_copy(served, cfg)
@@ -189,6 +197,7 @@ class SelfPlayTrainer:
         # so without this two runs with the same --seed start from different adapters
         _seed_everything(cfg.seed)
         self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
+        self.dp.broadcast_parameters(self.learner.model)  # every process starts from the main one's weights
         self._arm_step_kill_point()
         start = 0
         if ckpt is not None:
@@ -203,11 +212,14 @@ class SelfPlayTrainer:
             # the serving model restarted with base weights, or holds this checkpoint's (a kill came
             # after the publish): either way it gets exactly the checkpoint's weights and version
             t0 = time.perf_counter()
-            await self._publish(state.iteration)
-            if not any(p.iteration == state.iteration for p in store.metrics(cfg.run_name, name="iteration")):
+            if main:
+                await self._publish(state.iteration)
+            if main and not any(p.iteration == state.iteration
+                                for p in store.metrics(cfg.run_name, name="iteration")):
                 # the kill fell between checkpoint and store: log what the checkpoint holds
                 self._log(state.iteration, {**state.metrics, "time/update_s": time.perf_counter() - t0})
-        self._check_served_version()
+        if main:
+            self._check_served_version()
         return compiled, store, start
 
     def _arm_step_kill_point(self) -> None:
@@ -324,14 +336,18 @@ class SelfPlayTrainer:
         assert self.learner is not None
         summary = TrainSummary(run_id=cfg.run_name, first_iteration=start, last_iteration=start - 1,
                                weight_version=self.weight_version)
-        store.set_run_status(cfg.run_name, "running")
+        main = self.dp.is_main  # data-parallel: only the main process writes the store
+        if main:
+            store.set_run_status(cfg.run_name, "running")
         try:
             await self._iterations(compiled, store, start, summary)
         except BaseException:
-            store.set_run_status(cfg.run_name, "failed")  # a health stop, a crash or a kill alike
+            if main:
+                store.set_run_status(cfg.run_name, "failed")  # a health stop, a crash or a kill alike
             self.learner.close()
             raise
-        store.set_run_status(cfg.run_name, "finished")
+        if main:
+            store.set_run_status(cfg.run_name, "finished")
         self.learner.close()
         return summary
 
@@ -339,12 +355,16 @@ class SelfPlayTrainer:
         cfg = self.cfg
         assert self.learner is not None
         budget = TimeBudget(cfg.time_budget_s)
+        main = self.dp.is_main
         for it in range(start, cfg.iterations):
-            if not budget.allows_another():
+            if not self.dp.broadcast(budget.allows_another()):
                 break
             self._iteration = it
             t0 = time.perf_counter()
-            episodes = await self.rollouts(compiled, it)
+            episodes = await self.rollouts(compiled, it) if main else []
+            self.dp.barrier()
+            if not main:  # the same batch as the main process: its episodes, read back by index
+                episodes = sorted(store.episodes(rollout_run_id(cfg.run_name, it)), key=lambda ep: ep.index)
             if (problem := token_id_problem(episodes, it)) is not None:
                 raise TrainError(problem)
             t1 = time.perf_counter()
@@ -382,6 +402,10 @@ class SelfPlayTrainer:
                                                   weight_version=self.weight_version))
             t = self.learner.trainer
             self.rae_baselines = stats.rae_baselines  # committed with the checkpoint below
+            if not main:  # the main process commits, publishes and logs the same weights
+                summary.metrics.append(metrics)
+                summary.last_iteration, summary.weight_version = it, self.weight_version
+                continue
             # commit, then publish: the serving model only ever holds checkpointed weights
             save_checkpoint(cfg.output_dir, CheckpointState(
                 iteration=it, global_step=self.learner.global_step, weight_version=self.weight_version,

@@ -96,6 +96,18 @@ class MismatchStats:
                 s["outside"] += float(outside[r].sum())
                 s["kl"] += float(k3[r][m].sum())
 
+    def state(self) -> dict[str, dict[str, float]]:
+        return {key: dict(s) for key, s in self._sums.items()}
+
+    def merge(self, states: list[dict[str, dict[str, float]]]) -> None:
+        """Replace the sums by those of several processes' `state()` (this one's included)."""
+        self._sums.clear()
+        for state in states:
+            for key, s in state.items():
+                mine = self._sums[key]
+                for name, value in s.items():
+                    mine[name] = max(mine[name], value) if name == "dev_max" else mine[name] + value
+
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for key, s in sorted(self._sums.items()):

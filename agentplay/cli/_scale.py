@@ -1,5 +1,4 @@
-"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`, `--retry-deadline`: shared by
-`agentplay run` and `train`.
+"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`: shared by `agentplay run` and `train`.
 
 `--base-url` is the serving URL's one name (what the openai client, vLLM's tools and
 OPENAI_BASE_URL call it); several comma-separated URLs make a pool. `--endpoints`,
@@ -25,20 +24,20 @@ another node does not inherit the driver's shell."""
 class ScaleOptions(BaseModel):
     """Where a run's episodes execute and which servers answer its model calls."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    executor: str = "local"
-    """`local`: this process's event loop; `ray`: rollout worker actors on a Ray cluster."""
+    executor: Literal["local", "ray"] = "local"
+    """Where episodes run: `local` (this process's event loop) or `ray` (rollout worker actors on a Ray
+    cluster; training needs an HTTP-served model, --base-url, so workers see the updates)."""
     address: str | None = None
-    """Ray cluster to join; None starts a private one on 127.0.0.1."""
-    workers: int = 2
-    """Ray worker actors."""
+    """Ray cluster to join (auto, host:6379, ray://host:10001); default: a private local one on 127.0.0.1."""
+    workers: int = Field(2, ge=1)
+    """Ray rollout worker actors."""
     endpoints: str | None = None
     """`--base-url`: comma-separated serving URLs for an `openai:` model."""
     tokenizer: str | None = None
-    """`--tokenizer`: rebuild token ids for servers that return none (see ModelConfig.tokenizer)."""
-    retry_deadline: float | None = Field(None, gt=0)
-    """`--retry-deadline`: seconds a model call waits out an outage (ModelConfig.retry_deadline_s)."""
+    """For a server that returns no token ids (llama.cpp): rebuild them with this tokenizer (a local
+    model folder, or `default`); recorded as token_exact = false (see ModelConfig.tokenizer)."""
 
     def urls(self) -> list[str]:
         return [u.strip() for u in (self.endpoints or "").split(",") if u.strip()]
@@ -60,8 +59,6 @@ class ScaleOptions(BaseModel):
             raise ValueError(f"--base-url: needs --model openai:<served model name>, got --model {model!r}")
         if self.tokenizer is not None and not served:
             raise ValueError(f"--tokenizer: only for --model openai:<served model name>, got --model {model!r}")
-        if self.retry_deadline is not None and not served:
-            raise ValueError(f"--retry-deadline: only for --model openai:<served model name>, got --model {model!r}")
         if served:
             check_served_model(str(model), urls)
         if kind == "local":
@@ -70,14 +67,14 @@ class ScaleOptions(BaseModel):
             if served and model and register_local:
                 from agentplay._executors import register_endpoints
 
-                register_endpoints(model, urls, tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
+                register_endpoints(model, urls, tokenizer=self.tokenizer)
             return lambda follow=None: None
         from agentplay._executors import RayConfig, RayExecutor, RecipeRef
 
         env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith("AGENTPLAY_")}
         try:
             ref = RecipeRef(recipe=recipe, model=model, options=options, endpoints=urls, env=env,
-                            tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
+                            tokenizer=self.tokenizer)
             config = RayConfig(address=self.address, workers=self.workers, concurrency=concurrency)
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None

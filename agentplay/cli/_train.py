@@ -3,103 +3,76 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import os
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from agentplay.cli._config_flags import build_config, config_flags
+from agentplay.cli._run import _parse_sets
+from agentplay.cli._scale import ScaleOptions
+from agentplay.trainers._config import TrainConfig
+
 __all__ = ["train"]
 
 
+@config_flags(ScaleOptions, into="scale", exclude=("endpoints", "tokenizer"))
+@config_flags(TrainConfig, into="flags", exclude=("recipe", "recipe_options", "run_name"))
 def train(
     recipe: Annotated[str, typer.Argument(help="Built-in recipe (code-selfplay, search-selfplay, "
                                                "propose-solve-judge) or path/to/file.py:attr.")],
-    model: Annotated[str, typer.Option(help="Model spec serving every role (local:..., openai:... with --base-url).")]
-    = "local:smollm2-135m-instruct",
+    flags: dict[str, Any],
+    scale: dict[str, Any],
     base_url: Annotated[str | None, typer.Option(help="Serving URL of an openai: --model, e.g. "
                                                       "http://127.0.0.1:8000/v1 for `agentplay serve` or vLLM; several "
                                                       "comma-separated: adapters are loaded on every one. "
                                                       "Default: $OPENAI_BASE_URL.")] = None,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations (rollouts + one optimizer step) in total.")] = 10,
-    episodes_per_iteration: Annotated[int, typer.Option(min=1, help="Episodes rolled out per iteration.")] = 8,
-    concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 8,
-    store: Annotated[Path, typer.Option(help="SQLite trace store (rollouts, metrics, cursor).")] = Path("traces.db"),
-    output_dir: Annotated[Path, typer.Option(help="Checkpoints, adapters and TensorBoard logs.")] = Path("runs/train"),
-    run_id: Annotated[str, typer.Option(help="Run id of the training run in the store (the same flag as "
-                                             "`agentplay run`); rollouts of iteration k are <run-id>/it<k>.")]
-    = "train",
+    endpoints: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --base-url.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id of the training run in the store (the same flag as "
+                                                    "`agentplay run`); rollouts of iteration k are <run-id>/it<k>. "
+                                                    "Default: TrainConfig.run_name (train).")] = None,
     run_name: Annotated[str | None, typer.Option("--run-name", hidden=True,
                                                  help="Old name of --run-id, kept as an alias.")] = None,
-    lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter (needed for HTTP-served models).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir.")] = False,
-    loss_type: Annotated[str, typer.Option(help="TRL loss: grpo, bnpo, dr_grpo, dapo, cispo, sapo.")] = "dapo",
-    learning_rate: Annotated[float, typer.Option(help="Optimizer learning rate.")] = 1e-5,
-    beta: Annotated[float, typer.Option(help="KL coefficient against the initial model (0: no KL).")] = 0.0,
-    micro_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass (rows of one prompt share it).")] = 8,
-    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from it and the iteration.")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe build option name=value (JSON values), "
                                                                   "repeatable.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="Any TrainConfig field name=value "
                                                                       "(JSON values), repeatable.")] = None,
-    executor: Annotated[str, typer.Option(help="Where rollouts run: local or ray (worker actors; needs "
-                                               "an HTTP-served model: --base-url).")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: a private local one.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Ray rollout worker actors.")] = 2,
-    endpoints: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --base-url.")] = None,
-    retry_deadline: Annotated[float | None, typer.Option(min=0.1, help="Seconds a model call of an openai: "
-                                                         "--model keeps retrying, waiting for a server to come "
-                                                         "back, before its episode fails (default 300).")] = None,
-    max_error_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Stop (exit 1, with a diagnosis) "
-                                                      "when more than this fraction of an iteration's episodes "
-                                                      "errored; always when all did.")] = 0.5,
-    episode_retries: Annotated[int, typer.Option(min=0, help="Reruns of an episode that failed for "
-                                                 "infrastructure reasons, same seeds, before it is stored "
-                                                 "as an error.")] = 1,
-    strict_rewards: Annotated[bool, typer.Option("--strict-rewards", help="Stop at the first reward fn "
-                                                 "that raises.")] = False,
 ) -> None:
-    """Train the model serving RECIPE's roles on its own self-play traces (GRPO via TRL)."""
-    from pydantic import ValidationError
+    """Train the model serving RECIPE's roles on its own self-play traces (GRPO via TRL).
 
-    from agentplay.cli._run import _parse_sets
-    from agentplay.trainers import TrainConfig, TrainError
+    Every TrainConfig field is a flag (`agentplay.trainers.TrainConfig` documents them)."""
+    from agentplay.cli._run import serving_url
+    from agentplay.trainers import TrainError
 
     console = Console(stderr=True)
-    if run_name is not None:  # `--run-name` was this command's flag before `run` and `train` shared `--run-id`
-        if run_id not in ("train", run_name):
-            console.print(f"[red]error:[/] --run-id: {run_id!r} and its alias --run-name {run_name!r} disagree")
-            raise typer.Exit(2)
-        run_id = run_name
-    try:
-        cfg = TrainConfig(
-            recipe=recipe, model=model, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
-            concurrency=concurrency, store=store, output_dir=output_dir, run_name=run_id, lora=lora,
-            loss_type=loss_type, learning_rate=learning_rate, beta=beta, micro_batch_size=micro_batch_size,
-            seed=seed, recipe_options=_parse_sets(set_ or []), max_error_fraction=max_error_fraction,
-            episode_retries=episode_retries, strict_rewards=strict_rewards, **_parse_sets(option or []),
-        )
-    except ValidationError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-    from agentplay.cli._scale import ScaleOptions
-
-    from agentplay.cli._run import serving_url
+    if run_name is not None and run_id is not None and run_id != run_name:
+        # `--run-name` was this command's flag before `run` and `train` shared `--run-id`
+        console.print(f"[red]error:[/] --run-id: {run_id!r} and its alias --run-name {run_name!r} disagree")
+        raise typer.Exit(2)
+    values = {**_parse_sets(option or [], "--option"), **flags}
+    if run_id is not None or run_name is not None:
+        values["run_name"] = run_id if run_id is not None else run_name
+    cfg = build_config(TrainConfig, {"recipe": recipe, "recipe_options": _parse_sets(set_ or []), **values})
+    scale_options = build_config(ScaleOptions, scale)
+    iterations, model = cfg.iterations, cfg.model
 
     try:
         served_at = serving_url(base_url, endpoints)
-        if executor == "ray" and not served_at:
+        if scale_options.executor == "ray" and not served_at:
             raise ValueError("--executor ray: workers must reach the weights the trainer updates; "
                              "serve the model over HTTP and pass --base-url")
-        make_executor = ScaleOptions(executor=executor, address=address, workers=workers, endpoints=served_at,
-                                     retry_deadline=retry_deadline).plan(
-            recipe, model=model, options=cfg.recipe_options, concurrency=concurrency, register_local=False)
+        make_executor = scale_options.model_copy(update={"endpoints": served_at}).plan(
+            recipe, model=model, options=cfg.recipe_options, concurrency=cfg.concurrency, register_local=False)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
 
-    progress = _train_progress(console, iterations)
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_processes(cfg.processes))
+    worker = int(os.environ.get("RANK", "0")) != 0  # a data-parallel process other than the main one
+    progress = _train_progress(console, iterations, disable=worker)
     skip_reasons: dict[int, str] = {}
 
     def report(it: int, m: dict[str, float]) -> None:
@@ -117,9 +90,9 @@ def train(
         from agentplay.trainers import SelfPlayTrainer
 
         # an openai: model is an EndpointPool over --base-url (or $OPENAI_BASE_URL)
-        deadline = {"retry_deadline_s": retry_deadline} if retry_deadline is not None else {}
-        served = load_model(model, base_url=served_at, **deadline) if model.startswith("openai:") else None
-        runner = make_executor(follow=served)
+        # data-parallel workers neither roll out nor serve
+        served = load_model(model, base_url=served_at) if model.startswith("openai:") and not worker else None
+        runner = make_executor(follow=served) if not worker else None
         trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report
         trainer.skip_reasons = skip_reasons  # shared: `report` reads why a step was skipped
@@ -146,8 +119,27 @@ def train(
     except TrainError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    if worker:
+        return
     console.print(_summary_table(summary))
     typer.echo(summary.model_dump_json(exclude={"metrics"}))
+
+
+def _launch_processes(n: int) -> int:
+    """Run this same command as `n` data-parallel processes under torchrun (what `accelerate
+    launch` uses for several processes; it sets RANK / WORLD_SIZE for each) on this machine;
+    returns its exit code. On GPUs, `accelerate launch --num_processes N -m agentplay.cli train ...`
+    starts the same thing."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "agentplay.cli", *sys.argv[1:]]
+    return subprocess.run(cmd, check=False).returncode
 
 
 def iteration_line(m: dict[str, float]) -> str:
@@ -162,12 +154,12 @@ def iteration_line(m: dict[str, float]) -> str:
     )
 
 
-def _train_progress(console: Console, iterations: int) -> Any:
+def _train_progress(console: Console, iterations: int, *, disable: bool = False) -> Any:
     """Iterations done, time elapsed and the last iteration's figures, live on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[figures]}"), console=console)
+                        TextColumn("{task.fields[figures]}"), console=console, disable=disable)
     progress.add_task("iterations", total=iterations, figures="rollouts of the first iteration...")
     return progress
 
