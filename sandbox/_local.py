@@ -118,7 +118,7 @@ def _shared_libraries(objects: list[str]) -> list[str]:
     for start in range(0, len(objects), 64):
         try:
             out = subprocess.run([ldd, *objects[start:start + 64]], capture_output=True, text=True,
-                                 timeout=60).stdout
+                                 timeout=60, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             return found
         for line in out.splitlines():

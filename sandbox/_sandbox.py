@@ -8,7 +8,14 @@ from typing import Any, Protocol, Self
 
 from pydantic import ValidationError
 
-from ._models import BackendName, Limits, SandboxConfig, SandboxError, SandboxResult, SandboxUnavailable
+from ._models import (
+    BackendName,
+    Limits,
+    SandboxConfig,
+    SandboxError,
+    SandboxResult,
+    SandboxUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from langgraph.graph import END, START, StateGraph
 
 from agentplay import GroupBy, Recipe, RecipeError, RewardGroup, RunConfig, run_recipe
 from agentplay._recorder import current_recorder
+from agentplay.runner import RunHealthError
 from agentplay.traces import RoleTurn, TraceStore
 
 

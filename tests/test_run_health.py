@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentplay.trainers import compute_advantages
 from rich.console import Console
 
 from agentplay import RunConfig, load_recipe, run_recipe
 from agentplay.runner import RewardFailedError, RunHealthError
 from agentplay.traces import TraceStore
-from agentplay.trainers import compute_advantages
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = f"{ROOT / 'tests' / 'data' / 'health_recipe.py'}:build"
@@ -217,8 +217,9 @@ def test_demo_without_any_sandbox_stops_before_any_episode(tmp_path):
 
 
 async def test_train_stops_before_an_optimizer_step_when_failures_left_nothing(tmp_path):
-    from agentplay.models import load_model
     from agentplay.trainers import NothingToTrainError, SelfPlayTrainer, TrainConfig, rollout_run_id
+
+    from agentplay.models import load_model
 
     served = load_model("local:smollm2-135m-instruct")
     try:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+from agentplay.sandbox import SandboxError
+
 from agentplay.errors import InfrastructureError
 from agentplay.models import ToolCall, ToolCallParseFailure
-from agentplay.sandbox import SandboxError
 from agentplay.traces import ToolCallRecord, new_id
 
 from ._base import Tool, ToolError, as_tool

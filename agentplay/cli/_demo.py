@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-
 NO_SANDBOX_FIX = ("start a Docker engine (the demo builds the sandbox image itself), or install bubblewrap: "
                   "`sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install bubblewrap` (Fedora); "
                   "`agentplay sandbox doctor` says what works here")
