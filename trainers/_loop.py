@@ -33,7 +33,7 @@ from ._distributed import data_parallel
 from ._learner import GRPOLearner
 from ._token_ids import token_id_problem
 from ._versions import IterationVersions
-from ._weights_sync import sync_weights
+from ._weights_sync import WeightSyncError, sync_weights
 
 log = logging.getLogger(__name__)
 
@@ -247,15 +247,24 @@ class SelfPlayTrainer:
         if self.weight_version == 0:
             return
         adapters = self.cfg.output_dir / "adapters"
-        await sync_weights(
-            self._served,
-            self.learner.model,
-            lora=self.cfg.lora,
-            adapter_name=self.cfg.adapter_name,
-            adapter_dir=adapters / f"it{iteration:05d}",
-            version=self.weight_version,
-            before_load=lambda: kill_point("publish", iteration),
-        )
+        try:
+            await sync_weights(
+                self._served,
+                self.learner.model,
+                lora=self.cfg.lora,
+                adapter_name=self.cfg.adapter_name,
+                adapter_dir=adapters / f"it{iteration:05d}",
+                version=self.weight_version,
+                before_load=lambda: kill_point("publish", iteration),
+            )
+        except WeightSyncError as exc:  # this model cannot take these weights at all: no point resuming
+            raise TrainError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a server gone mid-update: the checkpoint keeps the weights
+            raise TrainError(
+                f"model: the serving model did not take weight version {self.weight_version}"
+                f" ({type(exc).__name__}: {exc}); checkpoint-{iteration:05d} holds those weights:"
+                " once the server answers again, run the same command with --resume"
+            ) from exc
         # the server holds the adapter in memory once loaded; keep the last two on disk
         for old in sorted(adapters.glob("it*"))[:-2] if self.cfg.lora else []:
             shutil.rmtree(old, ignore_errors=True)
