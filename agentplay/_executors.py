@@ -147,6 +147,8 @@ class RecipeRef(BaseModel):
     """Serving endpoints (`--base-url`): each worker spreads its episodes over them."""
     tokenizer: str | None = None
     """`--tokenizer`: rebuild token ids for a server that returns none."""
+    retry_deadline_s: float | None = None
+    """`--retry-deadline`: how long a model call waits out an outage of every endpoint."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables set in each worker before building (offline flags, torch threads)."""
 

@@ -36,8 +36,9 @@ class RolloutWorker:
         os.environ.update(self.ref.env)
         recipe, model_applied = load_recipe(self.ref.recipe, model=self.ref.model, options=dict(self.ref.options))
         self._compiled = recipe.compile()
-        if (self.ref.endpoints or self.ref.tokenizer) and self.ref.model:
-            register_endpoints(self.ref.model, self.ref.endpoints, tokenizer=self.ref.tokenizer)
+        if (self.ref.endpoints or self.ref.tokenizer or self.ref.retry_deadline_s) and self.ref.model:
+            register_endpoints(self.ref.model, self.ref.endpoints, tokenizer=self.ref.tokenizer,
+                               retry_deadline_s=self.ref.retry_deadline_s)
         if not model_applied and self.ref.model:
             self._override = self.ref.model  # a ready Recipe: --model still wins
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}

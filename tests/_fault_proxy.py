@@ -36,7 +36,7 @@ FAULT_KINDS = ("429", "500", "503-html", "reset", "truncated-json", "stall")
 
 EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'my_recipe.py'}:build"
 OPTIONS = {"max_tokens": 4, "n_solvers": 1}
-TIMEOUT_S = 2.0
+TIMEOUT_S = 3.0
 """Client timeout of these runs; a proxy's stall must outlast it."""
 
 _REASONS = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -91,12 +91,15 @@ class FaultProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -223,14 +226,15 @@ def _dechunk(data: bytes) -> bytes:
 
 
 def run_episodes(url: str, db: Path, run_id: str, *, episodes: int, concurrency: int = 2,
-                 during: Any = None, episode_retries: int = 0, **model_options: Any) -> list[Episode]:
+                 during: Any = None, episode_retries: int = 0, timeout: float = TIMEOUT_S,
+                 **model_options: Any) -> list[Episode]:
     """Run examples/my_recipe.py in-process against `url` (seed 7); returns the stored episodes.
 
     `episode_retries` defaults to 0: what these runs measure is that no model call fails,
     not that a failed episode can be run again."""
 
     async def main() -> None:
-        register_endpoints(SERVED, [url], timeout=TIMEOUT_S, retry_deadline_s=model_options.pop("deadline", 120.0),
+        register_endpoints(SERVED, [url], timeout=timeout, retry_deadline_s=model_options.pop("deadline", 120.0),
                            **model_options)
         recipe, _ = load_recipe(EXAMPLE, model=SERVED, options=dict(OPTIONS))
         try:

@@ -57,6 +57,28 @@ async def test_each_fault_class_is_retried_to_the_right_answer(server, kind):
     assert faulty.choice.text == clean.choice.text
 
 
+@pytest.mark.parametrize("kind", ["503-html", "reset"])
+async def test_a_stream_that_fails_before_its_first_byte_is_retried(server, kind):
+    from agentplay.models import ChatResult
+
+    sampling = SamplingParams(max_tokens=3, temperature=0.8, seed=5)
+    with FaultProxy(server, rate=0.0, script=[kind]) as proxy:
+        pool = load_model(SERVED, base_url=proxy.url, timeout=TIMEOUT_S, retry_deadline_s=60)
+        try:
+            events = [e async for e in pool.stream_chat(MSG, sampling=sampling)]
+        finally:
+            await pool.aclose()
+        assert proxy.injected[kind] == 1
+    direct = load_model(SERVED, base_url=server)
+    try:
+        clean = await direct.chat(MSG, sampling=sampling)
+    finally:
+        await direct.aclose()
+    final = events[-1]
+    assert isinstance(final, ChatResult) and final.choice.text == clean.choice.text
+    assert final.choice.completion_token_ids == clean.choice.completion_token_ids
+
+
 def test_thirty_percent_faults_lose_no_episode_and_change_none(server, reference, tmp_path):
     """Every fault class at least once, then 30% of chat requests faulted at random:
     all episodes stored ok and identical to the fault-free run with the same seeds."""

@@ -8,12 +8,14 @@ exit 2 naming `--base-url` (and the environment variables) and store nothing.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 from _fault_proxy import EXAMPLE
 from _servers import AGENTPLAY, agentplay_env
 
 from agentplay.models import ModelSpecError, load_model
+from agentplay.traces import TraceStore
 
 
 def _env_without_openai() -> dict[str, str]:
@@ -59,3 +61,26 @@ def test_one_flag_name_for_the_serving_url(tmp_path):
                           "--endpoints", "http://127.0.0.1:9/v1", "--store", str(tmp_path / "t.db")],
                          check=False, env=agentplay_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "not both" in " ".join(out.stderr.split()), out.stderr[-2000:]
+
+
+def test_retry_deadline_bounds_the_wait_and_the_run_fails_loudly(tmp_path):
+    """A URL where nothing answers: each model call gives up after --retry-deadline with
+    NoLiveEndpointError (an infrastructure error), and the run exits non-zero saying so."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed again: connection refused
+    started = time.monotonic()
+    out = subprocess.run([*AGENTPLAY, "run", EXAMPLE, "--model", "openai:m", "--base-url", dead, "--retry-deadline",
+                          "1", "--episodes", "2", "--episode-retries", "0", "--store", str(tmp_path / "t.db"),
+                          "--run-id", "dead", "--no-progress"],
+                         check=False, env=agentplay_env(), capture_output=True, text=True, timeout=300)
+    said = " ".join(out.stderr.split())
+    assert out.returncode != 0 and "infrastructure:NoLiveEndpointError x2" in said, said[-3000:]
+    assert time.monotonic() - started < 120
+    with TraceStore(tmp_path / "t.db") as store:
+        episodes = list(store.episodes("dead"))
+    assert len(episodes) == 2 and all(e.status == "error" for e in episodes)
+    assert all("no endpoint answered within retry_deadline_s=1" in (e.error or "") and dead in e.error
+               for e in episodes), episodes[0].error

@@ -1,4 +1,5 @@
-"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`: shared by `agentplay run` and `train`.
+"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`, `--retry-deadline`: shared by
+`agentplay run` and `train`.
 
 `--base-url` is the serving URL's one name (what the openai client, vLLM's tools and
 OPENAI_BASE_URL call it); several comma-separated URLs make a pool. `--endpoints`,
@@ -38,6 +39,9 @@ class ScaleOptions(BaseModel):
     tokenizer: str | None = None
     """For a server that returns no token ids (llama.cpp): rebuild them with this tokenizer (a local
     model folder, or `default`); recorded as token_exact = false (see ModelConfig.tokenizer)."""
+    retry_deadline: float | None = Field(None, gt=0)
+    """Seconds a model call of an openai: --model keeps retrying, waiting for a server to come back,
+    before its episode fails with NoLiveEndpointError (default 300; ModelConfig.retry_deadline_s)."""
 
     def urls(self) -> list[str]:
         return [u.strip() for u in (self.endpoints or "").split(",") if u.strip()]
@@ -59,6 +63,8 @@ class ScaleOptions(BaseModel):
             raise ValueError(f"--base-url: needs --model openai:<served model name>, got --model {model!r}")
         if self.tokenizer is not None and not served:
             raise ValueError(f"--tokenizer: only for --model openai:<served model name>, got --model {model!r}")
+        if self.retry_deadline is not None and not served:
+            raise ValueError(f"--retry-deadline: only for --model openai:<served model name>, got --model {model!r}")
         if served:
             check_served_model(str(model), urls)
         if kind == "local":
@@ -67,14 +73,14 @@ class ScaleOptions(BaseModel):
             if served and model and register_local:
                 from agentplay._executors import register_endpoints
 
-                register_endpoints(model, urls, tokenizer=self.tokenizer)
+                register_endpoints(model, urls, tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
             return lambda follow=None: None
         from agentplay._executors import RayConfig, RayExecutor, RecipeRef
 
         env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith("AGENTPLAY_")}
         try:
             ref = RecipeRef(recipe=recipe, model=model, options=options, endpoints=urls, env=env,
-                            tokenizer=self.tokenizer)
+                            tokenizer=self.tokenizer, retry_deadline_s=self.retry_deadline)
             config = RayConfig(address=self.address, workers=self.workers, concurrency=concurrency)
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None

@@ -91,7 +91,9 @@ def train(
 
         # an openai: model is an EndpointPool over --base-url (or $OPENAI_BASE_URL)
         # data-parallel workers neither roll out nor serve
-        served = load_model(model, base_url=served_at) if model.startswith("openai:") and not worker else None
+        deadline = {"retry_deadline_s": scale_options.retry_deadline} if scale_options.retry_deadline else {}
+        served = (load_model(model, base_url=served_at, **deadline)
+                  if model.startswith("openai:") and not worker else None)
         runner = make_executor(follow=served) if not worker else None
         trainer = SelfPlayTrainer(cfg, served=served, executor=runner)
         trainer.on_iteration = report
