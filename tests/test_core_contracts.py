@@ -94,3 +94,27 @@ async def test_tools_are_reached_through_the_tool_runner_protocol():
     assert runner.calls == 2
     assert records[0].result == "5" and records[1].error is not None and "could not parse" in records[1].error
     assert messages[0] == {"role": "tool", "tool_call_id": records[0].call_id, "name": "add", "content": "= 5"}
+
+
+def test_model_flag_overrides_the_roles_of_a_ready_recipe(tmp_path):
+    """`--model` on a ready Recipe (its roles' models are fixed) goes through the override: the
+    run's episode tasks see it, and nothing resolves the unserved model the role names."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from agentplay.cli import app
+    from agentplay.models import DEFAULT_MODEL_SPEC
+    from agentplay.traces import TraceStore
+
+    recipe = Path(__file__).parent / "data" / "ready_recipe.py"
+    store = tmp_path / "t.db"
+    result = CliRunner().invoke(app, ["run", f"{recipe}:recipe", "--model", DEFAULT_MODEL_SPEC, "--episodes", "2",
+                                      "--store", str(store), "--run-id", "ready", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["completed"] == 2
+    with TraceStore(store, read_only=True) as db:
+        episodes = list(db.episodes("ready"))
+    assert [ep.status for ep in episodes] == ["ok", "ok"]
+    assert {g.model for ep in episodes for t in ep.turns for g in t.generations} == {DEFAULT_MODEL_SPEC}
