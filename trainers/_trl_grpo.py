@@ -44,7 +44,7 @@ __all__ = ["AgentplayGRPOTrainer", "RowScoring", "TRLCompatibilityError", "check
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-TESTED_TRL = "0.25 to 1.14"
+TESTED_TRL = "1.14 and 1.16"
 """TRL versions these hooks were written against (pyproject pins the range)."""
 
 
@@ -61,7 +61,7 @@ def trl_version() -> str:
 def _incompatible(what: str) -> TRLCompatibilityError:
     return TRLCompatibilityError(
         f"TRL {trl_version()}: {what}. agentplay's GRPO hooks (trainers/_trl_grpo.py) were written for "
-        f"TRL {TESTED_TRL}; install a version in that range (pip install 'trl>=0.25,<1.15') or update the hooks")
+        f"TRL {TESTED_TRL}; install one (pip install 'trl>=0.25,<1.17') or update the hooks")
 
 
 def _never_called_reward(completions: list[Any], **_: Any) -> list[float]:
