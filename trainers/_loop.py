@@ -196,7 +196,10 @@ class SelfPlayTrainer:
         # seeded: TRL wraps the LoRA adapter (random A matrices) before transformers seeds anything,
         # so without this two runs with the same --seed start from different adapters
         _seed_everything(cfg.seed)
-        self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
+        try:
+            self.learner = GRPOLearner(model, tok, cfg, tensorboard_dir=cfg.output_dir / "tensorboard")
+        except ValueError as exc:  # device / dtype this machine cannot give
+            raise TrainError(str(exc)) from exc
         self.dp.broadcast_parameters(self.learner.model)  # every process starts from the main one's weights
         self._arm_step_kill_point()
         start = 0
