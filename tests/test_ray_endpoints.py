@@ -139,7 +139,7 @@ def test_cli_local_executor_with_endpoints_records_them(tmp_path, server):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--executor", "spark"], "--executor: expected local or ray"),
+    (["--executor", "spark"], "Invalid value for '--executor'"),  # a choice list since #20
     (["--base-url", "http://127.0.0.1:1/v1"], "--base-url: needs --model openai:"),
     (["--endpoints", "http://127.0.0.1:1/v1"], "--base-url: needs --model openai:"),  # the deprecated alias
     (["--address", "auto"], "--address: only used with --executor ray"),
