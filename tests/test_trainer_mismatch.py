@@ -180,3 +180,49 @@ def test_mismatch_stats_exact_values():
     assert m["mismatch/all/tokens"] == 5.0
     assert m["mismatch/all/clip_fraction"] == pytest.approx(2 / 5)
     assert m["mismatch/b/kl"] == pytest.approx((k3(1.1) + k3(1.2) + k3(0.9)) / 3)
+
+
+def _learner_and_samples(tmp_path, log_ratio: float, **cfg: Any):
+    """A learner and two rows whose recorded (rollout) logprobs are the trainer's minus `log_ratio`:
+    every trained token has pi_trainer / pi_rollout = exp(log_ratio)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentplay.models._weights import default_model_dir
+    from agentplay.trainers import GRPOLearner, make_micro_batches
+
+    folder = default_model_dir()
+    tok = AutoTokenizer.from_pretrained(folder)
+    learner = GRPOLearner(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tok,
+                          TrainConfig(output_dir=tmp_path, learning_rate=1e-9, report_to=[], **cfg))
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True,
+                                     return_dict=False)
+    turns = [RoleTurn(role="r", group_id="g", prompt_token_ids=prompt, token_ids=tok.encode(t, add_special_tokens=False),
+                      mask=[1] * len(tok.encode(t, add_special_tokens=False))) for t in ("Red", "Deep blue")]
+    samples = [TrainSample(turn=t, episode_id="e", advantage=1.0, reward=1.0) for t in turns]
+    (mb,) = make_micro_batches(samples, micro_batch_size=8, max_completion_length=16,
+                               pad_token_id=learner.pad_token_id, share_prompts=True)
+    with torch.no_grad():
+        current = learner.trainer.score(learner.model, mb.inputs)
+    for r, s in enumerate(samples):
+        n = len(s.turn.token_ids)
+        s.turn.logprobs = [float(x) - log_ratio for x in current[r, :n]]
+    return learner, samples
+
+
+def test_tis_and_mis_reach_the_loss(tmp_path):
+    """Through TRL's loss: with the ratio against the trainer's own logprobs (1) and advantage 1,
+    the dapo loss is -mean(weight): TIS weights every token min(3, cap), MIS rejects both rows."""
+    losses = {}
+    for name, options in {"cap1": {"tis_cap": 1.0}, "cap2": {"tis_cap": 2.0}, "mis": {"mis_bound": 2.0}}.items():
+        learner, samples = _learner_and_samples(tmp_path / name, math.log(3.0), **options)
+        out = learner.step(samples)
+        losses[name] = out["loss"]
+        assert out["mismatch/all/ratio_dev_mean"] == pytest.approx(2.0, abs=1e-3)  # measured before correcting
+        if name == "mis":
+            assert out["correction/mis_rejected_sequence_fraction"] == 1.0
+            assert out["correction/mis_rejected_token_fraction"] == 1.0
+        else:
+            assert out["correction/tis_truncated_fraction"] == 1.0
+    assert losses["cap1"] == pytest.approx(-1.0, abs=1e-5)
+    assert losses["cap2"] == pytest.approx(-2.0, abs=1e-5)
+    assert losses["mis"] == pytest.approx(0.0, abs=1e-7)
