@@ -43,6 +43,15 @@ class TrainConfig(BaseModel):
     (None: no limit). Time spent in `on_iteration` callbacks, e.g. evaluation, is not counted."""
     recipe_options: dict[str, object] = Field(default_factory=dict)
     """Keyword options passed to the recipe's build function."""
+    async_level: int = Field(0, ge=0)
+    """Bounded staleness of asynchronous self-play: rollouts of iterations it+1..it+K keep running
+    on the serving model while iteration it trains, so a trained sample is at most K weight versions
+    behind the policy (`off_policy_lag/max` <= K; TIS/MIS, `tis_cap` / `mis_bound`, correct for it).
+    0: the synchronous loop (roll out, train, publish, then roll out the next iteration)."""
+    train_threads: int | None = Field(None, ge=1)
+    """Torch intra-op threads of the optimizer step when it overlaps rollouts (async_level > 0),
+    set on the trainer's own thread; the in-process engine's thread keeps the model's
+    `torch_threads`. None: torch's current setting. On 2 cores: 1 each side."""
     max_error_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Stop training (non-zero exit) when more than this fraction of an iteration's episodes
     ended in error, or all of them did; also the share of failed turns (errors, reward failures,

@@ -13,13 +13,15 @@ a kill fell in between.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -36,6 +38,7 @@ from ._versions import IterationVersions
 from ._weights_sync import WeightSyncError, sync_weights
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["NothingToTrainError", "SelfPlayTrainer", "TrainError", "TrainSummary", "no_sample_verdict",
            "rollout_run_id", "train"]
@@ -169,6 +172,7 @@ class SelfPlayTrainer:
         self._iteration = -1
         self.skip_reasons: dict[int, str] = {}
         """Iteration -> why it took no optimizer step (read by `on_iteration` callbacks)."""
+        self._train_thread: ThreadPoolExecutor | None = None
         self.dp = data_parallel()
         """Data-parallel place: rank 0 rolls out, writes the store and checkpoints, syncs the server."""
 
@@ -335,11 +339,14 @@ class SelfPlayTrainer:
                 if version is not None and s.turn.weight_version is not None]
         m["off_policy_lag/mean"] = _mean([float(x) for x in lags])
         m["off_policy_lag/max"] = float(max(lags)) if lags else 0.0
-        stale = sum(1 for x in lags if x != 0)
-        if stale:  # synchronous training samples every turn with the policy's current weights
-            log.warning("%d of %d turns were sampled by weight versions other than the policy's %s (max lag %s):"
-                        " the serving model held other weights (restarted, or updated by someone else)",
-                        stale, len(lags), version, m["off_policy_lag/max"])
+        # synchronous training samples every turn with the policy's current weights, asynchronous
+        # training with weights at most async_level versions behind
+        stale = sum(1 for x in lags if not 0 <= x <= self.cfg.async_level)
+        if stale:
+            log.warning("%d of %d turns were sampled by weight versions more than %d behind or ahead of the"
+                        " policy's %s (max lag %s): the serving model held other weights (restarted, or"
+                        " updated by someone else)", stale, len(lags), self.cfg.async_level, version,
+                        m["off_policy_lag/max"])
         return m
 
     async def run(self, *, resume: bool = False) -> TrainSummary:
@@ -367,13 +374,26 @@ class SelfPlayTrainer:
         cfg = self.cfg
         assert self.learner is not None
         budget = TimeBudget(cfg.time_budget_s)
+        ahead = _RolloutsAhead(self, compiled, cfg.async_level, cfg.iterations)
+        try:
+            await self._iterate(compiled, store, start, budget, ahead, summary)
+        finally:
+            await ahead.cancel()  # past the budget or failed: stored episodes stay for --resume
+            if self._train_thread is not None:
+                self._train_thread.shutdown(wait=True)
+                self._train_thread = None
+
+    async def _iterate(self, compiled: Any, store: Any, start: int, budget: TimeBudget, ahead: _RolloutsAhead,
+                       summary: TrainSummary) -> None:
+        cfg = self.cfg
+        assert self.learner is not None
         main = self.dp.is_main
         for it in range(start, cfg.iterations):
             if not self.dp.broadcast(budget.allows_another()):
                 break
             self._iteration = it
             t0 = time.perf_counter()
-            episodes = await self.rollouts(compiled, it) if main else []
+            episodes = await ahead.episodes(it) if main else []
             self.dp.barrier()
             if not main:  # the same batch as the main process: its episodes, read back by index
                 episodes = sorted(store.episodes(rollout_run_id(cfg.run_name, it)), key=lambda ep: ep.index)
@@ -389,10 +409,7 @@ class SelfPlayTrainer:
             )
             metrics = self._metrics(episodes, samples, stats, rollout_version, recipe.headline_metrics)
             if samples:
-                # seeded per iteration: a resumed step draws what the uninterrupted one drew
-                # (dropout, sampling in user losses), whatever the rollouts consumed before it
-                _seed_everything(cfg.seed * 1_000_003 + it)
-                metrics.update(self.learner.step(samples))
+                metrics.update(await self._step(samples, cfg.seed * 1_000_003 + it))
                 self.weight_version = rollout_version + 1
             else:  # nothing to learn from: no step, same version, but the iteration counts
                 why, fatal = no_sample_verdict(stats, cfg.max_error_fraction)
@@ -419,10 +436,12 @@ class SelfPlayTrainer:
                 summary.last_iteration, summary.weight_version = it, self.weight_version
                 continue
             # commit, then publish: the serving model only ever holds checkpointed weights
-            save_checkpoint(cfg.output_dir, CheckpointState(
+            state = CheckpointState(
                 iteration=it, global_step=self.learner.global_step, weight_version=self.weight_version,
                 lora=cfg.lora, metrics=metrics, versions=self.history, rae_baselines=stats.rae_baselines,
-            ), t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints)
+            )
+            await self._on_train_thread(lambda: save_checkpoint(
+                cfg.output_dir, state, t.model, t.optimizer, t.lr_scheduler, keep=cfg.keep_checkpoints))
             kill_point("checkpoint", it)
             t2 = time.perf_counter()
             if self.weight_version != rollout_version:
@@ -441,6 +460,68 @@ class SelfPlayTrainer:
                     await maybe
                 budget.pause(time.perf_counter() - t4)
 
+
+    async def _step(self, samples: list[TrainSample], seed: int) -> dict[str, float]:
+        """One optimizer step. Synchronous training runs it inline; with rollouts in flight it runs
+        on the trainer's own thread (its own torch threads) so the event loop keeps serving them."""
+        assert self.learner is not None
+        learner = self.learner
+
+        def step() -> dict[str, float]:
+            # seeded per iteration: a resumed step draws what the uninterrupted one drew
+            # (dropout, sampling in user losses), whatever the rollouts consumed before it
+            _seed_everything(seed)
+            return learner.step(samples)
+
+        return await self._on_train_thread(step)
+
+    async def _on_train_thread(self, fn: Callable[[], T]) -> T:
+        """`fn()` inline when training is synchronous; else on the trainer's thread, whose torch
+        intra-op threads are `train_threads` (set on that thread, as the engine sets its own)."""
+        if self.cfg.async_level == 0:
+            return fn()
+        if self._train_thread is None:
+            import torch
+
+            threads = self.cfg.train_threads
+            self._train_thread = ThreadPoolExecutor(
+                1, thread_name_prefix="agentplay-train",
+                initializer=(lambda: torch.set_num_threads(threads)) if threads else None)
+        return await asyncio.get_running_loop().run_in_executor(self._train_thread, fn)
+
+
+class _RolloutsAhead:
+    """Rollouts of the iterations the trainer has not reached yet, at most `level` ahead.
+
+    When iteration `it` begins, the policy holds every step up to `it - 1`; rollouts of
+    iterations up to `it + level` may start now, on the weights served now. Iteration
+    `it + level` trains after at most `level` more steps, so none of its samples is more
+    than `level` versions behind (the bound on stored versions `test_trainer_async` checks).
+    Each iteration's rollouts are still their own resumable run in the store, and an
+    iteration trains only after its run is complete: a kill leaves every stored episode of
+    later iterations in place and the resumed run completes them; none is trained twice.
+    `level=0` starts nothing ahead: rollouts run inline, exactly the synchronous loop.
+    Only the main process of a data-parallel run rolls out (the others read the store).
+    """
+
+    def __init__(self, trainer: SelfPlayTrainer, compiled: Any, level: int, iterations: int) -> None:
+        self._trainer, self._compiled, self._level, self._end = trainer, compiled, level, iterations
+        self._tasks: dict[int, asyncio.Task[list[Any]]] = {}
+
+    async def episodes(self, it: int) -> list[Any]:
+        if self._level == 0:
+            return await self._trainer.rollouts(self._compiled, it)
+        for j in range(it, min(it + self._level, self._end - 1) + 1):
+            if j not in self._tasks:
+                self._tasks[j] = asyncio.create_task(self._trainer.rollouts(self._compiled, j),
+                                                     name=f"agentplay-rollouts-it{j}")
+        return await self._tasks.pop(it)
+
+    async def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
 
 def _seed_everything(seed: int) -> None:
     from transformers import set_seed

@@ -28,7 +28,9 @@ class IterationVersions(BaseModel):
 
     iteration: int
     rollout_version: int
-    """Weights that sampled this iteration's rollouts (every turn stored in `<run>/it<k>`)."""
+    """The policy's version when this iteration trained. Synchronous training: the weights that
+    sampled every turn stored in `<run>/it<k>`; with `async_level=K` each turn's own version is
+    between `rollout_version - K` and `rollout_version` (its lag is the difference)."""
     weight_version: int
     """Weights after this iteration: `rollout_version + 1` if it took an optimizer step, else equal."""
 
