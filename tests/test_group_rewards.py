@@ -119,14 +119,18 @@ def test_the_old_group_rewards_name_is_the_per_episode_hook_and_warns():
     (lambda group: 1 / 0, "ZeroDivisionError"),
     (lambda group: [0.5], "returned 1 deltas for 2 turns"),
 ])
-async def test_a_failing_group_fn_is_written_on_every_member_not_raised(tmp_path, fn, why):
+async def test_a_failing_group_fn_leaves_every_member_reward_failed_never_a_partial_reward(tmp_path, fn, why):
+    """Issue 19: a reward that could not be computed is not a reward. Every member of the
+    group is stored `reward_failed` (no reward, never trained on); here no turn of the run
+    has a reward left, so the run itself fails with the diagnosis."""
     recipe = _recipe([], k=2).model_copy(update={"whole_group_rewards": {"writer": fn}})
     with TraceStore(tmp_path / "t.db") as store:
-        summary = await run_recipe(recipe, RunConfig(episodes=2, progress=False, run_id="r"), store=store)
+        with pytest.raises(RunHealthError, match="every reward fn call failed") as caught:
+            await run_recipe(recipe, RunConfig(episodes=2, progress=False, run_id="r"), store=store)
         stored = list(store.episodes("r"))
-    assert summary.completed == 2 and len(stored) == 2
+    assert caught.value.summary.completed == 2 and len(stored) == 2
+    assert caught.value.summary.reward_failures == {"writer": 2}
     for ep in stored:
         (turn,) = ep.turns
-        assert turn.reward.value == 1.0 and "group" not in turn.reward.components  # nothing was added
-        assert turn.reward.components["group_reward_error"] == 0.0
-        assert "group reward failed" in turn.reward.reason and why in turn.reward.reason
+        assert turn.reward is None
+        assert turn.reward_failed.startswith("group reward fn of role 'writer' raised") and why in turn.reward_failed

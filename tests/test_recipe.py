@@ -3,6 +3,7 @@ and capture of graphs written with the LangChain chat model adapter."""
 
 from __future__ import annotations
 
+import itertools
 import operator
 from typing import Annotated, Any, TypedDict
 
@@ -25,9 +26,16 @@ class State(TypedDict, total=False):
 
 
 def fan_out_recipe(n: int = 3, **overrides: Any) -> Recipe:
+    parsed = itertools.count()
+
+    def first_answer_unparsable(text: str) -> str:
+        """Pinned, whatever the model writes: the first answer parsed fails, the others pass."""
+        if next(parsed) == 0:
+            raise ValueError("the first answer is unparsable by construction")
+        return text
+
     asker = Role(name="asker", model=DEFAULT_MODEL_SPEC, sampling=TINY)
-    solver = Role(name="solver", model=DEFAULT_MODEL_SPEC, sampling=TINY,
-                  output_parser=lambda text: int(text.strip().split()[0]))  # words -> ValueError
+    solver = Role(name="solver", model=DEFAULT_MODEL_SPEC, sampling=TINY, output_parser=first_answer_unparsable)
 
     async def ask(state: State) -> dict[str, Any]:
         await asker.run(f"Ask about {state['topic']}")
@@ -95,15 +103,17 @@ async def test_send_fan_out_turns_rewards_and_groups():
     assert {t.group_id for t in solvers} == {"r1/ep3/solver"}
     assert askers[0].group_id == "r1/block1/asker"  # index 3 with k=2 -> block 1
     assert episode.metadata["group_block"] == 1
-    for t in solvers:  # unparsable answer: a zero + group delta; broken reward fn: no reward at all
-        if t.parse_error:
-            assert t.reward is not None and t.reward.reason.startswith("parse error: output_parser")
-            assert t.reward.value == pytest.approx(0.25) and t.reward.components["episode"] == 0.25
-        else:  # a failure is never a score: marked, with the frame that raised, and no reward
-            assert t.reward is None
-            assert t.reward_failed.startswith("reward fn raised RuntimeError: grader exploded")
-            assert "in broken_reward: raise RuntimeError" in t.reward_failed
-    assert askers[0].reward.components == {"n": 3.0}
+    # one unparsable answer (pinned by the parser): a zero + group delta, and no reward fn call
+    (unparsable,) = [t for t in solvers if t.parse_error]
+    assert unparsable.reward is not None and unparsable.reward.reason.startswith("parse error: output_parser")
+    assert unparsable.reward.value == pytest.approx(0.25) and unparsable.reward.components["episode"] == 0.25
+    parsed = [t for t in solvers if not t.parse_error]
+    assert len(parsed) == 2
+    for t in parsed:  # broken reward fn: never a score; marked, with the frame that raised, and no reward
+        assert t.reward is None
+        assert t.reward_failed.startswith("reward fn raised RuntimeError: grader exploded")
+        assert "in broken_reward: raise RuntimeError" in t.reward_failed
+    assert askers[0].reward.components == {"n": 3.0} and askers[0].reward.value == pytest.approx(1 / 3)
     assert episode.metrics == {"valid_proposal": 1.0, "n_answers": 3.0}
     tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
     for t in episode.turns:

@@ -11,17 +11,18 @@ from agentplay.traces import RewardRecord
 
 
 async def test_binary_and_score_verdicts_are_in_range_with_a_reason():
+    # Pinned: the judge samples greedily by default, and greedy SmolLM2 writes a readable verdict
+    # to both prompts (a one-word "No"; "The answer is 10."), so the parsed branch is what runs
+    # here; the unparsable one is test_garbage_verdict_is_zero_with_reason's.
     yes_no = await llm_judge(DEFAULT_MODEL_SPEC, "What is 2 + 2?", "4", reference="4")
-    assert isinstance(yes_no, RewardRecord)
-    assert yes_no.value in (0.0, 1.0)
-    if yes_no.components["parsed"] == 1.0:
-        assert yes_no.reason.startswith("judge says")
-    else:
-        assert yes_no.value == 0.0 and "unparsable" in yes_no.reason
+    assert isinstance(yes_no, RewardRecord) and yes_no.components == {"parsed": 1.0}
+    verdict = yes_no.reason.removeprefix("judge says ").split(":")[0]
+    assert yes_no.reason.startswith("judge says") and verdict in ("yes", "no")
+    assert yes_no.value == (1.0 if verdict == "yes" else 0.0)
     score = await llm_judge(DEFAULT_MODEL_SPEC, "What is the capital of France?", "Paris", mode="score")
-    assert 0.0 <= score.value <= 1.0 and score.reason.startswith("judge score")
-    if score.components["parsed"] == 1.0:
-        assert score.value == pytest.approx(score.components["score"] / 10)
+    assert score.components["parsed"] == 1.0 and score.reason.startswith("judge score")
+    assert 0.0 <= score.value <= 1.0 and score.value == pytest.approx(score.components["score"] / 10)
+    assert f"judge score {score.components['score']:g}/10" in score.reason
 
 
 async def test_garbage_verdict_is_zero_with_reason():

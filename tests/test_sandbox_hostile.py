@@ -451,3 +451,24 @@ async def test_hostile(case: Case, backend_name: str):
             all=True, filters={"label": f"{LABEL}={owner_tag()}"}
         )
         assert not left, f"containers left after aclose(): {left}"
+
+
+def test_bwrap_binds_an_interpreters_own_files_never_its_install_prefix():
+    """An interpreter outside /usr (pyenv, conda, /opt): bwrap gets its binary, stdlib and
+    shared libraries one by one, and its installed packages are hidden (issue 19: the whole
+    prefix, with whatever else lives there, used to be bound)."""
+    import sys
+
+    from agentplay.sandbox._local import interpreter_mounts
+
+    python = os.path.realpath(sys.base_exec_prefix + "/bin/python3")
+    if python.startswith("/usr/"):
+        pytest.skip(f"this machine's interpreter is a system one ({python}): nothing outside /usr to bind")
+    binds, hidden = interpreter_mounts(python)
+    prefix = os.path.dirname(os.path.dirname(python))
+    assert python in binds and prefix not in binds and os.path.dirname(python) not in binds
+    assert all(b.startswith(prefix) or not b.startswith(("/usr/", "/lib")) for b in binds), binds
+    stdlib = os.path.dirname(os.__file__)
+    assert os.path.realpath(stdlib) in {os.path.realpath(b) for b in binds}
+    assert any(h.endswith("site-packages") for h in hidden), hidden
+    assert not any("site-packages" in b for b in binds), binds

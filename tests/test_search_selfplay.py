@@ -45,7 +45,10 @@ def test_parsers_and_rule_checks():
         SearchSelfPlayConfig(n_solvers=0)
 
 
-async def test_episode_end_to_end_records_checks_rewards_and_exact_tokens():
+async def test_episode_end_to_end_records_tool_calls_rewards_and_exact_tokens():
+    """Pinned by greedy sampling: on this target (group seed of index 0) SmolLM2 searches, then
+    runs out of tokens before it writes a question, every time. The branch with a question
+    (RAG check, solvers, their rewards) is test_question_reaches_rag_check_and_solvers'."""
     recipe = RECIPES["search-selfplay"](**TINY).compile()
     episode = await run_episode(recipe, index=0, seed=0, run_id="s")
     assert episode.status == "ok", episode.error
@@ -63,21 +66,9 @@ async def test_episode_end_to_end_records_checks_rewards_and_exact_tokens():
     assert proposer.tool_calls
     assert all(c.name == "search" or c.error.startswith("parse_error") for c in proposer.tool_calls)
     assert set(episode.metrics) >= {"question_parsed", "rules_pass", "rag_pass", "valid_proposal"}
-    if proposer.output is None:  # no question: zero with the parse error, nothing else ran
-        assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("parse error")
-        assert set(by_role) == {"proposer"}
-        return
-    (rag,) = by_role["rag_checker"]
-    assert rag.reward is None and not rag.tool_calls  # checks only, no search
-    solvers = by_role["solver"]
-    assert len(solvers) == 2 and {t.group_id for t in solvers} == {"s/ep0/solver"}
-    for t in solvers:
-        assert t.reward is not None and t.reward.value in (0.0, 1.0) and t.reward.reason
-    rate = sum(t.reward.value for t in solvers) / 2
-    if episode.metrics["valid_proposal"]:
-        assert proposer.reward.value == pytest.approx(1 - rate)
-    else:
-        assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("invalid proposal")
+    assert proposer.output is None and proposer.parse_error  # no question: zero, and nothing else ran
+    assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("parse error")
+    assert set(by_role) == {"proposer"} and episode.metrics["question_parsed"] == 0.0
 
 
 async def test_malformed_proposal_gets_recorded_zero():
