@@ -2,9 +2,9 @@
 Tool-Integrated Reasoning"): a curriculum agent proposes tasks, an executor agent solves them
 over several turns with a sandboxed Python tool. One model plays both roles.
 
-Each episode: the curriculum agent writes one task (the k episodes of a `GroupBy.seed(k)`
-block share one prompt, so their k tasks are the curriculum's GRPO group); the executor
-samples `n_executors` multi-turn solutions, each free to call `run_python` up to
+Each episode: the curriculum agent writes one task (the `group_k` episodes of a
+`GroupBy.seed` block share one prompt, so their tasks are the curriculum's GRPO group); the
+executor samples k = `n_executors` multi-turn solutions, each free to call `run_python` up to
 `max_tool_turns` times, ending with ``Answer: \\boxed{...}``.
 
 Executor (the paper's Sec. 3.3). The majority answer ỹ of the k samples is the
@@ -26,9 +26,15 @@ Curriculum (Sec. 3.2), for task x_i:
 - composite    R_C = R_format · max(0, λ_unc R_unc + λ_tool R_tool - R_rep) (Eq. 5).
 
 R_unc and R_tool are per-turn rewards (they need only the episode); R_rep needs the whole
-group, so it is a group reward: called once the block's k episodes have finished, it adds
+group, so it is a group reward: called once the block's episodes have all finished, it adds
 max(0, base - R_rep) - base to each task's reward. A task that does not parse (no
 ``Task:`` line) is R_format = 0: reward 0 with the parse error as reason.
+
+What we chose where the paper is silent or too big for one CPU: each block's prompt names
+a topic (drawn by its group seed) so groups differ; an executor answer without
+``\\boxed{}`` or ``Answer:`` falls back to the last number it wrote (SmolLM2-135M almost
+never boxes, and without the fallback every vote is empty and nothing trains); answers
+are compared as numbers when they are numbers (`answer_key`).
 
     recipe = build(group_k=4, n_executors=4)
 """
@@ -197,14 +203,18 @@ def parse_task(text: str, min_chars: int = 12) -> str:
 
 
 def parse_answer(text: str) -> str:
-    """The last \\boxed{} content, else the text after the last ``Answer:``; ValueError if none."""
+    """The last \\boxed{} content, else the text after the last ``Answer:``, else the last
+    number written (a small model rarely boxes; see the module docstring); ValueError if none."""
     boxed = [b.strip() for b in _BOXED.findall(text) if b.strip()]
     if boxed:
         return boxed[-1]
     found = [a.strip().rstrip(".").strip() for a in _ANSWER.findall(text)]
     if found and found[-1]:
         return found[-1]
-    raise ValueError("no final answer (expected 'Answer: \\boxed{...}')")
+    number = extract_number(text)
+    if number is not None and math.isfinite(number):
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise ValueError("no final answer (expected 'Answer: \\boxed{...}') and no number")
 
 
 def answer_key(answer: str) -> str:

@@ -13,7 +13,7 @@ from test_ui import _env, recipe_store  # noqa: F401 - the shared session fixtur
 from typer.testing import CliRunner
 
 from agentplay.cli import app
-from agentplay.traces import SCHEMA_VERSION, TraceStore
+from agentplay.traces import SCHEMA_VERSION, Episode, RoleTurn, TraceStore
 from agentplay.ui import SeriesCache, distinct_n, write_report
 
 runner = CliRunner()
@@ -84,6 +84,14 @@ def test_charts_prefer_trainer_metrics_and_read_rollout_runs(tmp_path: Path, rec
     if expected is not None:
         assert charts["proposal_diversity"].series[0].points == [(0.0, pytest.approx(expected)),
                                                                  (1.0, pytest.approx(expected))]
+
+
+def test_diversity_reads_every_proposing_role() -> None:
+    from agentplay.ui._series import digest
+
+    turns = [RoleTurn(role=role, output={"question": f"q from {role}"})
+             for role in ("proposer", "challenger", "curriculum", "solver", "player_0")]
+    assert digest(Episode(turns=turns)).proposals == ["q from proposer", "q from challenger", "q from curriculum"]
 
 
 def test_distinct_n_sees_collapse() -> None:

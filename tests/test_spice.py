@@ -127,7 +127,7 @@ async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
     served = await resolve_model(DEFAULT_MODEL_SPEC)
     k, n = 2, 2
     recipe = spice.build(group_k=k, n_reasoners=n, challenger_max_tokens=64, reasoner_max_tokens=24,
-                         answer_format="free", gate_reasoner=False, temperature=0.7)
+                         answer_format="free", gate_reasoner=False, temperature=0.7, grounded=False)
     store = TraceStore(tmp_path / "traces.db")
     try:
         cfg = TrainConfig(recipe="spice", iterations=1, episodes_per_iteration=k, concurrency=2,
@@ -155,6 +155,9 @@ async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
                     assert all("Document:" not in str(m.get("content")) for m in t.messages)
         assert any(t.role == "reasoner" for ep in episodes for t in ep.turns), "no task parsed: no reasoner ran"
         m = {p.name: p.value for p in store.metrics("sp")}
-        assert {"reward/challenger", "samples", "time/rollout_s", "episode/valid_proposal"} <= set(m)
+        assert {"reward/challenger", "reward/reasoner", "time/rollout_s", "episode/valid_proposal"} <= set(m)
+        # the iteration trained (a valid and an invalid task in the challenger's group differ
+        # in reward) and the optimizer stepped
+        assert m["samples"] > 0 and m["optimizer_step"] == 1.0 and m["weight_version"] == 1.0
     finally:
         store.close()

@@ -78,8 +78,14 @@ class EpisodeDigest(BaseModel):
     """Model seconds per role, and tool seconds under "tools"."""
 
 
+_PROPOSING = ("propos", "challeng", "curricul")
+"""What the proposing role is called across the recipes: proposer (AZR, SSP, MAE), challenger
+(R-Zero, SPICE), curriculum (Agent0)."""
+
+
 def is_proposer(role: str) -> bool:
-    return "propos" in role.lower()
+    """Whether the role writes the tasks others solve (its texts feed the diversity chart)."""
+    return any(word in role.lower() for word in _PROPOSING)
 
 
 def proposal_text(turn: RoleTurn) -> str:
