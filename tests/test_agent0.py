@@ -13,8 +13,8 @@ from agentplay.sandbox import SandboxConfig, open_sandbox
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 from conftest import require_docker
 
-from agentplay import EpisodeContext, EpisodeView, RewardGroup, resolve_model
-from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay import EpisodeContext, EpisodeView, RewardGroup
+from agentplay.models import DEFAULT_MODEL_SPEC, load_model
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
 
 EPS = 1e-4
@@ -123,7 +123,7 @@ def test_adpo_advantages_are_scaled_by_agreement_and_filtered_to_the_band():
 async def test_one_real_iteration_on_smollm2_with_the_docker_sandbox(tmp_path):
     require_docker()
     sandbox = open_sandbox(config=SandboxConfig(backend="docker", pool_min=1, pool_max=2))
-    served = await resolve_model(DEFAULT_MODEL_SPEC)
+    served = load_model(DEFAULT_MODEL_SPEC)  # its own engine: the step must not reach other tests' models
     k, n = 2, 2
     recipe = agent0.build(sandbox=sandbox, group_k=k, n_executors=n, curriculum_max_tokens=48,
                           executor_max_tokens=48, max_tool_turns=1)
@@ -162,3 +162,4 @@ async def test_one_real_iteration_on_smollm2_with_the_docker_sandbox(tmp_path):
     finally:
         store.close()
         await sandbox.aclose()
+        await served.aclose()

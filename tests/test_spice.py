@@ -12,8 +12,8 @@ from agentplay.graphs import spice
 from agentplay.tools import CorpusIndex, Document
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
 
-from agentplay import EpisodeContext, EpisodeView, resolve_model
-from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay import EpisodeContext, EpisodeView
+from agentplay.models import DEFAULT_MODEL_SPEC, load_model
 from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
 
 VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))
@@ -124,7 +124,7 @@ def test_any_corpus_index_and_formats_per_block(tmp_path):
 
 @pytest.mark.timeout(900)
 async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
-    served = await resolve_model(DEFAULT_MODEL_SPEC)
+    served = load_model(DEFAULT_MODEL_SPEC)  # its own engine: the step must not reach other tests' models
     k, n = 2, 2
     recipe = spice.build(group_k=k, n_reasoners=n, challenger_max_tokens=64, reasoner_max_tokens=24,
                          answer_format="free", gate_reasoner=False, temperature=0.7, grounded=False)
@@ -161,3 +161,4 @@ async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
         assert m["samples"] > 0 and m["optimizer_step"] == 1.0 and m["weight_version"] == 1.0
     finally:
         store.close()
+        await served.aclose()
