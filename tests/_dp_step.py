@@ -33,7 +33,7 @@ def batch(tok):
 def main(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agentplay.models._weights import default_model_dir
+    from agentplay.models import default_model_dir
     from agentplay.trainers import GRPOLearner, TrainConfig
     from agentplay.trainers._distributed import data_parallel
 

@@ -26,7 +26,7 @@ def test_asking_for_what_the_machine_lacks_names_the_field():
 def test_the_learner_trains_where_the_config_says(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agentplay.models._weights import default_model_dir
+    from agentplay.models import default_model_dir
     from agentplay.trainers import GRPOLearner
 
     folder = default_model_dir()

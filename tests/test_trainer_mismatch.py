@@ -187,7 +187,7 @@ def _learner_and_samples(tmp_path, log_ratio: float, **cfg: Any):
     every trained token has pi_trainer / pi_rollout = exp(log_ratio)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agentplay.models._weights import default_model_dir
+    from agentplay.models import default_model_dir
     from agentplay.trainers import GRPOLearner, make_micro_batches
 
     folder = default_model_dir()

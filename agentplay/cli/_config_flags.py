@@ -28,6 +28,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from agentplay.errors import AgentplayError
+
 __all__ = ["CLI_DEFAULT", "ConfigFlagError", "build_config", "config_flags", "flag_name"]
 
 CLI_DEFAULT = "cli_default"
@@ -35,7 +37,7 @@ CLI_DEFAULT = "cli_default"
 and the Python default differs (e.g. `RunConfig.store`: None in the API, traces.db on the CLI)."""
 
 
-class ConfigFlagError(TypeError):
+class ConfigFlagError(AgentplayError, TypeError):
     """A config field cannot become a flag (its name clashes with a hand-written option)."""
 
 
