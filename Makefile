@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all bench install sandbox-setup sandbox-image clean
+.PHONY: demo test test-fast test-all bench install sandbox-setup sandbox-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ demo: $(STAMP) sandbox-setup
 
 test: $(STAMP) sandbox-setup
 	$(BIN)/python -m pytest -q
+
+# The fast tier, for the edit-test loop: pure logic (rewards, parsers, advantages, estimators,
+# store, traces CLI, config flags, the public surface) with no model and no Docker, under 60 s.
+# `make test` stays the real-parts suite.
+FAST_TESTS := tests/test_advantages.py tests/test_estimators.py tests/test_exported_members.py \
+	tests/test_field_descriptions.py tests/test_games.py tests/test_recipe_files.py tests/test_recipe_rewards.py \
+	tests/test_rewards.py tests/test_store.py tests/test_store_export.py tests/test_store_sampling.py \
+	tests/test_token_view.py tests/test_tools_base.py tests/test_trainer_budget.py tests/test_headline_metrics.py \
+	tests/test_traces_cli.py tests/test_cli_config_flags.py
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 test-all: $(STAMP) sandbox-setup
 	$(BIN)/python -m pytest -q -m ''
