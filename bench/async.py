@@ -149,7 +149,8 @@ async def main() -> None:
     print(f"{'K':>3}{'wall s':>9}{'s/iter':>9}{'ratio':>8}{'samples/s':>11}{'ratio':>8}"
           f"{'rollout s':>11}{'train s':>9}{'lag max':>9}{'lag mean':>10}")
     for level, r in results.items():
-        print(f"{level:>3}{r['wall']:>9.1f}{r['per_iteration']:>9.1f}{base['per_iteration'] / r['per_iteration']:>7.2f}x"
+        speedup = base["per_iteration"] / r["per_iteration"]
+        print(f"{level:>3}{r['wall']:>9.1f}{r['per_iteration']:>9.1f}{speedup:>7.2f}x"
               f"{r['samples_per_s']:>11.2f}{r['samples_per_s'] / base['samples_per_s']:>7.2f}x"
               f"{r['rollout_s']:>11.1f}{r['train_s']:>9.1f}{r['lag_max']:>9.0f}{r['lag_mean']:>10.2f}")
     print("ratio: K=0's seconds per iteration / K's (higher is faster); rollout s: time the trainer waited "

@@ -12,8 +12,18 @@ solver's ~250-token abduction prompt, with each distinct prompt prefilled once a
 KV cache shared by the group's rows (`share_prefill`, the default) against one prefill
 per row, same seeds, same tokens. Target: >= 1.5x.
 
+Then the issue #21 workload (`--workload`): the add-game episodes of `examples/my_recipe.py`
+(a writer turn, then its solvers on the writer's question, <= 32 tokens each, T=0.8), 12
+episodes at concurrency 1, 4 and 8, solvers as n separate requests (n=1) or one request
+with n=2, through: the in-process engine with continuous batching, the same engine with
+static batches, `agentplay serve` (its own process, continuous) over HTTP, and llama.cpp's
+OpenAI-compatible server (Q4_1 GGUF, its own process) when `llama_cpp` is importable by
+`--llama-python` (default: this interpreter, else .venv-llama/bin/python). Ratios are the
+peer's wall time over ours (higher is better for us), all measured in this one run.
+
     python bench/serving.py                    # defaults: 16 requests x 32 tokens, 2 threads
     python bench/serving.py --threads 1 --requests 8
+    python bench/serving.py --workload-only --threads 2
 """
 
 from __future__ import annotations
@@ -98,6 +108,148 @@ async def groups_through(model, prompts: list[list[dict[str, str]]], n: int, max
     return [[c.completion_token_ids for c in r.choices] for r in results], time.perf_counter() - started
 
 
+WRITER = "Rewrite the task as a short word problem. Do not solve it."
+SOLVER = "Solve the problem. Reply with the number only."
+
+
+async def add_game(chat, episodes: int, concurrency: int, solvers: int, n_per_request: int) -> tuple[float, int]:
+    """examples/my_recipe.py's episodes as requests: `chat(messages, n)` returns completion texts.
+    Returns wall seconds and requests sent."""
+    import random
+
+    rng = random.Random(0)
+    tasks = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(episodes)]
+    pending = list(range(episodes))
+    sent = 0
+
+    async def episode(i: int) -> None:
+        nonlocal sent
+        a, b = tasks[i]
+        question = (await chat([{"role": "system", "content": WRITER},
+                                {"role": "user", "content": f"Task: add {a} and {b}."}], 1))[0]
+        solve = [{"role": "system", "content": SOLVER}, {"role": "user", "content": question or f"{a} + {b}?"}]
+        calls = [chat(solve, n_per_request) for _ in range(solvers // n_per_request)]
+        sent += 1 + len(calls)
+        await asyncio.gather(*calls)
+
+    async def worker() -> None:
+        while pending:
+            await episode(pending.pop(0))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, sent
+
+
+def _start(cmd: list[str], url: str, env: dict[str, str]):
+    import signal
+    import subprocess
+
+    import httpx
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[:4]} exited before answering")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit(f"{cmd[:4]} did not answer within 600 s")
+
+
+def _llama_python(arg: str | None) -> str | None:
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if arg is None and importlib.util.find_spec("llama_cpp") is not None:
+        return sys.executable
+    candidate = arg or str(Path(__file__).resolve().parent.parent / ".venv-llama" / "bin" / "python")
+    if Path(candidate).exists() and subprocess.run([candidate, "-c", "import llama_cpp.server"],
+                                                   capture_output=True).returncode == 0:
+        return candidate
+    return None
+
+
+async def workload(args: argparse.Namespace) -> None:
+    import signal
+    import socket
+    import sys
+
+    from openai import AsyncOpenAI
+
+    from agentplay.models import SamplingParams, load_model
+    from agentplay.models._weights import find_default_gguf
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": str(args.threads)}
+    servers: dict[str, tuple[object, str]] = {}
+    p = port()
+    servers["agentplay serve"] = (_start([sys.executable, "-m", "agentplay.cli", "serve", "--model",
+                                          "local:smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(p),
+                                          "--log-level", "warning"], f"http://127.0.0.1:{p}/v1", env),
+                                  f"http://127.0.0.1:{p}/v1")
+    llama = _llama_python(args.llama_python)
+    if llama is not None:
+        p = port()
+        cmd = [llama, "-m", "llama_cpp.server", "--model", str(find_default_gguf()), "--host", "127.0.0.1",
+               "--port", str(p), "--n_threads", str(args.threads), "--n_ctx", "2048",
+               "--model_alias", "smollm2-135m-instruct", "--verbose", "False"]
+        servers["llama.cpp server"] = (_start(cmd, f"http://127.0.0.1:{p}/v1", env), f"http://127.0.0.1:{p}/v1")
+    sampling = dict(max_tokens=args.max_tokens, temperature=0.8)
+    backends: dict[str, tuple[object, object]] = {}
+    try:
+        for scheduler in ("continuous", "static"):
+            local = load_model("local:smollm2-135m-instruct", torch_threads=args.threads, scheduler=scheduler)
+
+            async def chat_local(messages, n, local=local):
+                res = await local.chat(messages, sampling=SamplingParams(n=n, **sampling))
+                return [c.text for c in res.choices]
+
+            backends[f"in-process ({scheduler})"] = (chat_local, local)
+        for name, (_, url) in servers.items():
+            client = AsyncOpenAI(base_url=url, api_key="none", timeout=600, max_retries=0)
+            nmax = 1 if name.startswith("llama") else 8  # llama-cpp-python's server samples one choice
+
+            async def chat_http(messages, n, client=client, nmax=nmax):
+                each = min(n, nmax)
+                calls = [client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, n=each,
+                                                        **sampling) for _ in range(n // each)]
+                return [c.message.content for r in await asyncio.gather(*calls) for c in r.choices]
+
+            backends[name] = (chat_http, client)
+        for chat, _ in backends.values():  # warm-up
+            await chat([{"role": "user", "content": "Hi"}], 1)
+        peer = "llama.cpp server" if "llama.cpp server" in backends else "in-process (static)"
+        print(f"\nissue #21 workload: add-game, {args.episodes} episodes x (1 writer + {args.solvers} solvers), "
+              f"<= {args.max_tokens} tokens, T=0.8, {args.threads} threads per engine; ratio = {peer} s / s")
+        print(f"{'backend':<26}{'conc':>5}{'n':>3}{'requests':>9}{'wall s':>9}{'ratio':>8}")
+        for c in (int(x) for x in args.concurrency.split(",")):
+            for n in (1, args.solvers):
+                times = {}
+                for name, (chat, _) in backends.items():
+                    times[name], sent = await add_game(chat, args.episodes, c, args.solvers, n)
+                for name, secs in times.items():
+                    print(f"{name:<26}{c:>5}{n:>3}{sent:>9}{secs:>9.1f}{times[peer] / secs:>7.2f}x")
+    finally:
+        for proc, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGKILL)  # our own children's process groups only
+            proc.wait(timeout=30)
+        for _, handle in backends.values():  # LocalModel.aclose / AsyncOpenAI.close
+            await (getattr(handle, "aclose", None) or handle.close)()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16)
@@ -107,7 +259,15 @@ async def main() -> None:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=16)
     parser.add_argument("--group-tokens", type=int, default=64)
+    parser.add_argument("--workload-only", action="store_true", help="only the issue #21 add-game workload")
+    parser.add_argument("--skip-workload", action="store_true")
+    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--solvers", type=int, default=2)
+    parser.add_argument("--llama-python", default=None, help="a Python that can import llama_cpp.server")
     args = parser.parse_args()
+    if args.workload_only:
+        await workload(args)
+        return
 
     from agentplay.models import SamplingParams, load_model
     from agentplay.models._prompt import render_chat
@@ -158,6 +318,8 @@ async def main() -> None:
           f"{sum(len(t) for g in reference for t in g)} tokens sampled in one batch of {rows} rows")
     print(f"one prefill per row: {times[False]:.1f} s; shared prefill: {times[True]:.1f} s; "
           f"ratio {times[False] / times[True]:.2f}x")
+    if not args.skip_workload:
+        await workload(args)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,12 @@ class ModelConfig(BaseModel):
     sampling from it (n > 1, or the same prompt twice), instead of one prefill per row
     (vLLM does the same with its automatic prefix caching)."""
     batch_wait_ms: float = Field(4.0, ge=0.0, le=1000.0)
-    """How long the batcher waits for more requests after the first one arrives."""
+    """How long the batcher waits for more requests after the first one arrives (when idle)."""
+    scheduler: Literal["continuous", "static"] = "continuous"
+    """`local`: `continuous` admits waiting requests into the running batch at every decode step
+    and drops rows the step they finish (`_continuous.py`); `static` decodes one batch with
+    `model.generate` to the end before the next starts (`_engine.py`; also what models with
+    sliding-window or linear-attention caches get)."""
     torch_threads: int | None = Field(default_factory=lambda: _env_threads(), ge=1)
     """Intra-op threads for torch (None leaves torch's default). Defaults to
     $AGENTPLAY_TORCH_THREADS, else 2: the dev box has 2 cores, and more threads than

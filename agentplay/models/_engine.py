@@ -1,4 +1,7 @@
-"""The in-process engine: concurrent chat requests batched into `model.generate`.
+"""The static-batch in-process engine: concurrent chat requests batched into `model.generate`.
+
+`ModelConfig.scheduler="static"`, and what models whose caches `_continuous.py` cannot
+resize (sliding-window, linear attention) get; the default is continuous batching there.
 
 Why a micro-batcher over `generate` and not transformers' continuous batching
 (`generate_batch` / `ContinuousBatchingManager`, transformers 5.23): measured
@@ -57,6 +60,7 @@ class Engine:
         batch_wait_ms: float,
         logprobs_mode: str,
         share_prefill: bool = True,
+        torch_threads: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -67,7 +71,11 @@ class Engine:
         self._wait = batch_wait_ms / 1000.0
         self._mode = logprobs_mode
         self._share_prefill = share_prefill
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="agentplay-engine")
+        # torch keeps the intra-op thread count per thread: the engine's is set here, so a trainer
+        # thread of the same process (asynchronous self-play) can have its own
+        self._worker = ThreadPoolExecutor(
+            1, thread_name_prefix="agentplay-engine",
+            initializer=(lambda: torch.set_num_threads(torch_threads)) if torch_threads else None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task[None] | None = None

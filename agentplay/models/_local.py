@@ -16,6 +16,7 @@ import torch
 
 from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig, ModelSpecError
+from ._continuous import ContinuousEngine, supports_continuous_batching
 from ._engine import Engine
 from ._prompt import PrefixCache, render_chat
 from ._sampler import RowControl
@@ -57,13 +58,15 @@ class LocalModel(ChatModel, UpdatableModel):
                 f" (a folder with config.json and weights, or a repo id already in the hub cache): {exc}"
             ) from exc
         model.to(device).eval()
-        self._engine = Engine(
+        continuous = config.scheduler == "continuous" and supports_continuous_batching(model)
+        self._engine = (ContinuousEngine if continuous else Engine)(
             model,
             self.tokenizer,
             max_batch_size=config.max_batch_size,
             batch_wait_ms=config.batch_wait_ms,
             logprobs_mode=config.logprobs_mode,
             share_prefill=config.share_prefill,
+            torch_threads=config.torch_threads,
         )
         self._prefix = PrefixCache(self.tokenizer, config.prefix_cache_size)
         self._adapters: list[str] = []

@@ -37,6 +37,8 @@ class RowControl:
     finish: Literal["stop", "length"] | None = None
     stop_string: str | None = None
     """The stop string that ended the row, if one did."""
+    generator: Any = field(default=None, repr=False, compare=False)
+    """The row's own `torch.Generator`, made from `seed` by the first sampler that draws for it."""
 
 
 class RowSampler(LogitsProcessor):
@@ -55,9 +57,10 @@ class RowSampler(LogitsProcessor):
         self._mode = logprobs_mode
         self._gens = []
         for row in rows:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(row.seed if row.seed is not None else random.getrandbits(63))
-            self._gens.append(gen)
+            if row.generator is None:  # kept on the row: a continuous batch builds a sampler per step
+                row.generator = torch.Generator(device=device)
+                row.generator.manual_seed(row.seed if row.seed is not None else random.getrandbits(63))
+            self._gens.append(row.generator)
         self._temps = torch.tensor(
             [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=device
         ).unsqueeze(1)
@@ -73,6 +76,14 @@ class RowSampler(LogitsProcessor):
         return RowStop(self.rows)
 
     def _sample(self, scores: torch.Tensor) -> torch.Tensor:
+        chosen = self.pick(scores)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen.unsqueeze(1), 0.0)
+        return out
+
+    def pick(self, scores: torch.Tensor) -> torch.Tensor:
+        """Choose each unfinished row's next token from its logits, record it and its logprob,
+        and mark rows that are done; returns the chosen ids (0 for rows already finished)."""
         raw = scores.float()
         scaled = raw / self._temps
         processed = _top_p_mask(scaled, self._top_p)
@@ -104,9 +115,7 @@ class RowSampler(LogitsProcessor):
             if tops and row.top_logprobs:
                 row.top.append(list(zip(tops[1][i], tops[0][i]))[: row.top_logprobs])
             self._check_done(row, token)
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, chosen.unsqueeze(1), 0.0)
-        return out
+        return chosen
 
     def _check_done(self, row: RowControl, token: int) -> None:
         if token in self._eos:
