@@ -16,7 +16,7 @@ Then the issue #21 workload (`--workload`): the add-game episodes of `examples/m
 (a writer turn, then its solvers on the writer's question, <= 32 tokens each, T=0.8), 12
 episodes at concurrency 1, 4 and 8, solvers as n separate requests (n=1) or one request
 with n=2, through: the in-process engine with continuous batching, the same engine with
-static batches, `agentplay serve` (its own process, continuous) over HTTP, and llama.cpp's
+static batches, `agentplay serve --scheduler continuous` (its own process) over HTTP, and llama.cpp's
 OpenAI-compatible server (Q4_1 GGUF, its own process) when `llama_cpp` is importable by
 `--llama-python` (default: this interpreter, else .venv-llama/bin/python). Ratios are the
 peer's wall time over ours (higher is better for us), all measured in this one run.
@@ -196,9 +196,10 @@ async def workload(args: argparse.Namespace) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": str(args.threads)}
     servers: dict[str, tuple[object, str]] = {}
     p = port()
-    servers["agentplay serve"] = (_start([sys.executable, "-m", "agentplay.cli", "serve", "--model",
+    servers["agentplay serve (cont.)"] = (_start([sys.executable, "-m", "agentplay.cli", "serve", "--model",
                                           "local:smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(p),
-                                          "--log-level", "warning"], f"http://127.0.0.1:{p}/v1", env),
+                                          "--log-level", "warning", "--scheduler", "continuous"],
+                                         f"http://127.0.0.1:{p}/v1", env),
                                   f"http://127.0.0.1:{p}/v1")
     llama = _llama_python(args.llama_python)
     if llama is not None:

@@ -18,7 +18,7 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon who lear
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_model("local:smollm2-135m-instruct")
+    m = load_model("local:smollm2-135m-instruct", scheduler="continuous")
     assert isinstance(m._engine, ContinuousEngine)
     yield m
     m._engine.close()

@@ -162,12 +162,10 @@ async def test_batches_never_exceed_max_batch_size(model):
     assert len(sizes) < 4  # requests were batched together, not one by one
 
 
-async def test_shared_prefill_samples_what_one_prefill_per_row_samples():
+async def test_shared_prefill_samples_what_one_prefill_per_row_samples(model):
     """Rows sampling from one prompt share its KV cache (each distinct prompt encoded
     once); seeded and greedy rows get the same tokens and logprobs as with one prefill per
-    row, for prompts of different lengths in one left-padded batch (the static scheduler;
-    test_engine_continuous.py covers the continuous one)."""
-    model = load_model("local:smollm2-135m-instruct", scheduler="static")
+    row, for prompts of different lengths in one left-padded batch."""
     engine = model._engine
     requests = [
         ([{"role": "user", "content": "Give an input x so that len(x) == 3. Answer in one line."}],
@@ -197,7 +195,6 @@ async def test_shared_prefill_samples_what_one_prefill_per_row_samples():
     finally:
         engine._share_prefill = True
         del engine._prefill_once_per_prompt
-        await model.aclose()
     # one call, in the shared run: 3 distinct prompts encoded for 6 rows, minus their last token
     assert shared_caches == [(max(len(r.prompt_token_ids) for r in shared) - 1, 6)]
     for a, b in zip(shared, per_row):

@@ -19,6 +19,10 @@ def serve(
         None, help="Name clients send as `model` (default: the name part of the spec)."
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    scheduler: str = typer.Option(
+        "static", help="Batching of a local/hf model: static (one batch decoded to its end, then the next) or "
+                       "continuous (requests join the running batch at every decode step; see ModelConfig.scheduler)."
+    ),
 ) -> None:
     """Serve a model over /v1/chat/completions, with vLLM's LoRA-loading endpoints for weight updates."""
     import uvicorn
@@ -27,7 +31,7 @@ def serve(
     from agentplay.models._server import create_app
 
     try:
-        chat_model = load_model(model or DEFAULT_MODEL_SPEC)
+        chat_model = load_model(model or DEFAULT_MODEL_SPEC, scheduler=scheduler)
     except ModelSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--model") from None
     if chat_model.spec.startswith("openai:"):
