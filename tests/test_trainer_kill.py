@@ -148,8 +148,8 @@ def _free_port() -> int:
 class _Server:
     """`agentplay serve` in its own process (optionally armed with a kill point)."""
 
-    def __init__(self, kill: str | None = None) -> None:
-        self.port = _free_port()
+    def __init__(self, kill: str | None = None, port: int | None = None) -> None:
+        self.port = port if port is not None else _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = ENV if kill is None else {**ENV, KILL_AT_ENV: kill}
         self.proc = subprocess.Popen(
@@ -223,5 +223,49 @@ def test_killed_trainer_and_server_end_like_an_uninterrupted_run(tmp_path):
         cards = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
         assert {c["weight_version"] for c in cards} == {ref_version}
     finally:
+        server.stop()
+    _check_same_run(ref, killed, iterations)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (#25, found by this test): after the server restarts, iteration 1's requests for the"
+    " adapter get 404 'model agentplay does not exist' (the adapter is not replayed on the new server"
+    " for the roles' requests), so both episodes fail as recipe errors and are stored, and --resume"
+    " cannot re-run them"))
+def test_server_killed_during_rollouts_and_restarted_is_waited_out(tmp_path):
+    """The server dies with a rollout request in flight (its fourth chat: iteration 1, after
+    the first weight update) and comes back on the same port with base weights; the trainer
+    is not restarted. Its endpoint pool waits the outage out, gives the new server the
+    adapter under the policy's version, and the request is sent again: the run ends as an
+    uninterrupted one does, every turn labelled with the version that really sampled it."""
+    iterations = 2
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    server = _Server()
+    try:
+        ref_summary = _finished(ref, iterations, lora=True, base_url=f"{server.url}/v1")
+    finally:
+        server.stop()
+    server = _Server(kill="serve_chat@3")
+    trainer = subprocess.Popen(  # the trainer runs on while the test restarts the server under it
+        [sys.executable, "-m", "agentplay.cli", "train", RECIPE,
+         "--iterations", str(iterations), "--episodes-per-iteration", str(EPISODES), "--concurrency", "2",
+         "--store", str(killed / "t.db"), "--output-dir", str(killed / "ckpt"), "--run-id", "r", "--seed", "3",
+         "--set", "n=2", "--micro-batch-size", "8", "--resume", "--lora", "--learning-rate", "1e-3",
+         "--model", f"openai:{BASE}", "--base-url", f"{server.url}/v1"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.proc.wait(timeout=900) == -9, "the server was not killed at its fourth chat"
+        assert trainer.poll() is None, f"the trainer gave up at once: {trainer.communicate()[1][-3000:]}"
+        server = _Server(port=server.port)
+        out, err = trainer.communicate(timeout=900)
+        assert trainer.returncode == 0, err[-3000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["weight_version"] == ref_summary["weight_version"]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(timeout=30)
         server.stop()
     _check_same_run(ref, killed, iterations)
