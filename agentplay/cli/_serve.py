@@ -25,6 +25,12 @@ def serve(
     ),
 ) -> None:
     """Serve a model over /v1/chat/completions, with vLLM's LoRA-loading endpoints for weight updates."""
+    import os
+
+    # Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning. On a busy 2-core box
+    # (load ~6) a 2-thread server's spinning workers fought the other processes for the cores:
+    # 32 tokens took 34-55 s with the default policy, 2-5 s passive (1 thread: 4.6 s). Issue #21.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from agentplay.models import DEFAULT_MODEL_SPEC, ModelSpecError, load_model
