@@ -305,6 +305,9 @@ class RayExecutor(Executor):
     async def run(self, specs: list[EpisodeSpec]) -> AsyncIterator[Episode]:
         await self.start()
         served_name = getattr(self.follow, "request_model", None) if self.follow is not None else None
+        # the adapters and their version too: a worker's own pool replays them to a restarted server
+        adapters = getattr(self.follow, "adapters", None) if self.follow is not None else None
+        adapter_version = getattr(self.follow, "adapter_version", None) if adapters else None
         pending = deque(specs)
         inflight: dict[asyncio.Future[Any], tuple[_Worker, EpisodeSpec]] = {}
         done: set[int] = set()
@@ -314,7 +317,8 @@ class RayExecutor(Executor):
                     while (w.alive and w.ready.done() and w.busy < self.config.per_worker and pending
                            and len(inflight) < self.config.concurrency):
                         spec = pending.popleft()
-                        fut = asyncio.wrap_future(w.actor.run.remote(spec, served_name).future())
+                        fut = asyncio.wrap_future(
+                            w.actor.run.remote(spec, served_name, adapters, adapter_version).future())
                         inflight[fut] = (w, spec)
                         w.busy += 1
                 starting = [w.ready for w in self._workers if w.alive and not w.ready.done()]

@@ -43,16 +43,21 @@ class RolloutWorker:
             self._override = self.ref.model  # a ready Recipe: --model still wins
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
 
-    async def run(self, spec: EpisodeSpec, request_model: str | None = None) -> Episode:
+    async def run(self, spec: EpisodeSpec, request_model: str | None = None,
+                  adapters: dict[str, str] | None = None, adapter_version: int | None = None) -> Episode:
         """`request_model`: the served name the driver's model uses now (an adapter after a
-        training step); workers send the same, so rollouts run on the weights just trained."""
+        training step); workers send the same, so rollouts run on the weights just trained.
+        `adapters` / `adapter_version`: what the driver's pool loaded, so this worker's pool
+        can replay them to a server that restarted without them."""
         if self._compiled is None:
             raise RuntimeError(f"worker {self.name}: run() before setup()")
         if request_model is not None and self.ref.model:
             from agentplay._registry import resolve_model
 
             model = await resolve_model(self.ref.model)
-            if getattr(model, "request_model", request_model) != request_model:
+            if adapters and hasattr(model, "follow"):
+                model.follow(request_model, adapters, adapter_version)
+            elif getattr(model, "request_model", request_model) != request_model:
                 model.request_model = request_model  # type: ignore[attr-defined]
         from agentplay._registry import override_models
 

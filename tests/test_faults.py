@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from _fault_proxy import FAULT_KINDS, TIMEOUT_S, FaultProxy, fingerprint, run_episodes
 from _servers import SERVED, start_server, stop_server
@@ -141,3 +143,71 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(reference, tmp_path):
     assert restarted.is_set() and state["up_at"] - state["down_at"] >= 12
     assert [e.status for e in episodes] == ["ok"] * len(reference), [e.error for e in episodes]
     assert [fingerprint(e) for e in episodes] == [fingerprint(e) for e in reference]
+
+
+def _make_adapter(folder: Path) -> Path:
+    """A LoRA adapter with random (non-zero) B matrices on a two-layer copy of the architecture."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from agentplay.models import default_model_dir
+
+    config = AutoConfig.from_pretrained(default_model_dir())
+    config.num_hidden_layers = 2
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], layers_to_transform=[0, 1],
+                      init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_config(config), lora).save_pretrained(folder)
+    return folder
+
+
+async def test_an_adapter_the_server_lost_is_replayed_not_a_recipe_error(server, tmp_path):
+    """The server forgets the adapter, as one restarted with base weights does (here it is
+    unloaded behind the pools' backs; last in this module: it changes the shared server's
+    version). The next request's 404 "model ... does not exist" is a machinery fault (#19/#25):
+    the pool replays the adapter under the policy's version and the request is answered by
+    the adapter, as before the loss. A pool that only follows the one that loaded it (a Ray
+    worker's, given the trainer's adapters) replays it the same way."""
+    adapter = _make_adapter(tmp_path / "policy")
+    pool = load_model(SERVED, base_url=server, retry_deadline_s=60)
+    follower = load_model(SERVED, base_url=server, retry_deadline_s=60)
+    sampling = SamplingParams(max_tokens=4, temperature=0, logprobs=True)
+
+    async def forget() -> None:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{server}/unload_lora_adapter", json={"lora_name": "policy"})
+        assert answer.status_code == 200
+
+    try:
+        base = await pool.chat(MSG, sampling=sampling)
+        version = await pool.load_lora_adapter("policy", str(adapter), version=(base.weight_version or 0) + 5)
+        before = await pool.chat(MSG, sampling=sampling)
+        follower.follow(pool.request_model, pool.adapters, pool.adapter_version)
+        await forget()
+        followed = await follower.chat(MSG, sampling=sampling)
+        await forget()
+        after = await pool.chat(MSG, sampling=sampling)
+        assert [s["state"] for s in pool.status() + follower.status()] == ["closed", "closed"]
+    finally:
+        await pool.aclose()
+        await follower.aclose()
+    assert before.weight_version == followed.weight_version == after.weight_version == version
+    for replayed in (followed, after):
+        assert replayed.choice.completion_token_ids == before.choice.completion_token_ids
+        assert replayed.choice.logprobs == pytest.approx(before.choice.logprobs, abs=1e-4)
+    assert before.choice.logprobs != pytest.approx(base.choice.logprobs, abs=1e-3)
+
+
+async def test_a_404_for_a_name_the_pool_never_loaded_is_not_retried(server):
+    """Only adapters this pool loaded are replayed: an unknown model name stays the caller's error."""
+    import openai
+
+    pool = load_model("openai:no-such-model", base_url=server, retry_deadline_s=60)
+    started = time.monotonic()
+    try:
+        with pytest.raises(openai.NotFoundError):
+            await pool.chat(MSG, sampling=SamplingParams(max_tokens=2))
+    finally:
+        await pool.aclose()
+    assert time.monotonic() - started < 10

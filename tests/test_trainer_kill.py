@@ -229,11 +229,6 @@ def test_killed_trainer_and_server_end_like_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (#25, found by this test): after the server restarts, iteration 1's requests for the"
-    " adapter get 404 'model agentplay does not exist' (the adapter is not replayed on the new server"
-    " for the roles' requests), so both episodes fail as recipe errors and are stored, and --resume"
-    " cannot re-run them"))
 def test_server_killed_during_rollouts_and_restarted_is_waited_out(tmp_path):
     """The server dies with a rollout request in flight (its fourth chat: iteration 1, after
     the first weight update) and comes back on the same port with base weights; the trainer

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import openai
 
 from ._base import ChatModel, UpdatableModel
 from ._config import ModelConfig, ModelSpecError
@@ -138,6 +139,25 @@ class EndpointPool(ChatModel, UpdatableModel):
             e.model.request_model = name
 
     @property
+    def adapters(self) -> dict[str, str]:
+        """Adapter name -> path of the adapters loaded through this pool: what a server that
+        comes back without them is given (under `adapter_version`)."""
+        return dict(self._adapters)
+
+    @property
+    def adapter_version(self) -> int | None:
+        """The weight version the adapters were last given under (None: never updated)."""
+        return self._version
+
+    def follow(self, request_model: str, adapters: dict[str, str], version: int | None) -> None:
+        """Serve as the pool that updates the servers does (a Ray worker's pool following the
+        trainer's): send `request_model`, and know its adapters and their version, so this pool
+        too replays them to a server that restarted rather than failing its episodes on a 404."""
+        self.request_model = request_model
+        self._adapters = dict(adapters)
+        self._version = version
+
+    @property
     def weight_version(self) -> int | None:
         versions = [v for e in self._endpoints if (v := e.model.weight_version) is not None]
         return max(versions) if versions else None
@@ -176,6 +196,14 @@ class EndpointPool(ChatModel, UpdatableModel):
         if ep is not None:
             ep.pinned -= 1
 
+    def _lost_adapter(self, ep: _Endpoint, exc: BaseException) -> bool:
+        """A 404 for an adapter this pool loaded: the server answers but no longer holds it, the
+        mark of a server that restarted with base weights (often reached by the openai client's
+        own retries of a request whose connection the dead process dropped, before the pool ever
+        saw a failure). A machinery fault, not the episode's: the endpoint is taken out like a
+        dead one, and goes back in rotation once the prober has replayed the adapters to it."""
+        return (isinstance(exc, openai.NotFoundError) and ep.model.request_model in self._adapters)
+
     def _failed(self, ep: _Endpoint, exc: BaseException) -> None:
         ep.breaker.failure(exc, retry_after_s(exc))
         self._ensure_prober()
@@ -191,7 +219,8 @@ class EndpointPool(ChatModel, UpdatableModel):
     async def _with_endpoint(self, send: Callable[[_Endpoint], Awaitable[T]]) -> tuple[_Endpoint, T]:
         """Send on a usable endpoint; on a transient failure open its breaker and go again on
         the next usable one, or wait for one to come back, until `retry_deadline_s` after
-        the first failure. Other errors (a 400, a bad adapter name) propagate at once."""
+        the first failure. A 404 for an adapter this pool loaded counts as such a failure
+        (`_lost_adapter`). Other errors (a 400, a bad model name) propagate at once."""
         scope = _SCOPE.get()
         first_failure: float | None = None
         last_exc: BaseException | None = None
@@ -209,9 +238,9 @@ class EndpointPool(ChatModel, UpdatableModel):
             try:
                 result = await send(ep)
             except Exception as exc:
-                if not is_transient(exc):
+                if not (is_transient(exc) or self._lost_adapter(ep, exc)):
                     raise
-                self._failed(ep, exc)
+                self._failed(ep, exc)  # a lost adapter is replayed by the prober before it is back
                 last_exc = exc
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
