@@ -236,7 +236,23 @@ class SelfPlayTrainer:
         assert self.learner is not None
         opt = self.learner.trainer.optimizer
         opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper, if any
-        opt.register_step_pre_hook(lambda *_: kill_point("step", self._iteration))
+        opt.register_step_pre_hook(lambda *_: self._before_step_kill_point())
+
+    def _before_step_kill_point(self) -> None:
+        """With rollouts ahead (--async-level > 0) a kill inside iteration k's step is meant to find
+        iteration k+1's rollouts under way; on a busy machine the step can come first, so the test
+        hook waits (bounded) for one of them to be stored instead of racing it."""
+        if self.cfg.async_level > 0 and os.environ.get(KILL_AT_ENV) == f"step@{self._iteration}":
+            from agentplay.traces import TraceStore
+
+            ahead = rollout_run_id(self.cfg.run_name, self._iteration + 1)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and self._iteration + 1 < self.cfg.iterations:
+                with TraceStore(self._store.path, read_only=True) as peek:  # its own connection: another thread
+                    if any(True for _ in peek.episodes(ahead)):
+                        break
+                time.sleep(0.2)
+        kill_point("step", self._iteration)
 
     def _check_served_version(self) -> None:
         served = self._served.weight_version
