@@ -113,7 +113,7 @@ async def test_deadline_passes_with_a_clear_infrastructure_error(server):
 
 @pytest.mark.slow
 def test_server_killed_and_restarted_mid_run_loses_nothing(reference, tmp_path):
-    """The only server dies after the first episode and is back ~20 s later: the run waits
+    """The only server dies after the first episode and is back 20 s later or more: the run waits
     for it (within retry_deadline_s), finishes, and stores the fault-free episodes."""
     proc, url = start_server()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -123,7 +123,7 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(reference, tmp_path):
     def outage() -> None:
         stop_server(state["proc"])
         state["down_at"] = time.monotonic()
-        time.sleep(8)  # + the new server's start-up: ~20 s without an answer
+        time.sleep(20)  # the issue's outage: 20 s, plus the new server's start-up, without an answer
         state["proc"], _ = start_server(port)
         state["up_at"] = time.monotonic()
         restarted.set()
@@ -140,7 +140,7 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(reference, tmp_path):
         killer.join(timeout=300)
     finally:
         stop_server(state["proc"])
-    assert restarted.is_set() and state["up_at"] - state["down_at"] >= 12
+    assert restarted.is_set() and state["up_at"] - state["down_at"] >= 20
     assert [e.status for e in episodes] == ["ok"] * len(reference), [e.error for e in episodes]
     assert [fingerprint(e) for e in episodes] == [fingerprint(e) for e in reference]
 
