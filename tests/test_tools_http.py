@@ -26,10 +26,13 @@ from agentplay.tools import (
     SearchTool,
     Toolbox,
     ToolError,
+    ToolServerUnavailable,
     WebSearchTool,
     serve_retriever,
 )
 
+from agentplay._health import error_cause
+from agentplay.errors import InfrastructureError
 from agentplay.models import ToolCall
 
 DOCS = [
@@ -125,21 +128,28 @@ async def test_client_errors_are_tool_errors(server):
         await client.search("   ")
     with pytest.raises(ToolError, match="bad_arguments: k=5000 exceeds the limit of 1000"):
         await client.search("ice", k=5000)
-    down = RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2)
-    with pytest.raises(ToolError, match=r"unavailable: retrieval server http://127.0.0.1:\d+/retrieve is unreachable"):
+    down = RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2, retries=1)
+    with pytest.raises(ToolServerUnavailable, match=r"retrieval server http://127.0.0.1:\d+/retrieve failed 2 attempts; "
+                                                    r"last: unreachable \(ConnectError"):
         await down.search("ice")
 
 
-async def test_server_down_is_recorded_and_the_episode_goes_on(small_index):
-    down = SearchTool(RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2), name="remote_search")
+async def test_server_down_ends_the_call_as_infrastructure_not_a_tool_answer(small_index):
+    """A dead server is the machinery's fault: the Toolbox raises instead of recording an answer
+    (the model's own mistakes in the same batch are still records)."""
+    down = SearchTool(RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2, retries=1),
+                      name="remote_search")
     tb = Toolbox([down, SearchTool(small_index, k=1)])
-    failed, worked, empty, malformed = await tb.execute([
-        ToolCall(id="1", name="remote_search", arguments={"query": "ice"}),
+    with pytest.raises(ToolServerUnavailable) as caught:
+        await tb.execute([ToolCall(id="1", name="remote_search", arguments={"query": "ice"}),
+                          ToolCall(id="2", name="search", arguments={"query": "ice"})])
+    assert isinstance(caught.value, InfrastructureError)
+    assert error_cause(caught.value) == "infrastructure:ToolServerUnavailable"
+    worked, empty, malformed = await tb.execute([
         ToolCall(id="2", name="search", arguments={"query": "ice"}),
         ToolCall(id="3", name="search", arguments={"query": ""}),
         ToolCall(id="4", name="search", arguments={"q": "ice"}),
     ])
-    assert failed.error.startswith("unavailable: retrieval server") and failed.latency_s > 0
     assert worked.error is None and "id: d2" in worked.result
     assert empty.error == "bad_arguments: query is empty: write a few words describing what to find"
     assert malformed.error == "bad_arguments: query: Field required; q: Extra inputs are not permitted"
@@ -246,11 +256,169 @@ async def test_web_search_errors_are_clear():
             await WebSearchTool(url + "/nothing", min_interval_s=0).ainvoke({"query": "x"})
     finally:
         httpd.shutdown()
-    down = WebSearchTool(f"http://127.0.0.1:{_free_port()}", timeout_s=2, min_interval_s=0)
-    with pytest.raises(ToolError, match=r"unavailable: web search engine http://127.0.0.1:\d+ is unreachable"):
+    down = WebSearchTool(f"http://127.0.0.1:{_free_port()}", timeout_s=2, retries=0, min_interval_s=0)
+    with pytest.raises(ToolServerUnavailable, match=r"web search engine http://127.0.0.1:\d+ failed 1 attempts; "
+                                                    r"last: unreachable"):
         await down.ainvoke({"query": "x"})
     with pytest.raises(ToolError, match="bad_arguments: query is empty"):
         await down.ainvoke({"query": " "})
+
+
+# ---- a failing tool server: retried, then infrastructure (never a tool answer) -------------------
+
+class _Flaky(_Handler):
+    """A /retrieve server whose next answers are scripted: a status (500, 503, 429, 422) or None
+    (a real answer); `seen` lists the status of every request that reached it."""
+
+    script: ClassVar[list[int | None]] = []
+    seen: ClassVar[list[int]] = []
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status = type(self).script.pop(0) if type(self).script else None
+        type(self).seen.append(status or 200)
+        if status is not None:
+            return self._send(status, {"detail": f"injected {status}"})
+        doc = {"id": "7", "contents": '"Kilauea"\nKilauea is an active shield volcano.'}
+        self._send(200, {"result": [[{"document": doc, "score": 1.0}] for _ in req["queries"]]})
+
+
+@pytest.fixture
+def flaky():
+    _Flaky.script, _Flaky.seen = [], []
+    url, httpd = _start(_Flaky)
+    yield url
+    httpd.shutdown()
+
+
+async def test_server_answering_5xx_is_retried_a_bounded_number_of_times_then_infrastructure(flaky):
+    _Flaky.script = [500] * 10
+    with pytest.raises(ToolServerUnavailable, match=r"failed 3 attempts; last: answered HTTP 500: .*injected 500"):
+        await RetrieveClient(flaky, retries=2).search("volcano")
+    assert _Flaky.seen == [500, 500, 500]  # bounded: first try + 2 retries, then it stops
+
+
+async def test_server_that_recovers_within_the_retries_loses_nothing(flaky):
+    _Flaky.script = [503, 500]
+    hits = await RetrieveClient(flaky, retries=2).search("volcano")
+    assert [(h.doc_id, h.title) for h in hits] == [("7", "Kilauea")]
+    assert _Flaky.seen == [503, 500, 200]
+
+
+async def test_retry_after_is_honoured_and_a_bad_query_is_not_retried(flaky):
+    class _SlowDown(_Flaky):
+        def _send(self, status, payload, content_type="application/json"):
+            if status != 429:
+                return super()._send(status, payload, content_type)
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    url, httpd = _start(_SlowDown)
+    try:
+        _Flaky.script = [429]
+        start = time.monotonic()
+        hits = await RetrieveClient(url, retries=1).search("volcano")
+        assert hits[0].doc_id == "7" and time.monotonic() - start >= 0.95  # not our 0.5 s backoff
+    finally:
+        httpd.shutdown()
+    _Flaky.script, _Flaky.seen = [422], []
+    with pytest.raises(ToolError, match=r"server_error: retrieval server answered 422: injected 422"):
+        await RetrieveClient(flaky, retries=3).search("volcano")
+    assert _Flaky.seen == [422]  # the model's query was refused: its answer to read, sent once
+
+
+def _search_recipe(url: str, before_search=None):
+    """One searcher turn (the real model), then its search through a real /retrieve server; the
+    reward reads what the search returned, as a search recipe's would."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from agentplay import GroupBy, Recipe, Role
+    from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
+
+    class State(TypedDict, total=False):
+        observation: str
+
+    searcher = Role(name="searcher", model=DEFAULT_MODEL_SPEC, sampling=SamplingParams(max_tokens=2))
+    toolbox = Toolbox([SearchTool(RetrieveClient(url, timeout_s=2, retries=3), k=1)])
+
+    async def search(state: State) -> State:
+        await searcher.run("Name a volcano.")
+        if before_search is not None:
+            before_search()
+        (record,) = await toolbox.execute([ToolCall(id="s", name="search", arguments={"query": "lava eruption"})])
+        return {"observation": toolbox.tool_message(record)["content"]}
+
+    def reward(turn, state, episode) -> float:
+        return 1.0 if "title: Volcano" in state["observation"] else 0.0
+
+    graph = StateGraph(State)
+    graph.add_node("search", search)
+    graph.add_edge(START, "search")
+    graph.add_edge("search", END)
+    return Recipe(name="search-infra", graph=graph, roles={"search": searcher}, rewards={"searcher": reward},
+                  groups={"searcher": GroupBy.seed(k=1)}, initial_state=lambda ctx: {})
+
+
+async def test_dead_retrieval_server_fails_episodes_as_infrastructure_never_scored(small_index, tmp_path):
+    from agentplay.trainers import compute_advantages
+
+    from agentplay import RunConfig, run_recipe
+    from agentplay.runner import RunHealthError
+    from agentplay.traces import TraceStore
+
+    port = _free_port()
+    config = {"episodes": 2, "concurrency": 2, "seed": 1, "progress": False, "episode_retries": 1}
+    with TraceStore(tmp_path / "t.db") as store:
+        with serve_retriever(small_index, port=port, mode="bm25"):
+            await run_recipe(_search_recipe(f"http://127.0.0.1:{port}"), RunConfig(run_id="up", **config),
+                             store=store)
+        # the server is gone (killed with the block): the search must not become an observation
+        with pytest.raises(RunHealthError, match=r"infrastructure:ToolServerUnavailable x2"):
+            await run_recipe(_search_recipe(f"http://127.0.0.1:{port}"), RunConfig(run_id="down", **config),
+                             store=store)
+        up, down = list(store.episodes("up")), list(store.episodes("down"))
+    assert [t.reward.value for e in up for t in e.turns] == [1.0, 1.0]
+    for e in down:
+        assert e.status == "error" and e.error_cause == "infrastructure:ToolServerUnavailable"
+        assert e.metadata["attempts"] == 2  # rerun once, as infrastructure failures are
+        assert f"retrieval server http://127.0.0.1:{port}/retrieve failed 4 attempts" in e.error
+        assert e.turns and all(t.reward is None for t in e.turns)  # the model spoke; nobody scored it
+    samples, stats = compute_advantages(down)
+    assert samples == [] and stats.skipped_episode_error == 2
+
+
+async def test_retrieval_server_restarted_within_the_retry_window_loses_no_episode(small_index, tmp_path):
+    from agentplay import RunConfig, run_recipe
+    from agentplay.traces import TraceStore
+
+    port = _free_port()
+    holder: list = []
+    searching = threading.Event()
+
+    def restart_later() -> None:
+        if searching.wait(timeout=300):
+            time.sleep(1.0)
+        holder.append(serve_retriever(small_index, port=port, mode="bm25"))
+
+    thread = threading.Thread(target=restart_later)
+    thread.start()  # the server is down when the episodes search, back within the client's retries
+    try:
+        with TraceStore(tmp_path / "t.db") as store:
+            summary = await run_recipe(_search_recipe(f"http://127.0.0.1:{port}", searching.set),
+                                       RunConfig(run_id="r", episodes=2, concurrency=2, seed=1, progress=False,
+                                                 episode_retries=0), store=store)
+            episodes = list(store.episodes("r"))
+    finally:
+        thread.join()
+        for srv in holder:
+            srv.close()
+    assert summary.errors == 0 and summary.retried == 0
+    assert [e.status for e in episodes] == ["ok", "ok"] and all("attempts" not in e.metadata for e in episodes)
+    assert [t.reward.value for e in episodes for t in e.turns] == [1.0, 1.0]
 
 
 def test_retriever_cli_serves_an_index(tmp_path: Path, small_index):

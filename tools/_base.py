@@ -1,8 +1,10 @@
 """The tool model: an OpenAI function schema, pydantic-validated arguments, an async body.
 
-A failure the model should see (bad arguments, nothing found, server down) is a
-`ToolError`; the `Toolbox` turns it, and anything else a tool raises, into an
-error record, so no tool call can end an episode. LangChain interop goes both
+A failure the model should see (bad arguments, nothing found) is a `ToolError`;
+the `Toolbox` turns it, and anything else a tool raises, into an error record, so
+no mistake of the model's can end an episode. The machinery failing (a dead
+sandbox, a tool server down through its retries) is an `InfrastructureError`
+instead: it ends the episode, which is rerun and never scored. LangChain interop goes both
 ways: `as_langchain()` gives a `StructuredTool` that LangGraph's `ToolNode` runs,
 and `LangChainTool` wraps any `BaseTool` a user hands us.
 """

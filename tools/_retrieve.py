@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from ._base import ToolError
 from ._documents import Document, Hit, split_contents
-from ._http import request_or_tool_error
+from ._http import request_with_retries
 from ._index import CorpusIndex, SearchMode, check_query
 
 
@@ -133,11 +133,14 @@ class RetrieveClient:
     """Search through any `/retrieve` server. Remembers the documents it has returned so
     `ReadDocumentTool` can open them (the protocol has no fetch-by-id)."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, cache_size: int = 10_000) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, retries: int = 3, cache_size: int = 10_000) -> None:
         url = url.rstrip("/")
         self.url = url if url.endswith("/retrieve") else f"{url}/retrieve"
         self.timeout_s = timeout_s
         """Per-request timeout (connect and read)."""
+        self.retries = retries
+        """Attempts after the first while the server is down or failing (5xx, 408, 429); then the
+        search raises `ToolServerUnavailable`, an infrastructure error (the episode is rerun)."""
         self._seen: OrderedDict[str, Document] = OrderedDict()
         self._cache_size = cache_size
 
@@ -147,8 +150,8 @@ class RetrieveClient:
         except ValueError as exc:
             raise ToolError(str(exc), kind="bad_arguments") from None
         body = {"queries": queries, "topk": k, "return_scores": True}
-        resp = await request_or_tool_error("POST", self.url, what=f"retrieval server {self.url}",
-                                           timeout_s=self.timeout_s, json=body)
+        resp = await request_with_retries("POST", self.url, what=f"retrieval server {self.url}",
+                                          timeout_s=self.timeout_s, retries=self.retries, json=body)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)

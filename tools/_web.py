@@ -2,8 +2,9 @@
 
 No engine is bundled: the tool is pointed at one (a SearxNG instance, or anything
 that answers the same way). Requests are spaced by a minimum interval so a run
-with many concurrent episodes cannot flood the engine; every failure is a
-`ToolError` that says what to check.
+with many concurrent episodes cannot flood the engine. An engine that is down or
+failing (after retries) is an infrastructure error, never a tool answer (see
+`_http`); every other failure is a `ToolError` that says what to check.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._base import Tool, ToolError
-from ._http import request_or_tool_error
+from ._http import request_with_retries
 
 if TYPE_CHECKING:
     from agentplay.sandbox import Sandbox
@@ -52,7 +53,8 @@ class WebSearchTool(Tool):
     args_model = WebSearchArgs
 
     def __init__(self, url: str, *, engine: Literal["searxng"] = "searxng", max_results: int = 5,
-                 timeout_s: float = 10.0, min_interval_s: float = 1.0, params: dict[str, str] | None = None,
+                 timeout_s: float = 10.0, retries: int = 3, min_interval_s: float = 1.0,
+                 params: dict[str, str] | None = None,
                  name: str = "web_search") -> None:
         if engine != "searxng":
             raise ValueError(f"engine must be 'searxng', got {engine!r}")
@@ -63,6 +65,9 @@ class WebSearchTool(Tool):
         """Results shown to the model."""
         self.timeout_s = timeout_s
         """Per-request timeout."""
+        self.retries = retries
+        """Attempts after the first while the engine is down or failing (5xx, 408, 429); then the
+        call raises `ToolServerUnavailable`, an infrastructure error (the episode is rerun)."""
         self.params = dict(params or {})
         """Extra query parameters (e.g. ``{"language": "en", "categories": "general"}``)."""
         self._spacer = _Spacer(min_interval_s)
@@ -75,10 +80,8 @@ class WebSearchTool(Tool):
             raise ToolError("query is empty: write a few words describing what to find", kind="bad_arguments")
         await self._spacer.wait()
         params = {**self.params, "q": query, "format": "json"}
-        resp = await request_or_tool_error("GET", self.search_url, what=f"web search engine {self.url}",
-                                           timeout_s=self.timeout_s, params=params)
-        if resp.status_code == 429:
-            raise ToolError("web search engine is rate limiting us; search less often", kind="rate_limited")
+        resp = await request_with_retries("GET", self.search_url, what=f"web search engine {self.url}",
+                                          timeout_s=self.timeout_s, retries=self.retries, params=params)
         if resp.status_code == 403:
             raise ToolError("web search engine refused the JSON API (403); enable `json` in its "
                             "search.formats setting", kind="server_error")
