@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -78,6 +79,8 @@ class _Script:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.on_request: Callable[[], None] | None = None
+        """Called (under the lock) as each request arrives, e.g. to note the pool's breaker state."""
 
 
 def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
@@ -91,6 +94,8 @@ def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
                 script.attempts += 1
                 script.bodies.append(body)
                 status = script.failures.pop(0) if script.failures else 200
+                if script.on_request is not None:
+                    script.on_request()
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
             try:
@@ -178,6 +183,50 @@ async def test_last_endpoint_is_not_given_up_after_one_error(flaky):
         await model.aclose()
     assert first.prompt_token_ids == [1, 2, 3] and second.prompt_token_ids == [1, 2, 3]
     assert script.attempts == 7 and model.status()[0]["state"] == "closed"
+
+
+async def _one_fails_then_more_call(pool, more: int) -> list:
+    """One call meets the server's failure and opens the breaker; `more` calls arrive while it is open."""
+    started = time.monotonic()
+    first = asyncio.create_task(pool.chat([{"role": "user", "content": "q0"}]))
+    while pool.status()[0]["state"] != "open":
+        assert not first.done() and time.monotonic() - started < 30
+        await asyncio.sleep(0.02)
+    waiting = [asyncio.create_task(pool.chat([{"role": "user", "content": f"q{i}"}])) for i in range(1, more + 1)]
+    return await asyncio.wait_for(asyncio.gather(first, *waiting), 60)
+
+
+async def test_half_open_sends_one_trial_request_and_the_others_wait_for_its_outcome(flaky):
+    """When a broken server's cooldown ends and a probe finds it answering, one real request
+    (the trial) goes; the callers waiting on it are not all released at once. The first trial
+    fails (503): open again, a longer cooldown; the second succeeds: then the rest go."""
+    url, script = flaky([503, 503], delay=0.3)
+    pool = load_model("openai:m", base_url=url, api_key="k", max_retries=0, retry_deadline_s=60)
+    states: list[str] = []
+    script.on_request = lambda: states.append(pool.status()[0]["state"])  # the breaker as each request lands
+    try:
+        results = await _one_fails_then_more_call(pool, 5)
+    finally:
+        await pool.aclose()
+    assert all(r.prompt_token_ids == [1, 2, 3] for r in results)
+    # closed: the first call (503); half-open twice, one request each (503, then 200); then the 5 others
+    assert states == ["closed", "half-open", "half-open"] + ["closed"] * 5, states
+    assert script.attempts == 8 and pool.status()[0]["state"] == "closed"
+
+
+async def test_callers_waiting_on_a_slow_trial_do_not_run_out_their_deadline(flaky):
+    """A trial that takes longer than what is left of the waiting callers' retry deadline: they
+    wait for its outcome instead of failing (a server that answers is not an outage)."""
+    url, script = flaky([503], delay=1.5)
+    pool = load_model("openai:m", base_url=url, api_key="k", max_retries=0, retry_deadline_s=2.0)
+    try:
+        # the breaker opens at ~1.5 s and half-opens ~1 s later; the trial takes 1.5 s more, so
+        # counting it would put every waiter past 2 s (NoLiveEndpointError)
+        results = await _one_fails_then_more_call(pool, 2)
+    finally:
+        await pool.aclose()
+    assert all(r.prompt_token_ids == [1, 2, 3] for r in results)
+    assert script.attempts == 4  # the 503, the trial, the two that waited for it
 
 
 async def test_bad_request_is_not_retried(flaky):

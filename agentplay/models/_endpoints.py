@@ -168,12 +168,13 @@ class EndpointPool(ChatModel, UpdatableModel):
                  "pinned": e.pinned, "served": e.served, "last_error": e.breaker.last_error}
                 for e in self._endpoints]
 
-    def _pick(self, scope: _Scope | None) -> _Endpoint | None:
+    def _pick(self, scope: _Scope | None) -> tuple[_Endpoint, bool] | None:
+        """The endpoint to send on, admitted by its breaker (True: as a half-open trial)."""
         if scope is not None:
             pinned = self._pins.get(scope.key)
-            if pinned is not None and pinned.breaker.usable:
-                return pinned
-        live = [e for e in self._endpoints if e.breaker.usable]
+            if pinned is not None and pinned.breaker.admissible:
+                return pinned, pinned.breaker.admit()
+        live = [e for e in self._endpoints if e.breaker.admissible]
         if not live:
             return None
         chosen = min(live, key=lambda e: (e.load, e.served))
@@ -189,7 +190,7 @@ class EndpointPool(ChatModel, UpdatableModel):
             used = scope.notes.setdefault("endpoints", [])
             if chosen.url not in used:
                 used.append(chosen.url)
-        return chosen
+        return chosen, chosen.breaker.admit()
 
     def _release(self, key: str) -> None:
         ep = self._pins.pop(key, None)
@@ -220,13 +221,20 @@ class EndpointPool(ChatModel, UpdatableModel):
         """Send on a usable endpoint; on a transient failure open its breaker and go again on
         the next usable one, or wait for one to come back, until `retry_deadline_s` after
         the first failure. A 404 for an adapter this pool loaded counts as such a failure
-        (`_lost_adapter`). Other errors (a 400, a bad model name) propagate at once."""
+        (`_lost_adapter`). Other errors (a 400, a bad model name) propagate at once.
+
+        A half-open endpoint takes one request, the trial; the others wait for its outcome
+        (none gives up while it is in flight: a server is answering), then all go if it
+        succeeded, or wait for the next probe, within the deadline, if it failed."""
         scope = _SCOPE.get()
         first_failure: float | None = None
         last_exc: BaseException | None = None
         while True:
-            ep = self._pick(scope)
-            if ep is None:
+            picked = self._pick(scope)
+            if picked is None and any(e.breaker.trial_pending for e in self._endpoints):
+                await asyncio.sleep(_POLL_S)  # a server is answering the trial: not a time to give up
+                continue
+            if picked is None:
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 if now - first_failure >= self.config.retry_deadline_s:
@@ -234,6 +242,7 @@ class EndpointPool(ChatModel, UpdatableModel):
                 self._ensure_prober()
                 await asyncio.sleep(min(_POLL_S, self.config.retry_deadline_s - (now - first_failure)))
                 continue
+            ep, trial = picked
             ep.inflight += 1
             try:
                 result = await send(ep)
@@ -249,6 +258,8 @@ class EndpointPool(ChatModel, UpdatableModel):
                 continue  # the episode moves on (or waits): it loses its prefix cache, not its progress
             finally:
                 ep.inflight -= 1
+                if trial:
+                    ep.breaker.end_trial()  # no-op after a failure (it reopened); see the success below
             ep.breaker.success()
             ep.served += 1
             return ep, result

@@ -108,13 +108,15 @@ async def require_json_body(response: Any) -> None:
 @dataclass
 class Breaker:
     """A circuit breaker for one endpoint: closed (in use) -> open (skipped until
-    `retry_at`) -> half-open (a probe answered: in use again, on trial).
+    `retry_at`) -> half-open (a probe answered: on trial).
 
     One failure opens it: it only sees failures the client already retried, so one
     is already several in a row. Each opening or failed probe without a success in
     between doubles the cooldown (`cooldown_s` up to `max_cooldown_s`, small because a
-    probe is one cheap `GET /models`); a `Retry-After` lengthens it. A success closes
-    it and resets the cooldown."""
+    probe is one cheap `GET /models`); a `Retry-After` lengthens it. Half-open admits
+    one real request, the trial (`admit`); every other caller waits for its outcome
+    rather than sending a burst at a server that has only just answered a probe: a
+    success closes it (and resets the cooldown), a failure opens it again."""
 
     cooldown_s: float = 1.0
     max_cooldown_s: float = 5.0
@@ -124,10 +126,38 @@ class Breaker:
     retry_at: float = 0.0
     last_error: str = ""
     probing: bool = False
+    trial: bool = False
+    """Half-open: the trial request is in flight (no other request is admitted)."""
 
     @property
     def usable(self) -> bool:
+        """In rotation: closed, or half-open (on trial)."""
         return self.state != "open"
+
+    @property
+    def admissible(self) -> bool:
+        """A request may be sent now: closed, or half-open with no trial in flight."""
+        return self.state == "closed" or (self.state == "half-open" and not self.trial)
+
+    @property
+    def trial_pending(self) -> bool:
+        """Half-open with its trial request in flight: callers wait for the outcome."""
+        return self.state == "half-open" and self.trial
+
+    def admit(self) -> bool:
+        """Take the right to send one request; True when it is the half-open trial (the
+        caller must `end_trial` when it ends, whatever the outcome)."""
+        if not self.admissible:
+            raise RuntimeError(f"breaker is {self.state}{' with a trial in flight' if self.trial else ''}")
+        if self.state == "half-open":
+            self.trial = True
+            return True
+        return False
+
+    def end_trial(self) -> None:
+        """The trial request ended without deciding (e.g. a 400, a cancelled call): the next
+        caller may be the trial. A success or failure has already cleared it."""
+        self.trial = False
 
     def failure(self, exc: BaseException | str, retry_after: float | None = None) -> None:
         """A request failed after the client's retries: open (or stay open)."""
@@ -146,6 +176,7 @@ class Breaker:
         self.openings += 1
         wait = min(self.cooldown_s * 2 ** (self.openings - 1), self.max_cooldown_s)
         self.state = "open"
+        self.trial = False
         self.retry_at = time.monotonic() + max(wait, retry_after or 0.0)
 
     def probe_due(self, now: float) -> bool:
@@ -157,6 +188,7 @@ class Breaker:
 
     def success(self) -> None:
         self.state = "closed"
+        self.trial = False
         self.openings = 0
         self.last_error = ""
 
