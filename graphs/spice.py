@@ -243,6 +243,11 @@ def correctness_variance(scores: list[float]) -> float:
 
 def variance_reward(variance: float, *, target: float = 0.25, sigma2: float = 0.01) -> float:
     """SPICE's challenger reward exp(-(Var - target)² / (2 σ²)), highest at a 50% pass rate."""
+    # Source: Liu et al. 2025, "SPICE: Self-Play In Corpus Environments Improves Reasoning"
+    # (arXiv:2510.24684), Sec. 3, challenger reward: r_C = exp(-(Var - 0.25)² / (2 · 0.01)) for a
+    # valid task, Var the variance of the reasoner's K binary correctness scores (0.25 at a 50%
+    # pass rate), and the penalty ρ = -0.1 for an invalid one (`SpiceConfig.invalid_penalty`).
+    # ANCHORS.md: "challenger rewarded by variance of reasoner correctness".
     return math.exp(-((variance - target) ** 2) / (2.0 * sigma2))
 
 
@@ -260,9 +265,11 @@ def challenger_reward(turn: RoleTurn, state: SpiceState, episode: EpisodeView, *
     if invalid:
         return RewardRecord(value=cfg.invalid_penalty, reason=f"invalid task: {invalid}", components={"valid": 0.0})
     scores = [a["score"] for a in state.get("attempts", [])]
+    if not scores:  # Var of no answers would read as "all wrong" (0.04): a made-up reward
+        raise ValueError("a valid task has no reasoner answers to take the variance of")
     var = correctness_variance(scores)
     value = variance_reward(var, target=cfg.target_variance, sigma2=cfg.variance_sigma2)
-    p = sum(scores) / len(scores) if scores else 0.0
+    p = sum(scores) / len(scores)
     return RewardRecord(value=value, reason=f"pass rate {p:.2f} over {len(scores)} answers, variance {var:.3f}",
                         components={"valid": 1.0, "pass_rate": p, "variance": var})
 

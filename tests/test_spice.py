@@ -84,6 +84,37 @@ def test_challenger_reward_peaks_at_half_solved():
     assert recipe.rewards["challenger"](unparsed, {"task": None, "invalid": "x"}, VIEW).value == -0.1
 
 
+@pytest.mark.parametrize("k", [4, 8])
+def test_challenger_reward_over_every_pass_rate_of_k_answers(k):
+    """The paper's r_C for each possible count of right answers out of K: symmetric in right and
+    wrong, largest at half, falling monotonically to exp(-3.125) at all right or all wrong."""
+    recipe = spice.build(n_reasoners=k)
+    turn = RoleTurn(role="challenger", output={"question": "q", "answer": "B", "options": []})
+    values = []
+    for right in range(k + 1):
+        scores = [1.0] * right + [0.0] * (k - right)
+        p = right / k
+        r = recipe.rewards["challenger"](turn, {"task": turn.output, "invalid": "", "attempts":
+                                                [{"score": s} for s in scores]}, VIEW)
+        assert r.value == pytest.approx(math.exp(-((p * (1 - p) - 0.25) ** 2) / 0.02), abs=1e-12)
+        assert r.components["variance"] == pytest.approx(p * (1 - p)) and r.components["pass_rate"] == p
+        values.append(r.value)
+    assert values == pytest.approx(values[::-1], abs=1e-12)
+    assert values[k // 2] == 1.0 and values[0] == pytest.approx(math.exp(-3.125))
+    assert all(a < b for a, b in zip(values[: k // 2], values[1 : k // 2 + 1]))
+    # an invalid task is rho = -0.1 whatever the answers (and is never scored by variance)
+    invalid = recipe.rewards["challenger"](turn, {"task": turn.output, "invalid": "answer not in the document",
+                                                  "attempts": [{"score": 1.0}, {"score": 0.0}]}, VIEW)
+    assert invalid.value == -0.1 and invalid.components == {"valid": 0.0}
+
+
+def test_a_valid_task_without_answers_is_not_given_a_variance_reward():
+    recipe = spice.build()
+    turn = RoleTurn(role="challenger", output={"question": "q", "answer": "B", "options": []})
+    with pytest.raises(ValueError, match="no reasoner answers"):
+        recipe.rewards["challenger"](turn, {"task": turn.output, "invalid": "", "attempts": []}, VIEW)
+
+
 def _turn(role: str, group: str, reward: float) -> RoleTurn:
     return RoleTurn(role=role, group_id=group, prompt_token_ids=[1, 2], token_ids=[5, 6, 7], mask=[1, 1, 1],
                     logprobs=[-0.1] * 3, reward=RewardRecord(value=reward))
