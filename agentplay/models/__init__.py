@@ -15,7 +15,7 @@ from ._types import (
     TopLogprob,
     Usage,
 )
-from ._weights import MissingModelPackageError, default_model_dir
+from ._weights import MissingModelPackageError, default_model_dir, local_model_dir
 
 _LAZY = {
     "AgentplayChatModel": "._langchain",
@@ -68,5 +68,6 @@ __all__ = [
     "create_app",
     "default_model_dir",
     "load_model",
+    "local_model_dir",
     "parse_model_spec",
 ]

@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agentplay.errors import AgentplayError
 
-from ._weights import DEFAULT_MODEL_NAME
+from ._weights import DEFAULT_MODEL_NAME, PACKAGED_MODELS
 
 __all__ = ["DEFAULT_MODEL_SPEC", "LOCAL_MODELS", "ModelConfig", "ModelSpecError", "parse_model_spec"]
 
 DEFAULT_MODEL_SPEC = f"local:{DEFAULT_MODEL_NAME}"
-LOCAL_MODELS = (DEFAULT_MODEL_NAME,)
-"""Names accepted after `local:` (models whose weights ship in a pip package)."""
+LOCAL_MODELS = tuple(PACKAGED_MODELS)
+"""Names accepted after `local:` (models whose weights ship in a pip package: `_weights.py`)."""
 
 ACCEPTED_FORMS = (
     "local:<name> (one of: " + ", ".join(LOCAL_MODELS) + "), "

@@ -22,7 +22,7 @@ from ._prompt import PrefixCache, render_chat
 from ._sampler import RowControl
 from ._tools import parse_tool_calls
 from ._types import ChatResult, Choice, Message, SamplingParams, SamplingRecord, TopLogprob, Usage
-from ._weights import default_model_dir
+from ._weights import local_model_dir
 
 LOCAL_ENGINE = "agentplay-local"
 """`SamplingRecord.engine` of completions drawn by this in-process engine."""
@@ -42,7 +42,7 @@ class LocalModel(ChatModel, UpdatableModel):
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         folder = config.path or (
-            str(default_model_dir()) if config.backend == "local" else config.name
+            str(local_model_dir(config.name)) if config.backend == "local" else config.name
         )
         self.config = config.model_copy(update={"path": folder})
         self.spec = config.spec

@@ -33,15 +33,17 @@ def has_token_ids(result: ChatResult) -> bool:
 
 
 def load_tokenizer(ref: str) -> Any:
-    """`default` or `local:<name>`: the packaged default model's tokenizer; otherwise a local
+    """`default`: the default model's tokenizer; `local:<name>`: that packaged model's; otherwise a local
     Hugging Face folder (`hf:` prefix optional). Never downloads."""
     from transformers import AutoTokenizer  # heavy: only for users who asked for re-tokenizing
 
-    from ._weights import default_model_dir
+    from ._weights import default_model_dir, local_model_dir
 
     name = ref.strip()
-    if name == "default" or name.startswith("local:"):
+    if name == "default":
         folder = default_model_dir()
+    elif name.startswith("local:"):
+        folder = local_model_dir(name.removeprefix("local:"))
     else:
         folder = Path(name.removeprefix("hf:")).expanduser()
         if not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
