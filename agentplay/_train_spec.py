@@ -54,27 +54,34 @@ class Advantage(BaseModel):
     scale_component: str | None = None
     """Multiply each advantage by this component of the turn's reward record (e.g. Agent0's
     ambiguity scale, computed by the recipe's reward fn and stored with the reward)."""
+    clip_high_component: str | None = None
+    """Widen the upper clip bound of each sample's importance ratio by this component of its
+    reward record (>= 0): the loss clips at 1 + epsilon_high + it instead of 1 + epsilon_high
+    (Agent0's ADPO: ambiguity-dynamic clipping, a wider trust region for uncertain tasks)."""
 
     @classmethod
-    def grpo(cls, *, scale_component: str | None = None) -> Advantage:
+    def grpo(cls, *, scale_component: str | None = None, clip_high_component: str | None = None) -> Advantage:
         """Group-normalised advantages (the trainer's default)."""
-        return cls(kind="grpo", scale_component=scale_component)
+        return cls(kind="grpo", scale_component=scale_component, clip_high_component=clip_high_component)
 
     @classmethod
-    def dr_grpo(cls, *, scale_component: str | None = None) -> Advantage:
+    def dr_grpo(cls, *, scale_component: str | None = None, clip_high_component: str | None = None) -> Advantage:
         """Group-centred advantages without the std division (Dr. GRPO, SPICE)."""
-        return cls(kind="dr_grpo", scale_component=scale_component)
+        return cls(kind="dr_grpo", scale_component=scale_component, clip_high_component=clip_high_component)
 
     @classmethod
-    def reinforce_pp(cls, *, group_baseline: bool = False, scale_component: str | None = None) -> Advantage:
+    def reinforce_pp(cls, *, group_baseline: bool = False, scale_component: str | None = None,
+                     clip_high_component: str | None = None) -> Advantage:
         """Batch-normalised advantages (REINFORCE++), optionally with a group-mean baseline."""
-        return cls(kind="reinforce_pp", group_baseline=group_baseline, scale_component=scale_component)
+        return cls(kind="reinforce_pp", group_baseline=group_baseline, scale_component=scale_component,
+                   clip_high_component=clip_high_component)
 
     @classmethod
     def rae(cls, decay: float = 0.95, *, env_key: str = "env", drop_zero: bool = True,
-            scale_component: str | None = None) -> Advantage:
+            scale_component: str | None = None, clip_high_component: str | None = None) -> Advantage:
         """SPIRAL's role-conditioned advantage estimation with an EMA baseline per (env, role)."""
-        return cls(kind="rae", decay=decay, env_key=env_key, drop_zero=drop_zero, scale_component=scale_component)
+        return cls(kind="rae", decay=decay, env_key=env_key, drop_zero=drop_zero, scale_component=scale_component,
+                   clip_high_component=clip_high_component)
 
 
 class SampleFilterError(AgentplayError, ValueError):

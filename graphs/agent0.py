@@ -9,12 +9,19 @@ executor samples k = `n_executors` multi-turn solutions, each free to call `run_
 
 Executor (the paper's Sec. 3.3). The majority answer ỹ of the k samples is the
 pseudo-label and p̂ = (1/k) Σ_i 1(o_i = ỹ) its self-consistency (Eq. 6). Reward
-R_i = 1(o_i = ỹ). ADPO's ambiguity-aware advantage scaling: Ã_i = Â_i · f(p̂) with f
-increasing (we take f(p̂) = p̂; the paper leaves f open), so low-consistency pseudo-labels
-train less. The executor trains only on tasks inside the band `band_low` <= p̂ <= `band_high`
-(Eq. 7; the paper's δ = 0.25 retains 0.3 <= p̂ <= 0.8, our defaults). ADPO's second part,
-an upper clip bound ε_high(x) that grows as p̂ falls, is not implemented: the trainer's
-clip range is one per batch.
+R_i = 1(o_i = ỹ). The executor trains only on tasks inside the band `band_low` <= p̂ <=
+`band_high` (Eq. 7; the paper's δ = 0.25 retains 0.3 <= p̂ <= 0.8, our defaults). ADPO
+(ambiguity-dynamic policy optimization) then treats low-consistency pseudo-labels
+differently in two ways, as the authors' released code does (aiming-lab/Agent0,
+executor_train/verl_tool/trainer/ppo/core_algos.py: `compute_adpo_outcome_advantage` and
+`compute_policy_loss_adpo`, with train_qwen3_4b_adpo.sh's settings), with
+t = clip((p̂ - band_low) / (band_high - band_low), 0, 1):
+- advantage scaling Ã_i = Â_i · s(p̂), s = `min_advantage_scale` + t · (1 - it) (0.6 -> 1):
+  a noisier label trains less (`ambiguity_scale`, the advantage's `scale_component`);
+- ambiguity-dynamic clipping: the upper clip bound of the ratio is ε_high + (1 - t) ·
+  `max_epsilon_bonus` (+0.1 at p̂ <= 0.3, +0 at p̂ >= 0.8): an uncertain task may move its
+  tokens' probabilities further up (`clip_high_bonus`, the advantage's `clip_high_component`;
+  the trainer clips each sample at its own bound).
 
 Curriculum (Sec. 3.2), for task x_i:
 - uncertainty  R_unc = 1 - 2|p̂ - 1/2| (Eq. 2), 1 at p̂ = 0.5;
@@ -86,6 +93,7 @@ __all__ = [
     "ambiguity_scale",
     "answer_key",
     "build",
+    "clip_high_bonus",
     "composite_reward",
     "curriculum_reward",
     "executor_reward",
@@ -126,6 +134,12 @@ class Agent0Config(BaseModel):
     """Smallest self-consistency p̂ of a task the executor trains on."""
     band_high: float = Field(0.8, ge=0.0, le=1.0)
     """Largest self-consistency p̂ of a task the executor trains on."""
+    min_advantage_scale: float = Field(0.6, ge=0.0, le=1.0)
+    """ADPO: the executor's advantage scale at p̂ <= band_low (1 at p̂ >= band_high, linear
+    between; the released training script's 0.6)."""
+    max_epsilon_bonus: float = Field(0.1, ge=0.0, le=1.0)
+    """ADPO: how much the upper clip bound widens at p̂ <= band_low (0 at p̂ >= band_high,
+    linear between; the released script's 0.1)."""
     min_task_chars: int = Field(12, ge=1)
     """Shorter text after ``Task:`` is not a task (R_format = 0)."""
     curriculum_max_tokens: int = Field(128, ge=1)
@@ -241,11 +255,23 @@ def composite_reward(r_unc: float, r_tool: float, r_rep: float, *, lambda_unc: f
     return float(formatted) * max(0.0, lambda_unc * r_unc + lambda_tool * r_tool - r_rep)
 
 
-def ambiguity_scale(agreement: float) -> float:
-    """ADPO's s(x) = f(p̂), an increasing function of self-consistency; we use f(p̂) = p̂."""
+def _trust(agreement: float, low: float, high: float) -> float:
+    """t = clip((p̂ - low) / (high - low), 0, 1): where p̂ sits in the band (a step when low == high)."""
     if not 0.0 <= agreement <= 1.0:
         raise ValueError(f"agreement must be in [0, 1], got {agreement}")
-    return agreement
+    if high <= low:
+        return 1.0 if agreement >= high else 0.0
+    return min(1.0, max(0.0, (agreement - low) / (high - low)))
+
+
+def ambiguity_scale(agreement: float, *, low: float = 0.3, high: float = 0.8, min_scale: float = 0.6) -> float:
+    """ADPO's advantage scale s(p̂) = min_scale + t · (1 - min_scale), increasing in self-consistency."""
+    return min_scale + _trust(agreement, low, high) * (1.0 - min_scale)
+
+
+def clip_high_bonus(agreement: float, *, low: float = 0.3, high: float = 0.8, max_bonus: float = 0.1) -> float:
+    """ADPO's widening of the upper clip bound, (1 - t) · max_bonus: largest for the least consistent tasks."""
+    return (1.0 - _trust(agreement, low, high)) * max_bonus
 
 
 def repetition_penalties(texts: Sequence[str | None], *, threshold: float, lambda_rep: float) -> list[float]:
@@ -260,15 +286,21 @@ def repetition_penalties(texts: Sequence[str | None], *, threshold: float, lambd
 
 # -- rewards (what the recipe registers) -------------------------------------------------------
 
-def executor_reward(turn: RoleTurn, state: Agent0State, episode: EpisodeView) -> RewardRecord:
-    """R_i = 1(o_i = ỹ) (an answer that did not parse disagrees), with p̂ (`agreement`, the filter's band) and f(p̂) (`ambiguity_scale`,
-    which the advantage is multiplied by) stored as components."""
+def executor_reward(turn: RoleTurn, state: Agent0State, episode: EpisodeView, *,
+                    cfg: Agent0Config | None = None) -> RewardRecord:
+    """R_i = 1(o_i = ỹ) (an answer that did not parse disagrees), with p̂ (`agreement`, the
+    filter's band), ADPO's advantage scale (`ambiguity_scale`) and clip widening
+    (`clip_high_bonus`) stored as components for the trainer."""
+    cfg = cfg or Agent0Config()
     attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
     label, p = state.get("label"), state.get("agreement", 0.0)
     agrees = label is not None and attempt["answer"] is not None and answer_key(attempt["answer"]) == answer_key(label)
+    band = {"low": cfg.band_low, "high": cfg.band_high}
     return RewardRecord(value=float(agrees), reason=f"{'agrees' if agrees else 'disagrees'} with the majority answer "
                         f"{str(label)[:40]!r} (p̂ = {p:.2f})",
-                        components={"agreement": p, "ambiguity_scale": ambiguity_scale(p)})
+                        components={"agreement": p,
+                                    "ambiguity_scale": ambiguity_scale(p, **band, min_scale=cfg.min_advantage_scale),
+                                    "clip_high_bonus": clip_high_bonus(p, **band, max_bonus=cfg.max_epsilon_bonus)})
 
 
 def curriculum_reward(turn: RoleTurn, state: Agent0State, episode: EpisodeView, *, cfg: Agent0Config) -> RewardRecord:
@@ -356,10 +388,12 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, sandbox: Any = None, **options: An
         name="agent0",
         graph=graph,
         roles={"propose": curriculum, "execute": executor},
-        rewards={"curriculum": functools.partial(curriculum_reward, cfg=cfg), "executor": executor_reward},
+        rewards={"curriculum": functools.partial(curriculum_reward, cfg=cfg),
+                 "executor": functools.partial(executor_reward, cfg=cfg)},
         groups={"curriculum": GroupBy.seed(cfg.group_k), "executor": GroupBy.episode()},
         whole_group_rewards={"curriculum": functools.partial(curriculum_repetition, cfg=cfg)},
-        advantages={"curriculum": Advantage.grpo(), "executor": Advantage.grpo(scale_component="ambiguity_scale")},
+        advantages={"curriculum": Advantage.grpo(),
+                    "executor": Advantage.grpo(scale_component="ambiguity_scale", clip_high_component="clip_high_bonus")},
         filters={"executor": SampleFilter.band("agreement", cfg.band_low, cfg.band_high)},
         initial_state=initial_state,
         metrics=metrics,

@@ -47,9 +47,20 @@ def test_reward_formulas():
     assert agent0.composite_reward(0.6, 0.5, 0.25, lambda_unc=1.0, lambda_tool=0.6) == pytest.approx(0.65)
     assert agent0.composite_reward(0.2, 0.0, 0.5, lambda_unc=1.0, lambda_tool=0.6) == 0.0
     assert agent0.composite_reward(1.0, 1.0, 0.0, lambda_unc=1.0, lambda_tool=0.6, formatted=False) == 0.0
-    assert agent0.ambiguity_scale(0.7) == 0.7
+    # ADPO as released (core_algos.py, train_qwen3_4b_adpo.sh): t = clip((p - .3) / .5, 0, 1);
+    # advantage scale .6 + .4 t, upper clip bound widened by .1 (1 - t)
+    assert agent0.ambiguity_scale(0.7) == pytest.approx(0.6 + 0.4 * 0.8)
+    assert agent0.ambiguity_scale(0.3) == pytest.approx(0.6) and agent0.ambiguity_scale(0.1) == pytest.approx(0.6)
+    assert agent0.ambiguity_scale(0.8) == 1.0 and agent0.ambiguity_scale(1.0) == 1.0
+    assert agent0.clip_high_bonus(0.7) == pytest.approx(0.1 * 0.2)
+    assert agent0.clip_high_bonus(0.3) == pytest.approx(0.1) and agent0.clip_high_bonus(0.0) == pytest.approx(0.1)
+    assert agent0.clip_high_bonus(0.8) == 0.0 and agent0.clip_high_bonus(0.95) == 0.0
+    assert agent0.clip_high_bonus(0.55, low=0.5, high=0.5, max_bonus=0.2) == 0.0  # a band of one point: a step
+    assert agent0.clip_high_bonus(0.45, low=0.5, high=0.5, max_bonus=0.2) == 0.2
     with pytest.raises(ValueError, match="agreement"):
         agent0.ambiguity_scale(1.5)
+    with pytest.raises(ValueError, match="agreement"):
+        agent0.clip_high_bonus(-0.1)
 
 
 def test_repetition_penalty_is_cluster_size_over_batch_size():
@@ -74,7 +85,11 @@ def test_executor_and_curriculum_rewards_on_a_hand_built_state():
     turns, state = _attempt_state(["4", "4.0", "5", None], [1, 3, 0, 5])
     rewards = [recipe.rewards["executor"](t, state, VIEW) for t in turns]
     assert [r.value for r in rewards] == [1.0, 1.0, 0.0, 0.0]  # the unparsed answer disagrees
-    assert rewards[0].components == {"agreement": 0.5, "ambiguity_scale": 0.5}
+    assert rewards[0].components == pytest.approx({"agreement": 0.5, "ambiguity_scale": 0.6 + 0.4 * 0.4,
+                                                   "clip_high_bonus": 0.1 * 0.6})
+    wide = agent0.build(band_low=0.2, band_high=0.6, min_advantage_scale=0.5, max_epsilon_bonus=0.3)
+    assert wide.rewards["executor"](turns[0], state, VIEW).components == pytest.approx(
+        {"agreement": 0.5, "ambiguity_scale": 0.5 + 0.5 * 0.75, "clip_high_bonus": 0.3 * 0.25})
     curriculum = RoleTurn(role="curriculum", output="t")
     r = recipe.rewards["curriculum"](curriculum, state, VIEW)
     # R_unc = 1 - 2|0.5 - 0.5| = 1; R_tool = 0.25 * (1 + 3 + 0 + 4) / 4 = 0.5; 1 + 0.6 * 0.5
@@ -103,7 +118,8 @@ def test_group_repetition_penalty_goes_through_the_max():
 def _executor_turn(group: str, reward: float, p: float) -> RoleTurn:
     return RoleTurn(role="executor", group_id=group, prompt_token_ids=[1, 2], token_ids=[5, 6, 7], mask=[1, 1, 1],
                     logprobs=[-0.1] * 3, reward=RewardRecord(value=reward, components={
-                        "agreement": p, "ambiguity_scale": agent0.ambiguity_scale(p)}))
+                        "agreement": p, "ambiguity_scale": agent0.ambiguity_scale(p),
+                        "clip_high_bonus": agent0.clip_high_bonus(p)}))
 
 
 def test_adpo_advantages_are_scaled_by_agreement_and_filtered_to_the_band():
@@ -112,10 +128,11 @@ def test_adpo_advantages_are_scaled_by_agreement_and_filtered_to_the_band():
     too_easy = [_executor_turn("g2", r, 0.9) for r in (1.0, 0.0)]  # p 0.9 > 0.8: not trained on
     episodes = [Episode(episode_id="a", index=0, turns=in_band), Episode(episode_id="b", index=1, turns=too_easy)]
     samples, stats = compute_advantages(episodes, estimators=recipe.advantages, filters=recipe.filters)
-    # GRPO: mean .5, unbiased std sqrt(4 * .25 / 3); times f(p) = .5
+    # GRPO: mean .5, unbiased std sqrt(4 * .25 / 3); times s(.5) = .6 + .4 * .4 = .76
     std = math.sqrt(1 / 3)
-    assert [s.advantage for s in samples] == pytest.approx([0.5 * 0.5 / (std + EPS)] * 2 + [-0.5 * 0.5 / (std + EPS)] * 2,
+    assert [s.advantage for s in samples] == pytest.approx([0.76 * 0.5 / (std + EPS)] * 2 + [-0.76 * 0.5 / (std + EPS)] * 2,
                                                            abs=1e-12)
+    assert [s.clip_high_bonus for s in samples] == pytest.approx([0.06] * 4)  # ε_high + .1 * (1 - .4) in the loss
     assert stats.filtered == {"executor": 2}
 
 
@@ -144,7 +161,7 @@ async def test_one_real_iteration_on_smollm2_with_the_docker_sandbox(tmp_path):
             assert len(executors) == (n if parsed else 0)
             assert len({t.group_id for t in executors}) <= 1
             for t in executors:
-                assert set(t.reward.components) == {"agreement", "ambiguity_scale"}
+                assert set(t.reward.components) == {"agreement", "ambiguity_scale", "clip_high_bonus"}
                 assert t.reward.components["agreement"] == ep.metrics["agreement"]
             for t in ep.turns:
                 check_token_exact(t, served.tokenizer)

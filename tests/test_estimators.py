@@ -110,6 +110,19 @@ def test_scale_component_multiplies_the_advantage():
         compute_advantages(episodes, estimators={"x": Advantage.grpo(scale_component="missing")})
 
 
+def test_clip_high_component_gives_each_sample_its_bonus():
+    episodes = [Episode(episode_id="a", turns=[_turn("x", "g", 1.0, bonus=0.1), _turn("x", "g", 0.0, bonus=0.04)]),
+                Episode(episode_id="b", turns=[_turn("y", "h", 1.0, bonus=0.1), _turn("y", "h", 0.0, bonus=0.1)])]
+    samples, _ = compute_advantages(episodes, estimators={"x": Advantage.grpo(clip_high_component="bonus")})
+    assert {(s.turn.role, s.reward): s.clip_high_bonus for s in samples} == {
+        ("x", 1.0): 0.1, ("x", 0.0): 0.04, ("y", 1.0): 0.0, ("y", 0.0): 0.0}  # y declared none: the batch bound
+    bad = [Episode(episode_id="c", turns=[_turn("x", "g", 1.0, bonus=-0.1), _turn("x", "g", 0.0, bonus=0.1)])]
+    with pytest.raises(ValueError, match="reward component 'bonus', which must be a finite number >= 0"):
+        compute_advantages(bad, estimators={"x": Advantage.grpo(clip_high_component="bonus")})
+    with pytest.raises(ValueError, match="reward component 'missing'"):
+        compute_advantages(episodes, estimators={"x": Advantage.dr_grpo(clip_high_component="missing")})
+
+
 def test_band_filter_keeps_turns_inside_and_counts_the_rest_per_role():
     episodes = [
         Episode(episode_id="a", index=0, turns=[_turn("sol", "q1", 1.0, agreement=0.5), _turn("sol", "q1", 0.0, agreement=0.5)]),

@@ -55,6 +55,38 @@ def test_loss_normalisation_matches_each_loss_type(tmp_path, model_and_tokenizer
     assert out["loss"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_each_sample_is_clipped_at_its_own_upper_bound(tmp_path, model_and_tokenizer):
+    """Agent0's ADPO: a sample's ratio is clipped at 1 + epsilon_high + its `clip_high_bonus`.
+    Sampling logprobs 0.25 below the model's make every token's ratio e^0.25 = 1.284, above
+    1 + 0.2 but below 1 + 0.2 + 0.1: the loss says which bound each row was clipped at."""
+    import dataclasses
+    import math
+
+    model, tok = model_and_tokenizer
+    cfg = TrainConfig(output_dir=tmp_path, loss_type="grpo", learning_rate=1e-9, micro_batch_size=2, epsilon=0.2,
+                      max_completion_length=MAX_LEN, report_to=[])
+    learner = GRPOLearner(model, tok, cfg)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Count."}], add_generation_prompt=True,
+                                     return_dict=False)
+    ids = tok.encode(" one two three four", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1].float()
+        current = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+    sampled = [float(x) - 0.25 for x in current]
+    turn = RoleTurn(role="r", group_id="g", prompt_token_ids=prompt, token_ids=ids, mask=[1] * len(ids),
+                    logprobs=sampled, reward=RewardRecord(value=1.0))
+    wide, plain = (TrainSample(turn=turn, episode_id="e", advantage=1.0, reward=1.0, clip_high_bonus=b)
+                   for b in (0.1, 0.0))
+    r = math.exp(0.25)
+    out = learner.step([wide, plain])
+    assert out["loss"] == pytest.approx(-(min(r, 1.3) + min(r, 1.2)) / 2, abs=1e-4)  # -(1.284 + 1.2) / 2
+    assert out["clip_ratio/high_mean"] == pytest.approx(0.5)  # only the plain row's tokens were clipped
+    # the next step is back on the batch's bound: both rows clipped at 1.2
+    again = learner.step([dataclasses.replace(wide, clip_high_bonus=0.0), plain])
+    assert again["loss"] == pytest.approx(-1.2, abs=1e-4) and again["clip_ratio/high_mean"] == pytest.approx(1.0)
+    assert learner.trainer.epsilon_high == 0.2 and learner.trainer.epsilon_low == 0.2
+
+
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_kl_is_measured_against_the_initial_model(tmp_path, lora):
     """beta > 0: the first step's policy is the reference (KL 0 and the loss is the pure

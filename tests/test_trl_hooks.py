@@ -37,6 +37,8 @@ def test_instance_attributes_are_checked(tmp_path):
         temperature = 1.0
         use_vllm = False
         vllm_importance_sampling_correction = False
+        epsilon_low = 0.2
+        epsilon_high = 0.28
 
     with pytest.raises(TRLCompatibilityError, match="_entropy_bonus_enabled"):
         check_trl_hooks(Shaped())

@@ -46,6 +46,9 @@ class TrainSample:
     advantage: float
     """The role's estimator's advantage, times its scale component, times the role weight."""
     reward: float
+    clip_high_bonus: float = 0.0
+    """Added to the trainer's upper clip bound epsilon_high for this sample only (the role's
+    `Advantage.clip_high_component`; 0: the batch's bound)."""
 
 
 @dataclass
@@ -199,7 +202,15 @@ def compute_advantages(
         for (ep, turn, r), adv in advantages:
             if est.scale_component is not None:
                 adv *= _component(turn, est.scale_component)
-            samples.append(TrainSample(turn=turn, episode_id=ep.episode_id, advantage=adv * w, reward=r))
+            bonus = 0.0
+            if est.clip_high_component is not None:
+                bonus = _component(turn, est.clip_high_component)
+                if not (math.isfinite(bonus) and bonus >= 0.0):
+                    raise ValueError(f"advantages: the {role!r} estimator widens the clip bound by reward component "
+                                     f"{est.clip_high_component!r}, which must be a finite number >= 0; turn "
+                                     f"{turn.turn_id} has {bonus}")
+            samples.append(TrainSample(turn=turn, episode_id=ep.episode_id, advantage=adv * w, reward=r,
+                                       clip_high_bonus=bonus))
     return samples, stats
 
 

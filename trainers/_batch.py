@@ -34,6 +34,9 @@ class MicroBatch:
     """(B,) the temperature each row is scored at: the one its tokens were sampled at."""
     roles: list[str] | None = None
     """The role of each row (mismatch metrics are per role)."""
+    clip_high_bonus: torch.Tensor | None = None
+    """(B,) per-row widening of the upper clip bound (`TrainSample.clip_high_bonus`); None when
+    every row has 0 (the loss then clips at the batch's bounds, TRL's own path)."""
 
 
 def scoring_temperature(sample: TrainSample, default: float) -> float:
@@ -136,6 +139,8 @@ def make_micro_batches(
             "num_items_in_batch": torch.tensor(max(total_tokens, 1.0)),
         }
         temps = torch.tensor([scoring_temperature(s, default_temperature) for s, *_ in rows], dtype=torch.float32)
+        bonus = [s.clip_high_bonus for s, *_ in rows]
         batches.append(MicroBatch(inputs=inputs, missing_old_logps=missing, size=b, temperatures=temps,
-                                  roles=[s.turn.role for s, *_ in rows]))
+                                  roles=[s.turn.role for s, *_ in rows],
+                                  clip_high_bonus=torch.tensor(bonus, dtype=torch.float32) if any(bonus) else None))
     return batches

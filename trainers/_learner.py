@@ -183,8 +183,9 @@ class GRPOLearner:
             inputs = self._complete_inputs(mb)
             known = ~mb.missing_old_logps.to(self.device)
             rollout = inputs["old_per_token_logps"]
+            clip_high = None if mb.clip_high_bonus is None else float(t.epsilon_high) + mb.clip_high_bonus
             t.rows = RowScoring(temperatures=mb.temperatures, rollout_logps=rollout, rollout_known=known,
-                                correction=self.correction)
+                                correction=self.correction, clip_high=clip_high)
             if self.correction.active:  # the clipped ratio is against the trainer's own logprobs
                 del inputs["old_per_token_logps"]
             inputs["num_items_in_batch"] = inputs["num_items_in_batch"] * scale

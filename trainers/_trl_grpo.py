@@ -13,6 +13,10 @@ does not offer as public API, all of them here and nowhere else:
   measured on them, at no extra forward pass), and the rollout-correction weights
   (TIS/MIS) derived from them and handed to the loss as TRL's own
   `importance_sampling_ratio` input;
+- per-row clip bounds (Agent0's ADPO widens the upper bound of uncertain tasks): TRL
+  clips with `1 - self.epsilon_low` and `1 + self.epsilon_high`, scalars set once; for a
+  micro-batch with per-row bounds they are (B, 1) tensors for the duration of its loss
+  (`torch.clamp` broadcasts them over the tokens), then put back;
 - `current_gradient_accumulation_steps` (one optimizer step per batch of any size),
   `_metrics` (TRL's loss metrics), `_entropy_bonus_enabled`;
 - a placeholder dataset and a reward function that raises: TRL's constructor wants
@@ -93,6 +97,8 @@ def check_trl_hooks(trainer: Any | None = None) -> None:
                                                 "current_gradient_accumulation_steps"),
         ('inputs.get("old_per_token_logps")', "the loss no longer reads old_per_token_logps"),
         ('inputs["tool_mask"]', "the loss no longer reads tool_mask"),
+        ("1 + self.epsilon_high", "the loss no longer clips at 1 + self.epsilon_high (per-row clip bounds)"),
+        ("1 - self.epsilon_low", "the loss no longer clips at 1 - self.epsilon_low (per-row clip bounds)"),
     ):
         if needle not in source:
             raise _incompatible(f"GRPOTrainer._compute_loss: {meaning} ({needle!r} not found)")
@@ -101,7 +107,8 @@ def check_trl_hooks(trainer: Any | None = None) -> None:
         if not isinstance(metrics, dict) or "train" not in metrics:
             raise _incompatible(f"GRPOTrainer._metrics is {type(metrics).__name__}, expected a dict with 'train'")
         for name, kind in (("_entropy_bonus_enabled", bool), ("temperature", float | int), ("use_vllm", bool),
-                           ("vllm_importance_sampling_correction", bool)):
+                           ("vllm_importance_sampling_correction", bool), ("epsilon_low", float | int),
+                           ("epsilon_high", float | int)):
             if not isinstance(getattr(trainer, name, None), kind):
                 raise _incompatible(f"GRPOTrainer.{name} is missing or not a {kind}")
 
@@ -120,6 +127,9 @@ class RowScoring:
     trainer_logps: torch.Tensor | None = None
     """Filled by the loss's scoring pass: the trainer's logprobs (detached) before any update."""
     correction_counts: dict[str, float] | None = None
+    clip_high: torch.Tensor | None = None
+    """(B,) each row's upper clip bound epsilon_high (the ratio is clipped at 1 + it); None: TRL's
+    one bound for every row."""
 
 
 class AgentplayGRPOTrainer(GRPOTrainer):
@@ -169,10 +179,15 @@ class AgentplayGRPOTrainer(GRPOTrainer):
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         self._loss_inputs = inputs
+        low, high = self.epsilon_low, self.epsilon_high
+        if self.rows is not None and self.rows.clip_high is not None:
+            rows = self.rows.clip_high.to(inputs["advantages"].device, torch.float32)[:, None]
+            self.epsilon_low, self.epsilon_high = torch.full_like(rows, float(low)), rows
         try:
             return super()._compute_loss(model, inputs)
         finally:
             self._loss_inputs = None
+            self.epsilon_low, self.epsilon_high = low, high
 
     def _get_per_token_logps_and_entropies(
         self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
