@@ -97,7 +97,20 @@ FAMILIES: list[tuple[str, Any]] = [
     ("def f(a, b):\n    return (b, a)", lambda r: f"{r.randint(0, 9)}, {r.randint(10, 30)}"),
     ("def f(a, b):\n    return a * b + {a}", lambda r: f"{r.randint(1, 6)}, {r.randint(1, 6)}"),
 ]
-PER_FAMILY = 4  # 80 problems
+PER_FAMILY = 4  # 80 problems: bench/heldout_code.jsonl (also read by bench/serving.py and train_step.py)
+
+# The extension to 200 problems (bench/heldout_code_extra.jsonl): 4 more of each family above
+# (fresh constants and inputs, no (program, input) repeated) and 8 each of these five families,
+# so a gain is not four problems of 80. None is a TRAIN_SEEDS program (a test checks it).
+EXTRA_FAMILIES: list[tuple[str, Any]] = [
+    ("def f(xs):\n    return [v + {a} for v in xs]", lambda r: str([r.randint(0, 9) for _ in range(r.randint(2, 4))])),
+    ("def f(s):\n    return s.replace('{c}', '-')", lambda r: repr("".join(r.choice("abc") for _ in range(r.randint(2, 6))))),
+    ("def f(x):\n    return (x + {a}) * 2", lambda r: str(r.randint(-10, 20))),
+    ("def f(xs):\n    return xs[-{k}:]", lambda r: str([r.randint(0, 9) for _ in range(r.randint(3, 6))])),
+    ("def f(a, b):\n    return max(a, b) - {a}", lambda r: f"{r.randint(0, 20)}, {r.randint(0, 20)}"),
+]
+EXTRA_PER_FAMILY, EXTRA_PER_NEW_FAMILY = 4, 8  # 80 + 40 = 120 more
+HELDOUT_EXTRA = HERE / "heldout_code_extra.jsonl"
 
 
 TRAIN_SEEDS: list[dict[str, Any]] = [
@@ -156,24 +169,44 @@ def family_seeds(seed: int = 7, per_family: int = 2) -> list[dict[str, Any]]:
     return seeds
 
 
-def write_heldout(path: Path = HELDOUT, seed: int = 20261122) -> list[dict[str, Any]]:
+def _problem(pid: str, program: str, inp: str) -> dict[str, Any]:
+    scope: dict[str, Any] = {}
+    exec(program, scope)  # noqa: S102 - our own fixed templates, not model output
+    return {"id": pid, "program": program, "input": inp, "output": repr(eval(f"f({inp})", scope))}
+
+
+def write_heldout(directory: Path = HERE, seed: int = 20261122, extra_seed: int = 20261207) -> list[dict[str, Any]]:
+    """Write both held-out files into `directory` and return their 200 problems: the original
+    80 (`heldout_code.jsonl`, unchanged so older figures stay comparable) and the 120 of the
+    extension (`heldout_code_extra.jsonl`), drawn from their own rng after the first file's."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for fam, (template, make_input) in enumerate(FAMILIES):
-        seen: set[tuple[str, str]] = set()
-        while len(seen) < PER_FAMILY:
+        fam_seen: set[tuple[str, str]] = set()
+        while len(fam_seen) < PER_FAMILY:
             program = _instantiate(template, rng)
             inp = make_input(rng)
+            if (program, inp) in fam_seen:
+                continue
+            fam_seen.add((program, inp))
+            rows.append(_problem(f"h{fam:02d}-{len(fam_seen) - 1}", program, inp))
+    seen |= {(r["program"], r["input"]) for r in rows}
+    rng = random.Random(extra_seed)
+    extra: list[dict[str, Any]] = []
+    plan = ([(t, m, EXTRA_PER_FAMILY) for t, m in FAMILIES] + [(t, m, EXTRA_PER_NEW_FAMILY) for t, m in EXTRA_FAMILIES])
+    for fam, (template, make_input, count) in enumerate(plan):
+        made = 0
+        while made < count:
+            program, inp = _instantiate(template, rng), make_input(rng)
             if (program, inp) in seen:
                 continue
             seen.add((program, inp))
-            scope: dict[str, Any] = {}
-            exec(program, scope)  # noqa: S102 - our own fixed templates, not model output
-            value = eval(f"f({inp})", scope)
-            rows.append({"id": f"h{fam:02d}-{len(seen) - 1}", "program": program, "input": inp,
-                         "output": repr(value)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+            extra.append(_problem(f"x{fam:02d}-{made}", program, inp))
+            made += 1
+    (directory / HELDOUT.name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (directory / HELDOUT_EXTRA.name).write_text("".join(json.dumps(r) + "\n" for r in extra))
+    return rows + extra
 
 
 _LITERAL_HINT = re.compile(r"(?:returns?|is|==|:)\s*`?([^`\n]+?)`?\s*(?:[.,;]\s|[.]?$)", re.MULTILINE)
@@ -204,8 +237,9 @@ def lenient_deduction_parser(text: str) -> str:
     raise ValueError("no ```output block and no literal answer in the text")
 
 
-def load_heldout(path: Path = HELDOUT) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load_heldout(paths: tuple[Path, ...] = (HELDOUT, HELDOUT_EXTRA)) -> list[dict[str, Any]]:
+    """The 200 held-out problems (the original 80, then the extension's 120)."""
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
 
 
 def shape_strategies(problems: list[dict[str, Any]]) -> dict[str, int]:
@@ -354,17 +388,357 @@ def contamination(store_path: Path, problems: list[dict[str, Any]]) -> dict[str,
     return {"solver_programs": len(seen), "heldout_programs_trained_on": len(seen & held)}
 
 
+def solver_task_sources(store_path: Path, seed_programs: list[str]) -> dict[str, int]:
+    """How many solver turns practised on a seed program (replayed or buffered seeds) and how
+    many on anything else (the proposer's programs): what self-play added to the curriculum."""
+    import sqlite3
+
+    from agentplay.graphs._code_exec import fenced_blocks
+
+    seeds = {"".join(p.split()) for p in seed_programs}
+    on_seed = total = 0
+    with sqlite3.connect(store_path) as db:
+        for (messages,) in db.execute("SELECT messages FROM turns WHERE role = 'solver'"):
+            task = [m for m in json.loads(messages) if m["role"] == "user"][-1]["content"]
+            programs = {"".join(b.split()) for tag, b in fenced_blocks(task) if tag == "python"}
+            total += 1
+            on_seed += bool(programs & seeds)
+        groups = db.execute("SELECT COUNT(*), SUM(lo < hi) FROM (SELECT MIN(value) AS lo, MAX(value) AS hi FROM rewards"
+                            " WHERE role = 'solver' AND group_id IS NOT NULL GROUP BY group_id)").fetchone()
+    return {"solver_turns": total, "solver_turns_on_seed_programs": on_seed,
+            "solver_groups": groups[0] or 0, "solver_groups_with_variance": groups[1] or 0}
+
+
+# -- the suite: arms x seeds, each a separate process, resumable ---------------------------------
+
+ARMS = ("selfplay", "seeds-only")
+"""Trained arms. `selfplay`: the recipe as configured (proposer + replayed seeds).
+`seeds-only`: the same trainer, options and iterations with the proposer off (`propose=False`):
+the solver practises on the seed programs only (a buffered seed + the replays per episode)."""
+
+
+def suite_jobs(seeds: list[int]) -> list[tuple[str, int | None]]:
+    """The suite's processes in run order: the untrained model once (greedy = everyone's
+    iteration-0 point, and the best-of-k ablation), then both trained arms seed by seed, so a
+    run cut off after any job leaves complete seed pairs."""
+    return [("base", None)] + [(arm, seed) for seed in seeds for arm in ARMS]
+
+
+def job_dir(out: Path, arm: str, seed: int | None) -> Path:
+    return out / (arm if seed is None else f"{arm}-seed{seed}")
+
+
+def pending_jobs(out: Path, seeds: list[int]) -> list[tuple[str, int | None]]:
+    """Jobs without a `result.json` (written only when a job finished): what a resumed suite runs."""
+    return [j for j in suite_jobs(seeds) if not (job_dir(out, *j) / "result.json").exists()]
+
+
+def load_suite(out: Path, seeds: list[int]) -> dict[str, Any]:
+    """The finished jobs' results: {"base": result or None, "arms": {arm: {seed: result}}}."""
+    def read(arm: str, seed: int | None) -> dict[str, Any] | None:
+        path = job_dir(out, arm, seed) / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    arms: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in ARMS}
+    for arm in ARMS:
+        for seed in seeds:
+            if (r := read(arm, seed)) is not None:
+                arms[arm][seed] = r
+    return {"base": read("base", None), "arms": arms}
+
+
+def _compare(name: str, a: list[float], b: list[float]) -> dict[str, Any]:
+    diff, se = paired_z(b, a)
+    return {"name": name, "a": sum(a) / len(a), "b": sum(b) / len(b), "diff": diff, "paired_se": se,
+            "in_se": in_se(diff, se)}
+
+
+def _seed_mean(per_seed: list[list[float]]) -> list[float]:
+    return [sum(col) / len(col) for col in zip(*per_seed)]
+
+
+def summarize(suite: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """The suite's figures from per-problem scores. Each arm's per-problem score is averaged
+    over its finished seeds, and every comparison is paired over the held-out problems (mean
+    difference, its SE over problems, and that in SEs); per-seed figures sit beside it.
+    The headline: self-play minus each ablation."""
+    base = suite["base"]
+    out: dict[str, Any] = {"n_problems": len(ids), "arms": {}, "comparisons": [], "per_seed": []}
+    if base is None:
+        return out
+    greedy0, passk = base["greedy"]["correct"], base["pass_at_k"]
+    out["base"] = {"greedy": _mean_se(greedy0)[0], "greedy_se": _mean_se(greedy0)[1], "k": base["k"],
+                   "pass_at_k": _mean_se(passk)[0], "pass_at_k_se": _mean_se(passk)[1],
+                   "sampled": _mean_se(base["sampled"]["correct"])[0]}
+    finals: dict[str, list[float]] = {}
+    for arm, runs in suite["arms"].items():
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        per_seed = [runs[s]["final"]["correct"] for s in seeds]
+        anytime = [[max(col) for col in zip(*(p["correct"] for p in runs[s]["curve"]))] for s in seeds]
+        accs = [sum(c) / len(c) for c in per_seed]
+        finals[arm] = _seed_mean(per_seed)
+        mean_acc = sum(accs) / len(accs)
+        seed_sd = math.sqrt(sum((x - mean_acc) ** 2 for x in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+        gained = [[i for i, (a, b) in enumerate(zip(greedy0, c)) if b > a] for c in per_seed]
+        lost = [[i for i, (a, b) in enumerate(zip(greedy0, c)) if b < a] for c in per_seed]
+        out["arms"][arm] = {
+            "seeds": seeds, "accuracy_per_seed": accs, "accuracy": mean_acc, "se": _mean_se(finals[arm])[1],
+            "seed_sd": seed_sd, "gained_per_seed": [len(g) for g in gained], "lost_per_seed": [len(x) for x in lost],
+            "gained_in_every_seed": sorted({ids[i] for i in set.intersection(*(set(g) for g in gained))}),
+            "iterations": [runs[s]["iterations"] for s in seeds],
+            "train_minutes": [runs[s]["train_wall_s"] / 60 for s in seeds],
+            "valid_proposal": [runs[s].get("valid_proposal") for s in seeds],
+            "groups_with_variance": [runs[s].get("groups_with_variance") for s in seeds],
+            "seed_program_fraction": [runs[s].get("seed_program_fraction") for s in seeds],
+            "heldout_programs_trained_on": [runs[s]["contamination"]["heldout_programs_trained_on"] for s in seeds],
+            "_anytime": _seed_mean(anytime),
+        }
+        out["comparisons"].append(_compare(f"{arm} - untrained (greedy)", finals[arm], greedy0))
+    if "selfplay" in finals:
+        sp = out["arms"]["selfplay"]
+        if "seeds-only" in finals:
+            out["comparisons"].insert(0, _compare("selfplay - seeds-only", finals["selfplay"], finals["seeds-only"]))
+            both = sorted(set(suite["arms"]["selfplay"]) & set(suite["arms"]["seeds-only"]))
+            for s in both:
+                out["per_seed"].append({"seed": s, **_compare(
+                    "selfplay - seeds-only", suite["arms"]["selfplay"][s]["final"]["correct"],
+                    suite["arms"]["seeds-only"][s]["final"]["correct"])})
+        out["comparisons"].insert(1 if "seeds-only" in finals else 0, _compare(
+            f"selfplay - untrained best-of-{base['k']}", finals["selfplay"], passk))
+        out["comparisons"].append(_compare(
+            f"selfplay solved at any of its evaluations - untrained best-of-{base['k']}", sp["_anytime"], passk))
+    for arm in out["arms"].values():
+        arm.pop("_anytime")
+    return out
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as the plain-text table the suite prints and writes to `report.txt`."""
+    if "base" not in summary:
+        return ["no finished base job yet"]
+    b = summary["base"]
+    lines = [f"held-out problems: {summary['n_problems']}",
+             f"untrained: greedy {b['greedy']:.3f} ± {b['greedy_se']:.3f}; best-of-{b['k']} (T>0) "
+             f"{b['pass_at_k']:.3f} ± {b['pass_at_k_se']:.3f}; one sampled answer {b['sampled']:.3f}"]
+    for name, a in summary["arms"].items():
+        lines.append(f"{name}: {a['accuracy']:.3f} ± {a['se']:.3f} (seed sd {a['seed_sd']:.3f}; seeds {a['seeds']}: "
+                     + ", ".join(f"{x:.3f}" for x in a["accuracy_per_seed"])
+                     + f"; gained/lost {a['gained_per_seed']}/{a['lost_per_seed']}; iterations {a['iterations']}; "
+                     f"minutes {[round(m, 1) for m in a['train_minutes']]})")
+        lines.append(f"  valid proposals {a['valid_proposal']}; solver groups with variance "
+                     f"{a['groups_with_variance']}; solver turns on seed programs {a['seed_program_fraction']}; "
+                     f"held-out programs trained on {a['heldout_programs_trained_on']}; gained in every seed "
+                     f"{a['gained_in_every_seed']}")
+    for c in summary["comparisons"]:
+        lines.append(f"{c['name']}: {c['a']:.3f} vs {c['b']:.3f} = {c['diff']:+.3f} ± {c['paired_se']:.3f} "
+                     f"({c['in_se']:+.2f} paired SE)")
+    for c in summary["per_seed"]:
+        lines.append(f"  seed {c['seed']}: {c['name']} {c['diff']:+.3f} ± {c['paired_se']:.3f} ({c['in_se']:+.2f} SE)")
+    return lines
+
+
+def plot_suite(suite: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Path]:
+    """`learning_curves.png` (held-out accuracy vs iteration, ± 1 SE, one line per seed, a
+    panel per trained arm, the untrained greedy and best-of-k levels as dashed lines) and
+    `learning_gains.png` (each comparison's paired difference ± 1 SE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    base = suite["base"]
+    if base is None:
+        return written
+    arms = [a for a in ARMS if suite["arms"].get(a)]
+    fig, axes = plt.subplots(1, max(1, len(arms)), figsize=(5.5 * max(1, len(arms)), 4), sharey=True, squeeze=False)
+    g0, g0_se = _mean_se(base["greedy"]["correct"])
+    for ax, arm in zip(axes[0], arms):
+        for seed, run in sorted(suite["arms"][arm].items()):
+            pts = [(0, g0, g0_se)] + [(p["iteration"] + 1, *_mean_se(p["correct"])) for p in run["curve"]]
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"seed {seed}")
+        ax.axhline(g0, color="grey", linestyle="--", linewidth=1, label="untrained, greedy")
+        ax.axhline(summary["base"]["pass_at_k"], color="black", linestyle=":", linewidth=1,
+                   label=f"untrained, best of {base['k']} samples")
+        ax.set_title(f"{arm} (n={summary['n_problems']} held-out)")
+        ax.set_xlabel("training iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("held-out accuracy (greedy, ± 1 SE)")
+    fig.tight_layout()
+    written.append(out / "learning_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    comps = summary["comparisons"]
+    if comps:
+        fig, ax = plt.subplots(figsize=(8, 0.55 * len(comps) + 1.2))
+        ys = list(range(len(comps)))[::-1]
+        ax.errorbar([c["diff"] for c in comps], ys, xerr=[c["paired_se"] for c in comps], fmt="o", capsize=4)
+        ax.axvline(0, color="grey", linewidth=1)
+        ax.set_yticks(ys, [c["name"] for c in comps], fontsize=8)
+        ax.set_xlabel("held-out accuracy difference (paired over problems, ± 1 SE)")
+        fig.tight_layout()
+        written.append(out / "learning_gains.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def write_report(out: Path, seeds: list[int], ids: list[str]) -> dict[str, Any]:
+    suite = load_suite(out, seeds)
+    summary = summarize(suite, ids)
+    lines = report_lines(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.txt").write_text("\n".join(lines) + "\n")
+    figures = plot_suite(suite, summary, out)
+    print("\n".join(lines), flush=True)
+    print("figures: " + ", ".join(str(f) for f in figures), flush=True)
+    return summary
+
+
+def run_suite(args: argparse.Namespace, passthrough: list[str]) -> None:
+    """Run every pending job as its own process (sequentially), then the report. A job that
+    fails stops the suite non-zero; finished jobs keep their results, so a re-run resumes."""
+    import subprocess
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    env = {**os.environ, "AGENTPLAY_TORCH_THREADS": os.environ.get("AGENTPLAY_TORCH_THREADS", "1"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    ids = [p["id"] for p in load_heldout()]
+    for arm, seed in pending_jobs(out, seeds):
+        d = job_dir(out, arm, seed)
+        if d.exists():  # an unfinished job's leftovers (its store could not be trusted half-written)
+            import shutil
+
+            shutil.rmtree(d)
+        cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed or 0), "--output-dir", str(d), *passthrough]
+        print(f"== {arm}{'' if seed is None else f' seed {seed}'}: {' '.join(cmd[2:])}", flush=True)
+        t0 = time.perf_counter()
+        with open(out / f"{d.name}.log", "w") as log:
+            rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if rc != 0:
+            sys.exit(f"{arm} seed {seed} failed (exit {rc}); see {out / (d.name + '.log')}; finished jobs are kept, "
+                     "re-run the same command to resume")
+        print(f"   done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        write_report(out, seeds, ids)
+    write_report(out, seeds, ids)
+
+
+async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
+    """One job of the suite: `base` evaluates the untrained model (greedy, and k sampled answers
+    per problem for best-of-k); a trained arm runs `--iterations` of training, evaluating
+    greedily every `--eval-every`. Writes `result.json` only when done."""
+    from agentplay.sandbox import open_sandbox
+
+    from agentplay.models import ModelConfig, load_model
+
+    problems = load_heldout()
+    options = json.loads(args.recipe_options)
+    task_type = options.setdefault("task_types", ["deduction"])[0]
+    out = Path(args.output_dir)
+    served = load_model(ModelConfig(backend="local", name=args.model, max_batch_size=64))
+    sandbox = open_sandbox("auto")
+
+    async def greedy() -> dict[str, Any]:
+        return await evaluate(served, problems, task_type, max_tokens=args.eval_max_tokens, sandbox=sandbox)
+
+    try:
+        if args.arm == "base":
+            t0 = time.perf_counter()
+            g = await greedy()
+            eval_s = time.perf_counter() - t0
+            sampled = await evaluate(served, problems, task_type, max_tokens=args.eval_max_tokens, sandbox=sandbox,
+                                     samples=args.best_of, temperature=options.get("temperature", 0.7))
+            result = {"arm": "base", "greedy": g, "sampled": sampled, "k": args.best_of,
+                      "pass_at_k": [float(c > 0) for c in sampled["correct"]], "greedy_eval_s": eval_s,
+                      "sampled_eval_s": time.perf_counter() - t0 - eval_s, "ids": [p["id"] for p in problems]}
+            print(f"untrained greedy: {_line(g)} ({eval_s:.0f}s); best-of-{args.best_of}: "
+                  f"{sum(result['pass_at_k']) / len(problems):.3f}", flush=True)
+        else:
+            result = await _train_arm(args, served, sandbox, problems, options, greedy)
+    finally:
+        await served.aclose()
+        await sandbox.aclose()
+    result["model"] = args.model
+    result["load_avg_at_end"] = os.getloadavg()
+    (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+async def _train_arm(args: argparse.Namespace, served: Any, sandbox: Any, problems: list[dict[str, Any]],
+                     options: dict[str, Any], greedy: Any) -> dict[str, Any]:
+    from agentplay.graphs.code_selfplay import TaskBuffer, build
+    from agentplay.trainers import SelfPlayTrainer, TrainConfig
+
+    out = Path(args.output_dir)
+    if args.arm == "seeds-only":
+        options = {**options, "propose": False}
+    cfg = TrainConfig(recipe="code-selfplay", iterations=args.iterations, episodes_per_iteration=args.episodes,
+                      concurrency=args.episodes, store=out / "traces.db", output_dir=out, run_name="learning",
+                      lora=args.lora, learning_rate=args.lr, loss_type=args.loss_type, beta=args.beta,
+                      role_weights=args.role_weights, micro_batch_size=16, max_completion_length=256,
+                      time_budget_s=args.budget_min * 60, recipe_options=options, seed=args.seed,
+                      temperature=options.get("temperature", 1.0))
+    recipe = build(model=f"local:{args.model}", buffer=TaskBuffer(seeds=TRAIN_SEEDS), sandbox=sandbox, **options)
+    trainer = SelfPlayTrainer(cfg, served=served, recipe=recipe)
+    curve: list[dict[str, Any]] = []
+    history: list[dict[str, float]] = []
+
+    async def on_iteration(it: int, m: dict[str, float]) -> None:
+        history.append({"iteration": it, **m})
+        print(f"it {it}: solver={m.get('reward/solver', float('nan')):.3f} solve={m.get('episode/solve_rate', float('nan')):.2f}"
+              f" valid={m.get('episode/valid_proposal', float('nan')):.2f} dropped={m['dropped_group_fraction']:.2f}"
+              f" samples={int(m['samples'])} rollout={m['time/rollout_s']:.0f}s train={m['time/train_s']:.0f}s", flush=True)
+        if (it + 1) % args.eval_every == 0:
+            t0 = time.perf_counter()
+            e = await greedy()
+            curve.append({"iteration": it, "accuracy": e["accuracy"], "correct": e["correct"]})
+            (out / "curve.json").write_text(json.dumps(curve))
+            print(f"  held-out after it {it}: {_line(e)} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    trainer.on_iteration = on_iteration
+    t1 = time.perf_counter()
+    summary = await trainer.run()
+    train_s = time.perf_counter() - t1
+    if not curve or curve[-1]["iteration"] != summary.last_iteration:  # the time budget cut it short
+        e = await greedy()
+        curve.append({"iteration": summary.last_iteration, "accuracy": e["accuracy"], "correct": e["correct"]})
+    sources = solver_task_sources(out / "traces.db", [s["program"] for s in TRAIN_SEEDS])
+    dropped = [h["dropped_group_fraction"] for h in history]
+
+    def mean_of(key: str) -> float | None:
+        vals = [h[key] for h in history if key in h and not math.isnan(h[key])]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"arm": args.arm, "seed": args.seed, "iterations": summary.last_iteration + 1, "train_wall_s": train_s,
+            "curve": curve, "final": {"correct": curve[-1]["correct"], "accuracy": curve[-1]["accuracy"]},
+            "history": history, "contamination": contamination(out / "traces.db", problems),
+            "task_sources": sources,
+            "seed_program_fraction": sources["solver_turns_on_seed_programs"] / max(sources["solver_turns"], 1),
+            "valid_proposal": mean_of("episode/valid_proposal") if args.arm == "selfplay" else None,
+            "groups_with_variance": (sources["solver_groups_with_variance"] / sources["solver_groups"]
+                                     if sources["solver_groups"] else None),
+            "all_roles_groups_kept": 1 - sum(dropped) / len(dropped) if dropped else None,
+            "config": cfg.model_dump(mode="json")}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from agentplay.sandbox import open_sandbox
     from agentplay.trainers import SelfPlayTrainer, TrainConfig
 
     from agentplay.models import ModelConfig, load_model
 
-    problems = load_heldout()[:: max(1, 80 // args.heldout_limit)][: args.heldout_limit]
+    problems = load_heldout()
+    problems = problems[:: max(1, len(problems) // args.heldout_limit)][: args.heldout_limit]
     options = json.loads(args.recipe_options)
     task_type = options.setdefault("task_types", ["abduction"])[0]
     # 64 rows per batch: 1.8x the tokens/s of the default 16 on this 2-core box
-    served = load_model(ModelConfig(backend="local", name="smollm2-135m-instruct", max_batch_size=64))
+    served = load_model(ModelConfig(backend="local", name=args.model, max_batch_size=64))
     sandbox = open_sandbox("auto")
     out = Path(args.output_dir)
 
@@ -397,7 +771,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         from agentplay.graphs.code_selfplay import TaskBuffer, build
 
         seeds = TRAIN_SEEDS if args.buffer == "easy" else family_seeds()
-        recipe = build(model="local:smollm2-135m-instruct", buffer=TaskBuffer(seeds=seeds), sandbox=sandbox,
+        recipe = build(model=f"local:{args.model}", buffer=TaskBuffer(seeds=seeds), sandbox=sandbox,
                        **options)
     trainer = SelfPlayTrainer(cfg, served=served, recipe=recipe)
     history: list[dict[str, float]] = []
@@ -461,14 +835,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _job_args(args: argparse.Namespace) -> list[str]:
+    """The options every job of a suite shares (the suite adds --arm, --seed, --output-dir)."""
+    return ["--model", args.model, "--iterations", str(args.iterations), "--eval-every", str(args.eval_every),
+            "--episodes", str(args.episodes), "--best-of", str(args.best_of), "--budget-min", str(args.budget_min),
+            "--eval-max-tokens", str(args.eval_max_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
+            "--loss-type", args.loss_type, "--role-weights", json.dumps(args.role_weights),
+            "--recipe-options", args.recipe_options, "--lora" if args.lora else "--no-lora"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write-heldout", action="store_true", help="regenerate bench/heldout_code.jsonl and exit")
+    ap.add_argument("--write-heldout", action="store_true", help="regenerate the held-out files and exit")
+    ap.add_argument("--suite", action="store_true",
+                    help="the skeptic's bench: untrained best-of-k, then selfplay and seeds-only per --seeds, "
+                         "each job its own process, resumable; report, summary.json and PNGs in --output-dir")
+    ap.add_argument("--report", action="store_true", help="only (re)write the suite's report and figures")
+    ap.add_argument("--arm", choices=["base", *ARMS], help="one suite job (the suite runs these itself)")
+    ap.add_argument("--seeds", default="0,1,2", help="suite seeds, comma-separated")
+    ap.add_argument("--iterations", type=int, default=6, help="suite: training iterations per trained job")
+    ap.add_argument("--best-of", type=int, default=0,
+                    help="suite: untrained samples per problem (0: as many as a trained job's evaluations, "
+                         "iterations / eval-every)")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="local model name (served and trained)")
     ap.add_argument("--budget-min", type=float, default=30.0, help="self-play + training wall-clock budget")
     ap.add_argument("--max-iterations", type=int, default=1000)
     ap.add_argument("--episodes", type=int, default=4, help="episodes per iteration")
     ap.add_argument("--eval-every", type=int, default=3, help="held-out evaluation every N iterations (0: off)")
-    ap.add_argument("--heldout-limit", type=int, default=80, help="evaluate on an evenly spaced subset")
+    ap.add_argument("--heldout-limit", type=int, default=200, help="evaluate on an evenly spaced subset")
     ap.add_argument("--eval-max-tokens", type=int, default=64)
     ap.add_argument("--eval-samples", type=int, default=1, help="answers sampled per held-out problem")
     ap.add_argument("--eval-temperature", type=float, default=0.0, help="0: greedy (then use --eval-samples 1); above 0, greedy is reported beside")
@@ -492,7 +886,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.write_heldout:
         rows = write_heldout()
-        print(f"wrote {len(rows)} problems to {HELDOUT}")
+        print(f"wrote {len(rows)} problems to {HELDOUT} and {HELDOUT_EXTRA}")
+        return
+    if args.best_of <= 0:
+        args.best_of = max(1, args.iterations // max(args.eval_every, 1))
+    if args.report:
+        write_report(Path(args.output_dir), [int(s) for s in args.seeds.split(",")], [p["id"] for p in load_heldout()])
+        return
+    if args.suite:
+        run_suite(args, _job_args(args))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -502,7 +904,7 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         sys.exit(f"--output-dir {out} is not empty; choose a fresh one")
     out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(args))
+    asyncio.run(run_arm(args) if args.arm else run(args))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,10 @@ class CodeSelfPlayConfig(BaseModel):
     """Task types drawn (uniformly, by episode seed) for each episode."""
     n_proposals: int = Field(2, ge=1, le=64)
     """Programs the proposer samples per episode: its GRPO group and repetition-penalty batch."""
+    propose: bool = True
+    """False turns the proposer off: no proposals, so the solvers practise only on buffered
+    and replayed seed tasks (`fill_from_buffer`, `replay_tasks`). The no-self-play ablation
+    that tells what the proposer's programs add over training on the seeds alone."""
     n_solvers: int = Field(4, ge=1, le=64)
     """Solver samples per task: the solver's GRPO group and the solve-rate estimate."""
     induction_inputs: int = Field(3, ge=2, le=10)
@@ -477,6 +481,8 @@ def build(
                 "tasks": [], "solver_task": {}, "answers": {}, "verdicts": {}}
 
     async def propose(state: CodeState) -> dict[str, Any]:
+        if not cfg.propose:
+            return {"proposals": []}
         t = state["task_type"]
         if code_tool is not None:
             code_tool.sandbox = get_sandbox()

@@ -119,3 +119,19 @@ async def test_replayed_seed_tasks_are_solved_beside_the_proposals(sandbox):
                                proposer_tools=False, task_types=["deduction"], fill_from_buffer=False)
     ep = await run_episode(bare.compile(), index=0, seed=5)
     assert ep.metrics["replayed"] == 0.0 and not [t for t in ep.turns if t.role == "solver"]
+
+
+async def test_without_the_proposer_the_solvers_practise_on_seed_tasks_only(sandbox):
+    """`propose=False` (the learning bench's no-self-play ablation): no proposer turn, so
+    nothing new enters the buffer; the solvers get a buffered seed task plus the replays."""
+    seeds = [{"program": "def f(xs):\n    return xs[0]", "inputs": ["[6, 2, 5]"]},
+             {"program": "def f(s):\n    return s * 2", "inputs": ["'ab'"]}]
+    buffer = code_selfplay.TaskBuffer(seeds=seeds)
+    recipe = code_selfplay.build(sandbox=sandbox, buffer=buffer, propose=False, n_solvers=2, solver_max_tokens=1,
+                                 proposer_tools=False, task_types=["deduction"], replay_tasks=1)
+    ep = await run_episode(recipe.compile(), index=0, seed=5)
+    assert ep.status == "ok", ep.error
+    assert not [t for t in ep.turns if t.role == "proposer"] and len(buffer) == 2
+    assert ep.metrics["tasks"] == 2.0 and ep.metrics["from_buffer"] == 1.0 and ep.metrics["replayed"] == 1.0
+    solvers = [t for t in ep.turns if t.role == "solver"]
+    assert len(solvers) == 4 and all(any(s["program"] in t.messages[-2]["content"] for s in seeds) for t in solvers)

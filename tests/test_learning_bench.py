@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -22,9 +23,79 @@ def learning():
 
 
 def test_committed_heldout_set_is_what_the_generator_writes(learning, tmp_path):
-    rows = learning.write_heldout(tmp_path / "heldout.jsonl")
-    assert (tmp_path / "heldout.jsonl").read_bytes() == learning.HELDOUT.read_bytes()
-    assert len(rows) == 80 and len({r["id"] for r in rows}) == 80
+    rows = learning.write_heldout(tmp_path)
+    assert (tmp_path / learning.HELDOUT.name).read_bytes() == learning.HELDOUT.read_bytes()
+    assert (tmp_path / learning.HELDOUT_EXTRA.name).read_bytes() == learning.HELDOUT_EXTRA.read_bytes()
+    assert rows == learning.load_heldout() and len(rows) == 200
+    assert len({r["id"] for r in rows}) == 200 and len({(r["program"], r["input"]) for r in rows}) == 200
+    # no held-out program is one the bench's solver trains on from its seeds
+    assert not {r["program"] for r in rows} & {s["program"] for s in learning.TRAIN_SEEDS}
+
+
+def _suite(learning):
+    """A fixed 4-problem suite: untrained greedy solves p0; best-of-2 solves p0, p1; selfplay
+    (2 seeds) and seeds-only (1 seed) final scores below."""
+    def run(final, curve_first):
+        return {"final": {"correct": final}, "curve": [{"iteration": 1, "correct": curve_first},
+                                                        {"iteration": 3, "correct": final}],
+                "iterations": 4, "train_wall_s": 120.0, "valid_proposal": 0.5, "groups_with_variance": 0.4,
+                "seed_program_fraction": 0.6, "contamination": {"heldout_programs_trained_on": 0}}
+
+    base = {"greedy": {"correct": [1, 0, 0, 0]}, "sampled": {"correct": [1.0, 0.5, 0.0, 0.0]},
+            "pass_at_k": [1, 1, 0, 0], "k": 2}
+    return {"base": base, "arms": {
+        "selfplay": {0: run([1, 1, 1, 0], [1, 0, 0, 1]), 1: run([1, 1, 0, 0], [1, 0, 0, 0])},
+        "seeds-only": {0: run([0, 1, 0, 0], [1, 0, 0, 0])}}}
+
+
+def test_suite_summary_pairs_seed_averaged_scores_over_problems(learning):
+    s = learning.summarize(_suite(learning), ["p0", "p1", "p2", "p3"])
+    sp = s["arms"]["selfplay"]
+    assert sp["accuracy_per_seed"] == [0.75, 0.5] and sp["accuracy"] == 0.625
+    assert sp["gained_per_seed"] == [2, 1] and sp["lost_per_seed"] == [0, 0] and sp["gained_in_every_seed"] == ["p1"]
+    assert sp["seed_sd"] == pytest.approx(math.sqrt(0.03125))
+    comps = {c["name"]: c for c in s["comparisons"]}
+    # selfplay per problem (seed mean) [1, 1, .5, 0] minus seeds-only [0, 1, 0, 0]: differences [1, 0, .5, 0]
+    head = comps["selfplay - seeds-only"]
+    assert s["comparisons"][0] is head and head["diff"] == pytest.approx(0.375)
+    d = [1, 0, 0.5, 0]
+    var = sum((x - 0.375) ** 2 for x in d) / 3
+    assert head["paired_se"] == pytest.approx(math.sqrt(var / 4)) and head["in_se"] == pytest.approx(0.375 / math.sqrt(var / 4))
+    # against the untrained model's best of k=2 samples [1, 1, 0, 0]: differences [0, 0, .5, 0]
+    assert comps["selfplay - untrained best-of-2"]["diff"] == pytest.approx(0.125)
+    # solved at either evaluation: [1, 1, .5, .5] (seed 0 solved p3 at iteration 1 only)
+    assert comps["selfplay solved at any of its evaluations - untrained best-of-2"]["diff"] == pytest.approx(0.25)
+    assert comps["seeds-only - untrained (greedy)"]["diff"] == 0
+    assert [c["seed"] for c in s["per_seed"]] == [0] and s["per_seed"][0]["diff"] == 0.5
+    lines = learning.report_lines(s)
+    assert any(line.startswith("selfplay - seeds-only: 0.625 vs 0.250 = +0.375") for line in lines)
+
+
+def test_suite_summary_of_a_cut_off_run_has_what_finished(learning):
+    suite = _suite(learning)
+    suite["arms"]["seeds-only"] = {}
+    s = learning.summarize(suite, ["p0", "p1", "p2", "p3"])
+    assert list(s["arms"]) == ["selfplay"] and s["per_seed"] == []
+    assert [c["name"] for c in s["comparisons"]][0] == "selfplay - untrained best-of-2"
+    assert learning.summarize({"base": None, "arms": {}}, ["p0"])["comparisons"] == []
+
+
+def test_suite_resumes_at_the_first_unfinished_job_and_plots(learning, tmp_path):
+    jobs = learning.suite_jobs([0, 1])
+    assert jobs == [("base", None), ("selfplay", 0), ("seeds-only", 0), ("selfplay", 1), ("seeds-only", 1)]
+    suite = _suite(learning)
+    for arm, seed in jobs[:3]:
+        d = learning.job_dir(tmp_path, arm, seed)
+        d.mkdir()
+        (d / "result.json").write_text(json.dumps(suite["base"] if seed is None else suite["arms"][arm][seed]))
+    learning.job_dir(tmp_path, "selfplay", 1).mkdir()  # started, never finished: no result.json
+    assert learning.pending_jobs(tmp_path, [0, 1]) == jobs[3:]
+    summary = learning.write_report(tmp_path, [0, 1], ["p0", "p1", "p2", "p3"])
+    assert summary["arms"]["selfplay"]["seeds"] == [0]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert "selfplay - seeds-only" in (tmp_path / "report.txt").read_text()
+    for name in ("learning_curves.png", "learning_gains.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_paired_difference_and_its_standard_error(learning):
