@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-all bench install sandbox-setup sandbox-image clean
+.PHONY: demo test test-fast test-all typecheck bench install sandbox-setup sandbox-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ FAST_TESTS := tests/test_advantages.py tests/test_estimators.py tests/test_expor
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(FAST_TESTS)
+
+# mypy over the package as installed (graphs/, tools/, sandbox/, trainers/ seen as agentplay.*):
+# .ci/typecheck.py builds that layout as symlinks under build/typecheck/. Config: pyproject [tool.mypy].
+typecheck: $(STAMP)
+	$(BIN)/python .ci/typecheck.py
 
 test-all: $(STAMP) sandbox-setup
 	$(BIN)/python -m pytest -q -m ''
