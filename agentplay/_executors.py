@@ -13,7 +13,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +90,11 @@ class Executor(ABC):
     """Turns episode specs into finished Episodes, yielded as each one finishes (any order)."""
 
     @abstractmethod
-    def run(self, specs: list[EpisodeSpec]) -> AsyncIterator[Episode]:
-        """Yield one Episode per spec, each index once, whatever failed along the way."""
+    def run(self, specs: list[EpisodeSpec]) -> AsyncGenerator[Episode, None]:
+        """Yield one Episode per spec, each index once, whatever failed along the way.
+
+        An async generator (`async def` with `yield`): run_recipe closes it (`aclose`) when
+        the run stops early, so it must release what it started then."""
 
     async def aclose(self) -> None:
         """Release workers and clusters this executor started."""
@@ -106,7 +109,7 @@ class LocalExecutor(Executor):
         self.compiled = compiled
         self.concurrency = concurrency
 
-    async def run(self, specs: list[EpisodeSpec]) -> AsyncIterator[Episode]:
+    async def run(self, specs: list[EpisodeSpec]) -> AsyncGenerator[Episode, None]:
         todo = deque(specs)
         out: asyncio.Queue[Episode | BaseException] = asyncio.Queue()
 
@@ -281,7 +284,9 @@ class RayExecutor(Executor):
         actor = ray.remote(RolloutWorker).options(
             num_cpus=self.config.worker_cpus, max_concurrency=self.config.per_worker + 4, max_restarts=0,
         ).remote(self.ref, name)
-        worker = _Worker(name=name, actor=actor, ready=asyncio.wrap_future(actor.setup.remote().future()))
+        # ignore: ray types an actor's methods as the class's own; at run time they are ActorMethods
+        setup = actor.setup.remote()  # type: ignore[attr-defined]
+        worker = _Worker(name=name, actor=actor, ready=asyncio.wrap_future(setup.future()))
         self._workers.append(worker)
         return worker
 
@@ -302,7 +307,7 @@ class RayExecutor(Executor):
         if self._spawned - self.config.workers < self.config.max_worker_restarts:
             self._spawn()
 
-    async def run(self, specs: list[EpisodeSpec]) -> AsyncIterator[Episode]:
+    async def run(self, specs: list[EpisodeSpec]) -> AsyncGenerator[Episode, None]:
         await self.start()
         served_name = getattr(self.follow, "request_model", None) if self.follow is not None else None
         # the adapters and their version too: a worker's own pool replays them to a restarted server

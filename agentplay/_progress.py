@@ -21,6 +21,8 @@ from agentplay._health import ErrorTally
 from agentplay.traces import Episode
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from agentplay.runner import RunSummary
 
 
@@ -94,8 +96,13 @@ class RunProgress:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.__exit__(exc_type, exc, tb)
 
     def update(self, stats: RunStats) -> None:
         self._progress.update(self._task, advance=1, figures=stats.line())

@@ -231,8 +231,8 @@ class Recipe(BaseModel):
             if not isinstance(rule, GroupBy):
                 problems.append(f"groups: {role!r} must be a GroupBy (GroupBy.episode(), .seed(k), .key(fn))")
         for role in self.whole_group_rewards:
-            rule = self.groups.get(role)
-            if rule is None or (isinstance(rule, GroupBy) and rule.kind == "key"):
+            group = self.groups.get(role)
+            if group is None or (isinstance(group, GroupBy) and group.kind == "key"):
                 problems.append(f"whole_group_rewards: role {role!r} needs a group that closes: GroupBy.episode() or "
                                 f"GroupBy.seed(k) (a GroupBy.key group can gain members from any later episode)")
         for field, values, kind in (("advantages", self.advantages, Advantage), ("filters", self.filters, SampleFilter)):

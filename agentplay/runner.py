@@ -124,11 +124,11 @@ async def run_recipe(
     elsewhere (e.g. a `RayExecutor`); default: this event loop.
     """
     compiled = recipe.compile() if isinstance(recipe, Recipe) else recipe
-    own_store = store is None and config.store is not None
-    if own_store:
+    own_store = False
+    if store is None and config.store is not None:
         from agentplay.traces import TraceStore
 
-        store = TraceStore(config.store)
+        store, own_store = TraceStore(config.store), True
     try:
         run_id, stored = _open_run(store, compiled, config)
         todo = [i for i in range(config.episodes) if i not in stored]
@@ -201,7 +201,7 @@ async def run_recipe(
             progress.print_summary(summary)
         return summary
     finally:
-        if own_store and hasattr(store, "close"):
+        if own_store and store is not None:
             store.close()
 
 

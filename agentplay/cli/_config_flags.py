@@ -116,7 +116,9 @@ def _option(name: str, field: FieldInfo) -> tuple[inspect.Parameter, Callable[[A
         decl: tuple[str, ...] = (f"{flag}/--no-{flag[2:]}",)
     elif origin is Literal:
         # an Enum is the choice type every typer version reads; the command gets the value back
-        choices = enum.Enum(f"{name}_choices", {str(v): str(v) for v in typing.get_args(inner)}, type=str)
+        values = {str(v): str(v) for v in typing.get_args(inner)}
+        # ignore: mypy reads only Enum("Name", ...) with literal members; these are the Literal's, at run time
+        choices = enum.Enum(f"{name}_choices", values, type=str)  # type: ignore[misc]
         annotation = choices | None
         decl = (flag,)
         convert = _enum_value
@@ -174,8 +176,8 @@ def config_flags(model: type[BaseModel], *, into: str, exclude: Iterable[str] = 
                 converters[name] = convert
         names = [p.name for p in generated]
         defaults = {n: _default_of(model.model_fields[n]) for n in names
-                    if isinstance(model.model_fields[n].json_schema_extra, dict)
-                    and CLI_DEFAULT in model.model_fields[n].json_schema_extra}
+                    if isinstance(extra := model.model_fields[n].json_schema_extra, dict)
+                    and CLI_DEFAULT in extra}
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:

@@ -76,7 +76,7 @@ def search_cmd(
     """Query an index and print the ranked hits."""
     idx = _open(index)
     try:
-        hits = idx.search(query, k=k, mode=_check_mode(mode))  # type: ignore[arg-type]
+        hits = idx.search(query, k=k, mode=_check_mode(mode))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="QUERY") from None
     table = Table("rank", "id", "score", "text")

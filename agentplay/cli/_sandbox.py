@@ -28,10 +28,11 @@ def build(
 ) -> None:
     """Build the sandbox image; picks the Dockerfile route when a registry answers, else offline."""
     from agentplay.sandbox import SandboxError, build_image
+    from agentplay.sandbox._image import Mode
 
     if offline and dockerfile:
         raise typer.BadParameter("choose one of --offline and --dockerfile")
-    mode = "offline" if offline else "dockerfile" if dockerfile else "auto"
+    mode: Mode = "offline" if offline else "dockerfile" if dockerfile else "auto"
     try:
         summary = build_image(
             image, mode, force=force, say=lambda m: _console.print(f"[dim]{m}[/dim]")

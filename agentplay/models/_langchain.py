@@ -54,7 +54,7 @@ def to_engine_messages(messages: Sequence[BaseMessage]) -> list[Message]:
     """LangChain messages -> the engine's OpenAI-shaped dicts, raw assistant text restored."""
     out: list[Message] = []
     for message in messages:
-        msg: Message = convert_to_openai_messages(message, text_format="string")  # type: ignore[assignment]
+        msg: Message = convert_to_openai_messages(message, text_format="string")
         if isinstance(message, AIMessage):
             raw = message.additional_kwargs.get(RAW_TEXT_KEY)
             if isinstance(raw, str):
@@ -111,7 +111,7 @@ def _ai_message(result: ChatResult, choice: Choice) -> AIMessage:
         ],
         additional_kwargs={RAW_TEXT_KEY: choice.text},
         response_metadata=_metadata(result, choice),
-        usage_metadata=_usage(result),  # type: ignore[arg-type]
+        usage_metadata=_usage(result),
     )
 
 
@@ -125,7 +125,7 @@ def _final_chunk(result: ChatResult, choice: Choice, *, streamed_content: bool) 
         ],
         additional_kwargs={RAW_TEXT_KEY: choice.text},
         response_metadata=_metadata(result, choice),
-        usage_metadata=_usage(result),  # type: ignore[arg-type]
+        usage_metadata=_usage(result),
         chunk_position="last",
     )
 

@@ -57,7 +57,9 @@ class LocalModel(ChatModel, UpdatableModel):
                 f"name: cannot load a Hugging Face model from {folder!r} for {config.spec!r}"
                 f" (a folder with config.json and weights, or a repo id already in the hub cache): {exc}"
             ) from exc
-        model.to(device).eval()
+        # ignore: transformers wraps PreTrainedModel.to with functools.wraps, and typeshed's
+        # _Wrapped drops the bound self, so mypy takes `device` for the model
+        model.to(device).eval()  # type: ignore[arg-type]
         continuous = config.scheduler == "continuous" and supports_continuous_batching(model)
         self._engine = (ContinuousEngine if continuous else Engine)(
             model,
@@ -133,7 +135,12 @@ class LocalModel(ChatModel, UpdatableModel):
     ) -> Choice:
         ids = row.tokens
         ended_on_eos = bool(ids) and ids[-1] in self._engine.eos_ids
-        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=False)
+
+        def decode(t: list[int]) -> str:
+            text = self.tokenizer.decode(t, skip_special_tokens=False)
+            assert isinstance(text, str), "one sequence of ids decodes to one string"
+            return text
+
         text = decode(ids[:-1] if ended_on_eos else ids)
         # The next turn re-renders this completion (plus the template's end-of-turn
         # marker); remember its exact ids so that prompt reuses them.

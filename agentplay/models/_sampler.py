@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -69,7 +69,7 @@ class RowSampler(LogitsProcessor):
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self._sample(scores)
+        return cast(torch.FloatTensor, self._sample(scores))  # HF's signature: a float tensor
 
     def stopping_criteria(self) -> RowStop:
         """The criterion that ends each row when this sampler says it is done."""
@@ -136,7 +136,8 @@ class RowStop(StoppingCriteria):
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        return torch.tensor([r.finish is not None for r in self.rows], device=input_ids.device)
+        done = torch.tensor([r.finish is not None for r in self.rows], device=input_ids.device)
+        return cast(torch.BoolTensor, done)  # HF's signature: a bool tensor
 
 
 def _top_p_mask(logits: torch.Tensor, top_p: list[float]) -> torch.Tensor:

@@ -38,7 +38,7 @@ _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 def template_supports_tools(chat_template: str | None) -> bool:
     """Whether the tokenizer's own template renders a `tools` argument (Qwen, Llama 3, ...)."""
-    return bool(chat_template) and "tools" in chat_template
+    return chat_template is not None and "tools" in chat_template
 
 
 def tool_call_markup(name: str, arguments: Any) -> str:

@@ -57,8 +57,8 @@ def _plot(chart: Chart, x_label: str, path: Path) -> None:
                 bottom = [b + y for b, y in zip(bottom, ys)]
         else:
             for i, s in enumerate(series):
-                xs, ys = zip(*s.points)
-                ax.plot(xs, ys, marker="o", markersize=3, label=s.name, color=_COLORS[i % len(_COLORS)])
+                line_x, line_y = zip(*s.points)
+                ax.plot(line_x, line_y, marker="o", markersize=3, label=s.name, color=_COLORS[i % len(_COLORS)])
         ax.set_title(chart.title, fontsize=10)
         ax.set_xlabel(x_label, fontsize=9)
         ax.set_ylabel(chart.y_label, fontsize=9)

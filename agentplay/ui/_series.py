@@ -19,6 +19,7 @@ import math
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -200,7 +201,7 @@ _CHARTS: list[tuple[str, str, str, bool]] = [
 ]
 
 
-def _metric_figures(rows: list[tuple[int, str, float]], headline: list[str]) -> dict[int, dict[str, dict[str, float]]]:
+def _metric_figures(rows: Sequence[tuple[int, str, float]], headline: list[str]) -> dict[int, dict[str, dict[str, float]]]:
     """iteration -> chart key -> series -> value, from logged trainer metrics."""
     logged_as = {f"{prefix}/{name}": name for name in headline for prefix in ("headline", "episode")}
     out: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
@@ -224,8 +225,12 @@ def _metric_figures(rows: list[tuple[int, str, float]], headline: list[str]) -> 
 
 def _charts(points: dict[float, dict[str, dict[str, float]]], headline: list[str]) -> list[Chart]:
     charts = []
-    specs = [spec for key, *rest in _CHARTS
-             for spec in ([(headline_key(n), n, "", False) for n in headline] if key == "headline" else [(key, *rest)])]
+    specs: list[tuple[str, str, str, bool]] = []
+    for spec in _CHARTS:
+        if spec[0] == "headline":
+            specs += [(headline_key(n), n, "", False) for n in headline]
+        else:
+            specs.append(spec)
     for key, title, y_label, stacked in specs:
         series: dict[str, Series] = {}
         for x in sorted(points):
