@@ -248,7 +248,10 @@ def probe_arguments(arguments: str, limit: int = 8) -> list[str]:
     """Argument lists one small edit away from `arguments` (one argument changed at a
     time), to ask whether f's output depends on its input at all."""
     try:
-        args = [ast.literal_eval(a) for a in ast.parse(f"f({arguments})", mode="eval").body.args]
+        call = ast.parse(f"f({arguments})", mode="eval").body
+        if not isinstance(call, ast.Call):  # "1), g(2" parses as a tuple of two calls
+            return []
+        args = [ast.literal_eval(a) for a in call.args]
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return []
     probes = []
@@ -279,7 +282,8 @@ async def build_task(
     # output follows set or dict order of strings would pass as deterministic. The probes
     # run on their own, so one that loops or crashes the run cannot reject the proposal.
     first, second, probed = await asyncio.gather(
-        *(execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True) for _ in range(2)),
+        execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True),
+        execute(sandbox, program, calls=inputs, limits=limits, max_repr=max_repr, fresh=True),
         execute(sandbox, program, calls=probes, limits=limits, max_repr=max_repr) if probes else asyncio.sleep(0),
     )
     for run in (first, second):

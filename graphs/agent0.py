@@ -371,7 +371,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, sandbox: Any = None, **options: An
         if code_tool.sandbox is None:
             code_tool.sandbox = open_sandbox(cfg.sandbox_backend)
         turns = await executor.run_n(n=cfg.n_executors, variables={"task": state["task"]})
-        attempts = [{"turn_id": t.turn_id, "answer": t.output if t.parse_error is None else None,
+        attempts: list[dict[str, Any]] = [{"turn_id": t.turn_id, "answer": t.output if t.parse_error is None else None,
                      "tool_calls": sum(c.name == code_tool.name and c.error is None for c in t.tool_calls)}
                     for t in turns]
         label, p = majority_vote([a["answer"] for a in attempts], key=answer_key)

@@ -30,7 +30,7 @@ import ast
 import asyncio
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, TypedDict
 
@@ -86,12 +86,16 @@ __all__ = [
 
 # -- config ------------------------------------------------------------------------------------
 
+def _every_task_type() -> list[TaskType]:
+    return ["deduction", "abduction", "induction"]
+
+
 class CodeSelfPlayConfig(BaseModel):
     """Options of `build()`; every one can be passed as a keyword."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task_types: list[TaskType] = Field(default_factory=lambda: ["deduction", "abduction", "induction"], min_length=1)
+    task_types: list[TaskType] = Field(default_factory=_every_task_type, min_length=1)
     """Task types drawn (uniformly, by episode seed) for each episode."""
     n_proposals: int = Field(2, ge=1, le=64)
     """Programs the proposer samples per episode: its GRPO group and repetition-penalty batch."""
@@ -469,7 +473,8 @@ def build(
         max_tool_turns=cfg.max_tool_turns,
     )
     solvers = {t: solver_role(t, model, cfg) for t in ("deduction", "abduction", "induction")}
-    checkers = {"deduction": check_deduction, "abduction": check_abduction, "induction": check_induction}
+    checkers: dict[str, Callable[..., Awaitable[Verdict]]] = {
+        "deduction": check_deduction, "abduction": check_abduction, "induction": check_induction}
 
     def n_inputs(task_type: str) -> int:
         return cfg.induction_inputs if task_type == "induction" else 1

@@ -313,9 +313,10 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, pool: QuestionPool | None = None, 
     answer_judge = Role(user_template=ANSWER_USER, **judge_args)
 
     def initial_state(ctx: EpisodeContext) -> PSJState:
-        pooled = []
+        pooled: list[dict[str, Any]] = []
         if len(pool) and ctx.rng.random() < cfg.pool_reuse_prob:
-            pooled = [pool.sample(ctx.rng)]
+            item = pool.sample(ctx.rng)  # not None: the pool is not empty
+            pooled = [item] if item is not None else []
         return {"seed": ctx.seed, "pooled": pooled, "questions": [], "solver_question": {}, "answers": {},
                 "quality": {}, "answer_scores": {}, "judge_kind": {}, "admitted": [], "episode_metadata": {}}
 

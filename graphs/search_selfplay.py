@@ -118,6 +118,13 @@ class SearchState(TypedDict, total=False):
     """One entry per solver attempt: turn_id, answer, score, reason."""
 
 
+class SolveTask(TypedDict):
+    """What `to_solvers` sends each solver (a `Send` payload): the question, which exists, and its answer."""
+
+    question: str
+    answer: str
+
+
 # -- prompts -----------------------------------------------------------------------------------
 
 PROPOSER_SYSTEM = load_prompt(__file__, "search_selfplay/proposer_system.jinja")
@@ -330,10 +337,10 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         return [Send("solve", {"question": state["question"], "answer": state["answer"]})
                 for _ in range(cfg.n_solvers)]
 
-    async def solve(task: dict[str, Any]) -> dict[str, Any]:
-        turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": task["question"]}])
+    async def solve(state: SolveTask) -> dict[str, Any]:
+        turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": state["question"]}])
         judge = checker_model if cfg.llm_judge else None
-        return {"attempts": [await grade_attempt(turn, task["question"], task["answer"], judge)]}
+        return {"attempts": [await grade_attempt(turn, state["question"], state["answer"], judge)]}
 
     graph = StateGraph(SearchState)
     graph.add_node("propose", propose)

@@ -57,7 +57,7 @@ def _doc(obj: object) -> str:
 def _public_members(mod: ModuleType) -> list[tuple[str, object]]:
     """Functions and classes the module means to export (its `__all__`, else those defined in it)."""
     names = getattr(mod, "__all__", None)
-    out = []
+    out: list[tuple[str, object]] = []
     for name in sorted(names if names is not None else vars(mod)):
         if name.startswith("_") or not hasattr(mod, name):
             continue
