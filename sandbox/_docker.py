@@ -15,7 +15,14 @@ import time
 import docker
 
 from ._container import ENV, LABEL, WIPE, Container, RunnerGone, owner_alive
-from ._models import Limits, SandboxConfig, SandboxError, SandboxResult, SandboxUnavailable
+from ._models import (
+    BackendName,
+    Limits,
+    SandboxConfig,
+    SandboxError,
+    SandboxResult,
+    SandboxUnavailable,
+)
 from ._wire import host_timeout, make_job, sandbox_error, to_result
 
 log = logging.getLogger(__name__)
@@ -73,7 +80,7 @@ def reap_stale(client: docker.DockerClient) -> int:
 
 
 class DockerBackend:
-    name = "docker"
+    name: BackendName = "docker"
 
     def __init__(self, config: SandboxConfig, client: docker.DockerClient):
         self.config, self.client = config, client

@@ -117,7 +117,7 @@ def _choose(config: SandboxConfig) -> tuple[_Backend, str]:
         from ._local import SubprocessBackend
 
         return SubprocessBackend(config), "asked for subprocess (unsafe)"
-    why = []
+    why: list[str] = []
     for name, make in (("docker", _docker), ("bwrap", _bwrap)):
         try:
             return make(config), f"auto: {name} works" + (f" ({'; '.join(why)})" if why else "")
