@@ -177,7 +177,7 @@ def compute_advantages(
                 stats.skipped_no_tokens += 1
             elif weights.get(turn.role, 1.0) == 0.0:
                 stats.skipped_zero_weight += 1
-            elif turn.role in (filters or {}) and not filters[turn.role].keeps(turn.reward.components):
+            elif filters is not None and turn.role in filters and not filters[turn.role].keeps(turn.reward.components):
                 stats.filtered[turn.role] = stats.filtered.get(turn.role, 0) + 1
             else:
                 groups[(turn.role, turn.group_id)].append((ep, turn, float(turn.reward.value)))

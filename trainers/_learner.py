@@ -156,7 +156,9 @@ class GRPOLearner:
         from ._trl_grpo import RowScoring
 
         t = self.trainer
-        t.model.train()
+        model, optimizer, scheduler = t.model, t.optimizer, t.lr_scheduler
+        assert model is not None and optimizer is not None and scheduler is not None, "set up in __init__"
+        model.train()
         mbs = make_micro_batches(
             samples,
             micro_batch_size=self.cfg.micro_batch_size,
@@ -172,7 +174,9 @@ class GRPOLearner:
         mbs = dp.shard(mbs, empty=_no_loss)  # data-parallel: this process's share of the batch
         accum = len(mbs)
         t.set_accumulation(accum)
-        scale = t.args.steps_per_generation / accum
+        steps_per_generation = t.args.steps_per_generation
+        assert steps_per_generation is not None, "GRPOConfig.__post_init__ fills it in"
+        scale = steps_per_generation / accum
         eps_high = self.cfg.epsilon_high if self.cfg.epsilon_high is not None else self.cfg.epsilon
         mismatch = MismatchStats(self.cfg.epsilon, eps_high)
         touched: dict[str, float] = {}
@@ -200,12 +204,12 @@ class GRPOLearner:
             mismatch.add(mb.roles, rows.trainer_logps, rollout, trained & known[:, None])
             for key, value in (rows.correction_counts or {}).items():
                 touched[key] = touched.get(key, 0.0) + value
-        dp.average_gradients([p for p in t.model.parameters() if p.requires_grad])
+        dp.average_gradients([p for p in model.parameters() if p.requires_grad])
         total_loss = dp.sum(total_loss) / dp.world  # each process's loss is scaled for averaged gradients
-        grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), self.cfg.max_grad_norm)
-        t.optimizer.step()
-        t.lr_scheduler.step()
-        t.optimizer.zero_grad(set_to_none=True)
+        grad_norm = t.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         t.state.global_step += 1
         out = {"loss": total_loss, "grad_norm": float(grad_norm), "micro_batches": float(accum)}
         out.update(t.pop_metrics())

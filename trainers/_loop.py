@@ -237,6 +237,7 @@ class SelfPlayTrainer:
         assert self.learner is not None
         opt = self.learner.trainer.optimizer
         opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper, if any
+        assert opt is not None, "the learner's trainer made its optimizer in __init__"
         opt.register_step_pre_hook(lambda *_: self._before_step_kill_point())
 
     def _before_step_kill_point(self) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from agentplay.errors import AgentplayError
@@ -68,7 +68,7 @@ def _incompatible(what: str) -> TRLCompatibilityError:
         f"TRL {TESTED_TRL}; install one (pip install 'trl>=0.25,<1.17') or update the hooks")
 
 
-def _never_called_reward(completions: list[Any], **_: Any) -> list[float]:
+def _never_called_reward(completions: list[Any], **_: Any) -> list[float | None]:
     """GRPOTrainer requires a reward function; ours come from the recipe, already in the traces."""
     raise RuntimeError("agentplay computes rewards in the recipe; TRL's reward path is not used")
 
@@ -134,6 +134,8 @@ class RowScoring:
 
 class AgentplayGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with our scoring hook, row settings and accumulation count."""
+
+    args: GRPOConfig  # Trainer declares TrainingArguments; GRPOTrainer is always given a GRPOConfig
 
     def __init__(self, *, model: Any, args: Any, processing_class: Any, peft_config: Any = None,
                  share_prompts: bool = True):
