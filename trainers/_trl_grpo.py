@@ -184,7 +184,8 @@ class AgentplayGRPOTrainer(GRPOTrainer):
         low, high = self.epsilon_low, self.epsilon_high
         if self.rows is not None and self.rows.clip_high is not None:
             rows = self.rows.clip_high.to(inputs["advantages"].device, torch.float32)[:, None]
-            self.epsilon_low, self.epsilon_high = torch.full_like(rows, float(low)), rows
+            # ignore: TRL declares float bounds but only feeds them to torch.clamp, which takes per-row tensors
+            self.epsilon_low, self.epsilon_high = torch.full_like(rows, float(low)), rows  # type: ignore[assignment]
         try:
             return super()._compute_loss(model, inputs)
         finally:
