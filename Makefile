@@ -62,7 +62,7 @@ FAST_TESTS := tests/test_advantages.py tests/test_estimators.py tests/test_expor
 	tests/test_field_descriptions.py tests/test_games.py tests/test_recipe_files.py tests/test_recipe_rewards.py \
 	tests/test_rewards.py tests/test_store.py tests/test_store_export.py tests/test_store_sampling.py \
 	tests/test_token_view.py tests/test_tools_base.py tests/test_trainer_budget.py tests/test_headline_metrics.py \
-	tests/test_traces_cli.py tests/test_cli_config_flags.py
+	tests/test_traces_cli.py tests/test_cli_config_flags.py tests/test_typecheck.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(FAST_TESTS)

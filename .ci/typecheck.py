@@ -21,12 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "agentplay"
-VIEW = ROOT / "build" / "typecheck"
 
 
-def package_dirs() -> dict[str, str]:
+def package_dirs(root: Path) -> dict[str, str]:
     """Subpackage name -> checkout folder, from pyproject's [tool.setuptools] package-dir."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     mapping: dict[str, str] = pyproject["tool"]["setuptools"]["package-dir"]
     subpackages: dict[str, str] = {}
     for name, folder in mapping.items():
@@ -41,19 +40,19 @@ def package_dirs() -> dict[str, str]:
     return subpackages
 
 
-def build_view(subpackages: dict[str, str]) -> Path:
+def build_view(root: Path, subpackages: dict[str, str]) -> Path:
     """build/typecheck/agentplay/: a symlink to each entry of agentplay/ plus one per mapped folder."""
-    view_package = VIEW / PACKAGE
+    view_package = root / "build" / "typecheck" / PACKAGE
     view_package.mkdir(parents=True, exist_ok=True)
     wanted: dict[str, Path] = {
         entry.name: entry
-        for entry in (ROOT / PACKAGE).iterdir()
+        for entry in (root / PACKAGE).iterdir()
         if entry.name not in ("__pycache__",)
     }
     for child, folder in subpackages.items():
         if child in wanted:
             raise SystemExit(f"typecheck: {PACKAGE}/{child} exists and package-dir also maps {folder}/ there")
-        wanted[child] = ROOT / folder
+        wanted[child] = root / folder
     for existing in view_package.iterdir():
         if existing.name not in wanted or not existing.is_symlink() or existing.resolve() != wanted[existing.name]:
             existing.unlink()
@@ -73,21 +72,25 @@ def to_checkout_path(line: str, subpackages: dict[str, str]) -> str:
     return line
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], root: Path = ROOT) -> int:
     from mypy import api  # imported here so a missing mypy is one clear line, not a traceback
 
-    subpackages = package_dirs()
-    build_view(subpackages)
+    subpackages = package_dirs(root)
+    view = build_view(root, subpackages).parent
     # Run from the view so `agentplay` resolves to it (the current folder comes first on mypy's
     # search path, before the editable install in site-packages).
-    os.chdir(VIEW)
-    stdout, stderr, status = api.run([
-        "--config-file", str(ROOT / "pyproject.toml"),
-        "--cache-dir", str(ROOT / ".mypy_cache"),
-        "--python-executable", sys.executable,
-        "-p", PACKAGE,
-        *argv,
-    ])
+    cwd = os.getcwd()
+    os.chdir(view)
+    try:
+        stdout, stderr, status = api.run([
+            "--config-file", str(root / "pyproject.toml"),
+            "--cache-dir", str(root / ".mypy_cache"),
+            "--python-executable", sys.executable,
+            "-p", PACKAGE,
+            *argv,
+        ])
+    finally:
+        os.chdir(cwd)
     for line in stdout.splitlines():
         print(to_checkout_path(line, subpackages))
     sys.stderr.write(stderr)
