@@ -78,7 +78,7 @@ PUBLIC: dict[str, list[str]] = {
     "agentplay.tools": [
         "CodeTool", "CorpusIndex", "Document", "FunctionTool", "Hit", "LangChainTool", "MAX_K",
         "ReadDocumentTool", "RetrieveClient", "RetrieverServer", "SandboxedFunction", "SearchMode",
-        "SearchTool", "Tool", "ToolError", "ToolServerUnavailable", "Toolbox", "WebSearchTool", "default_corpus_index", "format_result",
+        "SearchTool", "Tool", "ToolError", "ToolServerMisconfigured", "ToolServerUnavailable", "Toolbox", "WebSearchTool", "default_corpus_index", "format_result",
         "load_documents", "retriever_app", "serve_retriever", "stdlib_documents", "tool"
     ],
     "agentplay.traces": [

@@ -26,6 +26,7 @@ from agentplay.tools import (
     SearchTool,
     Toolbox,
     ToolError,
+    ToolServerMisconfigured,
     ToolServerUnavailable,
     WebSearchTool,
     serve_retriever,
@@ -243,8 +244,9 @@ async def test_web_search_against_searxng_style_server():
         gaps = [b - a for a, b in zip(_SearxNG.hits, _SearxNG.hits[1:])]
         assert len(_SearxNG.hits) == 3 and min(gaps) >= 0.25, f"requests not spaced: {gaps}"
         assert elapsed >= 0.55
-        (not_json,) = await tb.execute([ToolCall(id="x", name="web_search", arguments={"query": "html please"})])
-        assert not_json.error.startswith("server_error: web search engine sent an unexpected response")
+        # an answer that is not the JSON API (a proxy's page, another service) is the setup's fault
+        with pytest.raises(ToolServerMisconfigured, match=r"web search engine .* does not speak SearxNG's JSON API"):
+            await tb.execute([ToolCall(id="x", name="web_search", arguments={"query": "html please"})])
     finally:
         httpd.shutdown()
 
@@ -252,8 +254,10 @@ async def test_web_search_against_searxng_style_server():
 async def test_web_search_errors_are_clear():
     url, httpd = _start(_SearxNG)
     try:
-        with pytest.raises(ToolError, match=r"server_error: .*404"):
+        _SearxNG.hits.clear()
+        with pytest.raises(ToolServerMisconfigured, match=r"answered 404 for .*/nothing/search: .*check the URL"):
             await WebSearchTool(url + "/nothing", min_interval_s=0).ainvoke({"query": "x"})
+        assert len(_SearxNG.hits) == 1  # a wrong URL answers the same every time: not retried
     finally:
         httpd.shutdown()
     down = WebSearchTool(f"http://127.0.0.1:{_free_port()}", timeout_s=2, retries=0, min_interval_s=0)
@@ -327,6 +331,48 @@ async def test_retry_after_is_honoured_and_a_bad_query_is_not_retried(flaky):
     with pytest.raises(ToolError, match=r"server_error: retrieval server answered 422: injected 422"):
         await RetrieveClient(flaky, retries=3).search("volcano")
     assert _Flaky.seen == [422]  # the model's query was refused: its answer to read, sent once
+
+
+async def test_a_dead_server_is_not_a_tool_message_through_langgraph_either():
+    """The same tool as a LangChain tool in LangGraph's own `ToolNode`: the infrastructure error
+    ends the node (and so the episode); it is not turned into a ToolMessage."""
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    down = SearchTool(RetrieveClient(f"http://127.0.0.1:{_free_port()}", timeout_s=2, retries=0))
+    graph = StateGraph(MessagesState)
+    graph.add_node("tools", ToolNode([down.as_langchain()]))
+    graph.add_edge(START, "tools")
+    graph.add_edge("tools", END)
+    call = AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "ice"}, "id": "1"}])
+    with pytest.raises(ToolServerUnavailable, match="retrieval server .* failed 1 attempts"):
+        await graph.compile().ainvoke({"messages": [call]})
+
+
+async def test_a_misconfigured_retrieval_server_is_neither_retried_nor_shown_to_the_model(flaky, small_index):
+    """A wrong path (404) or a server that answers something else than the protocol: the tool is
+    pointed at the wrong place. Raised from the Toolbox (the episode fails, the run's error
+    fraction counts it), sent once, never recorded as the model's tool result."""
+    tb = Toolbox([SearchTool(RetrieveClient(flaky + "/v1", retries=3)), SearchTool(small_index, name="local")])
+    _Flaky.script = [404]
+    with pytest.raises(ToolServerMisconfigured, match=r"retrieval server .*/v1/retrieve answered 404: .*check the URL"):
+        await tb.execute([ToolCall(id="1", name="search", arguments={"query": "volcano"})])
+    assert _Flaky.seen == [404]
+
+    class _NotRetrieval(_Handler):
+        def do_POST(self):
+            self._send(200, {"choices": [{"text": "I am a chat server"}]})
+
+    url, httpd = _start(_NotRetrieval)
+    try:
+        with pytest.raises(ToolServerMisconfigured, match=r"does not speak the /retrieve protocol \(KeyError\('result'\)"):
+            await Toolbox([SearchTool(RetrieveClient(url))]).execute(
+                [ToolCall(id="1", name="search", arguments={"query": "volcano"})])
+    finally:
+        httpd.shutdown()
+    assert not isinstance(ToolServerMisconfigured("x"), InfrastructureError)  # rerunning would not help
+    assert error_cause(ToolServerMisconfigured("x")) == "recipe:ToolServerMisconfigured"
 
 
 def _search_recipe(url: str, before_search=None):

@@ -14,7 +14,7 @@ Any LangChain `BaseTool` can join a `Toolbox`; any of our tools becomes one with
 from ._base import FunctionTool, LangChainTool, Tool, ToolError, tool
 from ._code import CodeTool, format_result
 from ._documents import Document, Hit, load_documents
-from ._http import ToolServerUnavailable
+from ._http import ToolServerMisconfigured, ToolServerUnavailable
 from ._index import MAX_K, CorpusIndex, SearchMode
 from ._retrieve import RetrieveClient, RetrieverServer, retriever_app, serve_retriever
 from ._sandboxed import SandboxedFunction
@@ -39,6 +39,7 @@ __all__ = [
     "SearchTool",
     "Tool",
     "ToolError",
+    "ToolServerMisconfigured",
     "ToolServerUnavailable",
     "Toolbox",
     "WebSearchTool",

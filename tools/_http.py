@@ -6,8 +6,12 @@ answer, the episode would be scored (and trained on) as if the tool had
 answered. So transport errors, timeouts and "busy/broken" statuses (408, 429,
 5xx) are retried with a bounded backoff, and when the retries run out the call
 raises `ToolServerUnavailable`, an `InfrastructureError`: the episode fails as
-``infrastructure:ToolServerUnavailable`` and is rerun, never scored. The caller
-still reads every other answer (a 422 for a bad query is the model's to see).
+``infrastructure:ToolServerUnavailable`` and is rerun, never scored. A server that
+answers, but not as the tool needs (401/403/404/405: a wrong URL or a server
+configured otherwise; a body that is not the protocol), is a misconfiguration:
+`ToolServerMisconfigured`, not retried, never a tool answer either (the episode fails
+as ``recipe:ToolServerMisconfigured`` and the run stops once too many have). What
+stays the model's to read is an answer about its own request (a 422 for a bad query).
 
 The loop is written here because httpx retries only failed connects (no statuses,
 no backoff) and the openai client's retry loop serves its own API only.
@@ -21,18 +25,28 @@ from typing import Any
 
 import httpx
 
-from agentplay.errors import InfrastructureError
+from agentplay.errors import AgentplayError, InfrastructureError
 
-__all__ = ["RETRY_STATUS", "ToolServerUnavailable", "request_with_retries"]
+__all__ = ["CONFIG_STATUS", "RETRY_STATUS", "ToolServerMisconfigured", "ToolServerUnavailable",
+           "request_with_retries"]
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 """Answers that say the server is busy or broken right now (a healthy one would answer)."""
+CONFIG_STATUS = frozenset({401, 403, 404, 405})
+"""Answers that say the tool is pointed at the wrong place or the server refuses it: not the
+model's request, not transient."""
 _MAX_BACKOFF_S = 8.0
 
 
 class ToolServerUnavailable(InfrastructureError, ConnectionError):
     """A tool server stayed unreachable or failing through every retry; the message names it
     and its last error. Never a tool answer: the episode is rerun."""
+
+
+class ToolServerMisconfigured(AgentplayError, RuntimeError):
+    """A tool server answered, but not as the tool needs (a wrong URL, auth, a disabled API, a
+    body that is not the protocol). Not retried, never a tool answer: the message says what
+    to fix."""
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:

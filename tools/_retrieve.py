@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from ._base import ToolError
 from ._documents import Document, Hit, split_contents
-from ._http import request_with_retries
+from ._http import CONFIG_STATUS, ToolServerMisconfigured, request_with_retries
 from ._index import CorpusIndex, SearchMode, check_query
 
 
@@ -155,15 +155,20 @@ class RetrieveClient:
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)
-            except ValueError:
+            except (ValueError, AttributeError):
                 detail = resp.text
+            if resp.status_code in CONFIG_STATUS:
+                raise ToolServerMisconfigured(
+                    f"retrieval server {self.url} answered {resp.status_code}: {str(detail)[:300]}; check the URL "
+                    "(a server speaking Search-R1's POST /retrieve, e.g. `agentplay corpus serve`)")
             raise ToolError(f"retrieval server answered {resp.status_code}: {str(detail)[:500]}", kind="server_error")
         try:
             rows = resp.json()["result"]
             return [[self._hit(item) for item in row] for row in rows]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ToolError(f"retrieval server sent an unexpected response ({exc!r}): {resp.text[:300]}",
-                            kind="server_error") from None
+            raise ToolServerMisconfigured(
+                f"retrieval server {self.url} does not speak the /retrieve protocol ({exc!r}): {resp.text[:300]}"
+            ) from None
 
     async def search(self, query: str, k: int = 3) -> list[Hit]:
         return (await self.search_batch([query], k))[0]

@@ -21,6 +21,7 @@ from agentplay.models import ToolCall, ToolCallParseFailure
 from agentplay.traces import ToolCallRecord, new_id
 
 from ._base import Tool, ToolError, as_tool
+from ._http import ToolServerMisconfigured
 
 if TYPE_CHECKING:
     from agentplay.sandbox import Sandbox
@@ -117,8 +118,8 @@ class Toolbox:
             record.result, record.truncated = truncate(result, self.max_result_chars)
         except ToolError as exc:
             record.error = str(exc)
-        except (InfrastructureError, SandboxError):
-            raise  # a dead sandbox or a misconfigured one is not the model's doing: never a tool answer
+        except (InfrastructureError, SandboxError, ToolServerMisconfigured):
+            raise  # a dead or misconfigured sandbox or tool server is not the model's doing: never a tool answer
         except TimeoutError:  # the model moves on; a sync tool's worker thread cannot be killed and finishes alone
             record.error = str(ToolError(f"no answer within {self.timeout_s:g} s", kind="timeout"))
         except Exception as exc:  # noqa: BLE001 - a broken tool must not end the episode

@@ -3,8 +3,9 @@
 No engine is bundled: the tool is pointed at one (a SearxNG instance, or anything
 that answers the same way). Requests are spaced by a minimum interval so a run
 with many concurrent episodes cannot flood the engine. An engine that is down or
-failing (after retries) is an infrastructure error, never a tool answer (see
-`_http`); every other failure is a `ToolError` that says what to check.
+failing (after retries) is an infrastructure error, one that answers but not as
+SearxNG's JSON API a misconfiguration, neither ever a tool answer (see `_http`);
+an answer about the query itself is a `ToolError` the model reads.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._base import Tool, ToolError
-from ._http import request_with_retries
+from ._http import CONFIG_STATUS, ToolServerMisconfigured, request_with_retries
 
 if TYPE_CHECKING:
     from agentplay.sandbox import Sandbox
@@ -83,16 +84,19 @@ class WebSearchTool(Tool):
         resp = await request_with_retries("GET", self.search_url, what=f"web search engine {self.url}",
                                           timeout_s=self.timeout_s, retries=self.retries, params=params)
         if resp.status_code == 403:
-            raise ToolError("web search engine refused the JSON API (403); enable `json` in its "
-                            "search.formats setting", kind="server_error")
+            raise ToolServerMisconfigured(f"web search engine {self.url} refused the JSON API (403); enable "
+                                          "`json` in its search.formats setting")
+        if resp.status_code in CONFIG_STATUS:
+            raise ToolServerMisconfigured(f"web search engine {self.url} answered {resp.status_code} for "
+                                          f"{self.search_url}: {resp.text[:300]}; check the URL")
         if resp.status_code >= 400:
             raise ToolError(f"web search engine answered {resp.status_code}: {resp.text[:300]}", kind="server_error")
         try:
             results = resp.json()["results"]
             return self._format(query, results)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ToolError(f"web search engine sent an unexpected response ({exc!r}): {resp.text[:300]}",
-                            kind="server_error") from None
+            raise ToolServerMisconfigured(f"web search engine {self.url} does not speak SearxNG's JSON API "
+                                          f"({exc!r}): {resp.text[:300]}") from None
 
     def _format(self, query: str, results: list[dict[str, Any]]) -> str:
         if not results:
