@@ -23,46 +23,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TypedDict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
-from langgraph.graph import END, START, StateGraph
 
-from agentplay import EpisodeContext, GroupBy, Recipe, Role
-from agentplay.models import SamplingParams
-from agentplay.traces import RewardRecord
+from agentplay import load_recipe
 
-QUESTIONS = ["Name a colour.", "Name a fruit.", "Name an animal.", "Say hello.", "Name a city.", "Name a tree."]
-
-
-class State(TypedDict, total=False):
-    question: str
-
-
-def short_answers(model: str, n: int, max_tokens: int) -> Recipe:
-    """One role, n answers per question, fewer written tokens is better: rewards differ in almost
-    every group, so every iteration takes an optimizer step (a version to be behind by)."""
-    answerer = Role(name="answerer", model=model, system_prompt="Answer in one word.",
-                    sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0))
-
-    async def answer(state: State) -> dict[str, Any]:
-        await answerer.run_n(state["question"], n=n)
-        return {}
-
-    def reward(turn, state, episode) -> RewardRecord:
-        return RewardRecord(value=1.0 - sum(turn.mask or []) / (max_tokens + 1))
-
-    def initial_state(ctx: EpisodeContext) -> State:
-        return {"question": QUESTIONS[ctx.index % len(QUESTIONS)]}
-
-    graph = StateGraph(State)
-    graph.add_node("answer", answer)
-    graph.add_edge(START, "answer")
-    graph.add_edge("answer", END)
-    return Recipe(name="short-answers", graph=graph, roles={"answer": "answerer"}, rewards={"answerer": reward},
-                  groups={"answerer": GroupBy.episode()}, initial_state=initial_state)
+SHORT_ANSWERS = f"{Path(__file__).resolve().parents[1] / 'examples' / 'short_answers.py'}:build"
+"""One role, n answers per question, fewer written tokens is better: rewards differ in almost
+every group, so every iteration takes an optimizer step (a version to be behind by)."""
 
 
 def start_server(threads: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -105,7 +75,8 @@ async def one_level(url: str, level: int, args: argparse.Namespace, work: Path) 
                       store=work / f"k{level}.db", output_dir=work / f"k{level}", run_name=f"k{level}", lora=True,
                       lora_r=8, learning_rate=1e-3, micro_batch_size=8, report_to=[], async_level=level,
                       train_threads=args.train_threads, tis_cap=2.0 if level else None)
-    recipe = short_answers("openai:smollm2-135m-instruct", args.n, args.max_tokens)
+    recipe, _ = load_recipe(SHORT_ANSWERS, model="openai:smollm2-135m-instruct",
+                            options={"n": args.n, "max_tokens": args.max_tokens, "questions": 6})
     store = TraceStore(cfg.store)
     started = time.perf_counter()
     summary = await SelfPlayTrainer(cfg, recipe=recipe, served=served, store=store).run()

@@ -18,6 +18,11 @@ SERVED = "openai:smollm2-135m-instruct"
 AGENTPLAY = [sys.executable, "-m", "agentplay.cli"]
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess that keeps the suite's thread setting (tests/conftest.py)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def agentplay_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "AGENTPLAY_TORCH_THREADS": "1"}
 
@@ -28,11 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int | None = None) -> tuple[subprocess.Popen[str], str]:
-    """`agentplay serve` on `port` (default: a free 127.0.0.1 one), waited for until /v1/models answers."""
+def start_server(port: int | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`agentplay serve` on `port` (default: a free 127.0.0.1 one), waited for until /v1/models answers.
+
+    `env` defaults to `agentplay_env()` (one torch thread)."""
     port = port or _free_port()
     proc = subprocess.Popen([*AGENTPLAY, "serve", "--model", DEFAULT_MODEL_SPEC, "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env=agentplay_env(), start_new_session=True,
+                             "--port", str(port), "--log-level", "warning"], env=env or agentplay_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 300

@@ -7,15 +7,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from _trace_checks import check_token_exact
+from _selfplay import train_one_iteration
 from agentplay.graphs import agent0
 from agentplay.sandbox import SandboxConfig, open_sandbox
-from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
+from agentplay.trainers import compute_advantages
 from conftest import require_docker
 
 from agentplay import EpisodeContext, EpisodeView, RewardGroup
-from agentplay.models import DEFAULT_MODEL_SPEC, load_model
-from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
+from agentplay.traces import Episode, RewardRecord, RoleTurn
 
 EPS = 1e-4
 VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))
@@ -140,43 +139,30 @@ def test_adpo_advantages_are_scaled_by_agreement_and_filtered_to_the_band():
 async def test_one_real_iteration_on_smollm2_with_the_docker_sandbox(tmp_path):
     require_docker()
     sandbox = open_sandbox(config=SandboxConfig(backend="docker", pool_min=1, pool_max=2))
-    served = load_model(DEFAULT_MODEL_SPEC)  # its own engine: the step must not reach other tests' models
     k, n = 2, 2
     recipe = agent0.build(sandbox=sandbox, group_k=k, n_executors=n, curriculum_max_tokens=48,
                           executor_max_tokens=48, max_tool_turns=1)
-    store = TraceStore(tmp_path / "traces.db")
     try:
-        cfg = TrainConfig(recipe="agent0", iterations=1, episodes_per_iteration=k, concurrency=2,
-                          store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="a0",
-                          learning_rate=1e-6, micro_batch_size=8, report_to=[])
-        summary = await SelfPlayTrainer(cfg, recipe=recipe, served=served, store=store).run()
-        assert summary.last_iteration == 0
-        episodes = sorted(store.episodes(rollout_run_id("a0", 0)), key=lambda e: e.index)
-        assert len(episodes) == k and all(ep.status == "ok" for ep in episodes), [ep.error for ep in episodes]
-        curriculum = [t for ep in episodes for t in ep.turns if t.role == "curriculum"]
-        assert len(curriculum) == k and len({t.group_id for t in curriculum}) == 1  # one GroupBy.seed(k) group
-        for ep in episodes:
-            executors = [t for t in ep.turns if t.role == "executor"]
-            parsed = ep.metrics["valid_proposal"] == 1.0
-            assert len(executors) == (n if parsed else 0)
-            assert len({t.group_id for t in executors}) <= 1
-            for t in executors:
-                assert set(t.reward.components) == {"agreement", "ambiguity_scale", "clip_high_bonus"}
-                assert t.reward.components["agreement"] == ep.metrics["agreement"]
-            for t in ep.turns:
-                check_token_exact(t, served.tokenizer)
-        assert any(ep.metrics["valid_proposal"] for ep in episodes), "no task parsed: the run exercised no executor"
-        for t in curriculum:  # the group's repetition penalty was applied before storing
-            assert "repetition" in t.reward.components or t.parse_error
-        m = {p.name: p.value for p in store.metrics("a0")}
-        executors = [t for ep in episodes for t in ep.turns if t.role == "executor"]
-        out_of_band = sum(not 0.3 <= t.reward.components["agreement"] <= 0.8 for t in executors)
-        assert m.get("filtered/executor", 0.0) == out_of_band
-        assert {"reward/curriculum", "reward/executor", "time/rollout_s"} <= set(m)
-        # the iteration trained: some group had reward variance (two executor answers that
-        # differ give p = 0.5, inside the band) and the optimizer stepped
-        assert m["samples"] > 0 and m["optimizer_step"] == 1.0 and m["weight_version"] == 1.0
+        # stored ok, token-exact, and one optimizer step: some group had reward variance (two
+        # executor answers that differ give p = 0.5, inside the band)
+        run = await train_one_iteration(recipe, tmp_path, run_name="a0", episodes=k)
     finally:
-        store.close()
         await sandbox.aclose()
-        await served.aclose()
+    episodes, m = run.episodes, run.metrics
+    curriculum = [t for ep in episodes for t in ep.turns if t.role == "curriculum"]
+    assert len(curriculum) == k and len({t.group_id for t in curriculum}) == 1  # one GroupBy.seed(k) group
+    for ep in episodes:
+        executors = [t for t in ep.turns if t.role == "executor"]
+        parsed = ep.metrics["valid_proposal"] == 1.0
+        assert len(executors) == (n if parsed else 0)
+        assert len({t.group_id for t in executors}) <= 1
+        for t in executors:
+            assert set(t.reward.components) == {"agreement", "ambiguity_scale", "clip_high_bonus"}
+            assert t.reward.components["agreement"] == ep.metrics["agreement"]
+    assert any(ep.metrics["valid_proposal"] for ep in episodes), "no task parsed: the run exercised no executor"
+    for t in curriculum:  # the group's repetition penalty was applied before storing
+        assert "repetition" in t.reward.components or t.parse_error
+    executors = [t for ep in episodes for t in ep.turns if t.role == "executor"]
+    out_of_band = sum(not 0.3 <= t.reward.components["agreement"] <= 0.8 for t in executors)
+    assert m.get("filtered/executor", 0.0) == out_of_band
+    assert {"reward/curriculum", "reward/executor", "time/rollout_s"} <= set(m)

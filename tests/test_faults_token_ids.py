@@ -13,17 +13,15 @@ import subprocess
 
 import pytest
 from _fault_proxy import EXAMPLE, FaultProxy, run_episodes
-from _servers import AGENTPLAY, SERVED, agentplay_env, start_server, stop_server
+from _servers import AGENTPLAY, SERVED, agentplay_env
 
 from agentplay.models._token_ids import MISSING_IDS_FIX
 from agentplay.trainers._token_ids import token_id_problem
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc, url = start_server()
-    yield url
-    stop_server(proc)
+@pytest.fixture
+def server(smollm2_server):
+    return smollm2_server  # the session's `agentplay serve` (conftest.py): only sampled from here
 
 
 @pytest.fixture

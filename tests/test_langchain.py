@@ -15,7 +15,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel
 
-from agentplay.models import DEFAULT_MODEL_SPEC, AgentplayChatModel, SamplingParams, load_model
+from agentplay.models import AgentplayChatModel, SamplingParams
 from agentplay.models._langchain import RAW_TEXT_KEY, to_engine_messages
 
 CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>'
@@ -34,9 +34,9 @@ class Person(BaseModel):
     age: int
 
 
-@pytest.fixture(scope="module")
-def engine():
-    return load_model(DEFAULT_MODEL_SPEC)
+@pytest.fixture
+def engine(smollm2):
+    return smollm2  # the session's SmolLM2 (conftest.py): these tests only sample from it
 
 
 @pytest.fixture

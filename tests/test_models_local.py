@@ -22,12 +22,11 @@ SEARCH = {
 }
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = load_model("local:smollm2-135m-instruct")
-    assert isinstance(m, LocalModel)
-    yield m
-    m._engine.close()
+@pytest.fixture
+def model(smollm2):
+    """The session's SmolLM2 (conftest.py): these tests only sample from it."""
+    assert isinstance(smollm2, LocalModel)
+    return smollm2
 
 
 def _decoded(model, choice) -> str:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _recipes import SHORT_ANSWERS
 from _servers import AGENTPLAY, SERVED, agentplay_env, start_server, stop_server
 
 from agentplay import RayConfig, RayExecutor, RecipeRef, RunConfig, load_recipe, run_recipe
@@ -143,8 +144,7 @@ def test_cli_runs_on_ray_joining_a_cluster(tmp_path, cluster, servers):
 
 @pytest.mark.slow  # a GRPO step on CPU plus Ray workers: ~1-3 min on a loaded box
 def test_train_on_ray_workers_follows_the_loaded_adapter(tmp_path, cluster, servers):
-    recipe = f"{ROOT / 'tests' / 'test_trainer_recipe.py'}:build"
-    out = subprocess.run([*AGENTPLAY, "train", recipe, "--model", SERVED, "--endpoints", servers[1][1],
+    out = subprocess.run([*AGENTPLAY, "train", SHORT_ANSWERS, "--model", SERVED, "--endpoints", servers[1][1],
                           "--executor", "ray", "--address", cluster, "--workers", "2", "--lora",
                           "--iterations", "2", "--episodes-per-iteration", "2", "--concurrency", "2",
                           "--store", str(tmp_path / "t.db"), "--output-dir", str(tmp_path / "out"),

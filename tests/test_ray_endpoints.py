@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _servers import AGENTPLAY, SERVED, agentplay_env, start_server, stop_server
+from _servers import AGENTPLAY, SERVED, agentplay_env
 
 from agentplay.models import (
     EndpointPool,
@@ -34,11 +34,9 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed again: connection refused
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc, url = start_server()
-    yield url
-    stop_server(proc)
+@pytest.fixture
+def server(smollm2_server):
+    return smollm2_server  # the session's `agentplay serve` (conftest.py): only sampled from here
 
 
 def test_spec_form_and_bad_input():

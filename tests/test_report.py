@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_ui import _env, recipe_store  # noqa: F401 - the shared session fixture (one real run)
+from _servers import cli_env
 from typer.testing import CliRunner
 
 from agentplay.cli import app
@@ -24,7 +24,7 @@ CHARTS = ["reward", "headline-valid_proposal", "headline-solve_rate", "dropped_g
 """search-selfplay declares valid_proposal and solve_rate as its headline metrics."""
 
 
-def test_report_writes_pngs_and_html_from_a_real_run(recipe_store: tuple[Path, str], tmp_path: Path) -> None:  # noqa: F811
+def test_report_writes_pngs_and_html_from_a_real_run(recipe_store: tuple[Path, str], tmp_path: Path) -> None:
     path, run_id = recipe_store
     out = tmp_path / "report"
     result = runner.invoke(app, ["report", run_id[:4], "--store", str(path), "--out", str(out)])
@@ -46,7 +46,7 @@ def test_report_writes_pngs_and_html_from_a_real_run(recipe_store: tuple[Path, s
                      rf"{sum(valid) / len(valid):.3f} mean", html), html
 
 
-def test_charts_from_episodes_match_the_stored_rewards(recipe_store: tuple[Path, str]) -> None:  # noqa: F811
+def test_charts_from_episodes_match_the_stored_rewards(recipe_store: tuple[Path, str]) -> None:
     path, run_id = recipe_store
     with TraceStore(path, read_only=True) as store:
         charts = {c.key: c for c in SeriesCache(store).charts(run_id).charts}
@@ -60,7 +60,7 @@ def test_charts_from_episodes_match_the_stored_rewards(recipe_store: tuple[Path,
     assert {t.role for ep in episodes for t in ep.turns} <= times
 
 
-def test_charts_prefer_trainer_metrics_and_read_rollout_runs(tmp_path: Path, recipe_store) -> None:  # noqa: F811
+def test_charts_prefer_trainer_metrics_and_read_rollout_runs(tmp_path: Path, recipe_store) -> None:
     """A training run: logged per-iteration figures, diversity from its `<run>/itNNNNN` rollouts."""
     with TraceStore(recipe_store[0], read_only=True) as src:
         episodes = list(src.episodes(recipe_store[1]))
@@ -129,7 +129,7 @@ def test_bad_store_files_get_one_clear_line(tmp_path: Path, command: list[str]) 
         assert not (tmp_path / "out").exists()
 
 
-def test_report_names_a_missing_run(recipe_store: tuple[Path, str], tmp_path: Path) -> None:  # noqa: F811
+def test_report_names_a_missing_run(recipe_store: tuple[Path, str], tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "zzzz", "--store", str(recipe_store[0]), "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: no run or episode 'zzzz'")
@@ -140,7 +140,7 @@ def test_console_entry_prints_no_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
     empty.touch()
     done = subprocess.run([sys.executable, "-m", "agentplay.cli", "report", "x", "--store", str(empty),
-                           "--out", str(tmp_path / "o")], check=False, capture_output=True, text=True, env=_env(), timeout=300)
+                           "--out", str(tmp_path / "o")], check=False, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == f"error: {empty} is empty (0 bytes): not a trace store; it was never written by agentplay"

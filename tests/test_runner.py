@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from agentplay import RunConfig, load_recipe, run_recipe
-from agentplay.models import DEFAULT_MODEL_SPEC
 from agentplay.traces import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,35 +90,9 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.returncode == 2 and "nonsense" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_model():
-    port = _free_port()
-    proc = subprocess.Popen([*AGENTPLAY, "serve", "--model", DEFAULT_MODEL_SPEC, "--host", "127.0.0.1",
-                             "--port", str(port)], env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    import httpx
-
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"agentplay serve exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("agentplay serve did not answer within 240 s")
-    yield f"http://127.0.0.1:{port}/v1"
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+@pytest.fixture
+def served_model(smollm2_server):
+    return smollm2_server  # the session's `agentplay serve` (conftest.py): only sampled from here
 
 
 def test_same_recipe_over_http_against_agentplay_serve(tmp_path, served_model):

@@ -51,7 +51,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": "2"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}  # threads: the suite's setting (conftest.py)
     cmd = [sys.executable, "-m", "agentplay.cli", "serve", "--model", f"local:{BASE}"]
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],

@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from _trace_checks import check_token_exact
+from _selfplay import train_one_iteration
 from agentplay.graphs import spice
 from agentplay.tools import CorpusIndex, Document
-from agentplay.trainers import SelfPlayTrainer, TrainConfig, compute_advantages, rollout_run_id
+from agentplay.trainers import compute_advantages
 
 from agentplay import EpisodeContext, EpisodeView
-from agentplay.models import DEFAULT_MODEL_SPEC, load_model
-from agentplay.traces import Episode, RewardRecord, RoleTurn, TraceStore
+from agentplay.traces import Episode, RewardRecord, RoleTurn
 
 VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0))
 DOC = "zlib.crc32(data[, value]) Computes a CRC (Cyclic Redundancy Check) checksum of data. The result is an " \
@@ -155,41 +154,25 @@ def test_any_corpus_index_and_formats_per_block(tmp_path):
 
 @pytest.mark.timeout(900)
 async def test_one_real_iteration_on_smollm2_over_the_stdlib_docs(tmp_path):
-    served = load_model(DEFAULT_MODEL_SPEC)  # its own engine: the step must not reach other tests' models
     k, n = 2, 2
     recipe = spice.build(group_k=k, n_reasoners=n, challenger_max_tokens=64, reasoner_max_tokens=24,
                          answer_format="free", gate_reasoner=False, temperature=0.7, grounded=False)
-    store = TraceStore(tmp_path / "traces.db")
-    try:
-        cfg = TrainConfig(recipe="spice", iterations=1, episodes_per_iteration=k, concurrency=2,
-                          store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="sp",
-                          learning_rate=1e-6, micro_batch_size=8, report_to=[])
-        summary = await SelfPlayTrainer(cfg, recipe=recipe, served=served, store=store).run()
-        assert summary.last_iteration == 0
-        episodes = sorted(store.episodes(rollout_run_id("sp", 0)), key=lambda e: e.index)
-        assert len(episodes) == k and all(ep.status == "ok" for ep in episodes), [ep.error for ep in episodes]
-        challengers = [t for ep in episodes for t in ep.turns if t.role == "challenger"]
-        assert len(challengers) == k and len({t.group_id for t in challengers}) == 1  # one GroupBy.seed(k) group
-        for ep in episodes:
-            reasoners = [t for t in ep.turns if t.role == "reasoner"]
-            (challenger,) = [t for t in ep.turns if t.role == "challenger"]
-            # gate_reasoner=False: every parsed task is answered n times, as one group
-            assert len(reasoners) == (0 if challenger.parse_error else n)
-            assert len({t.group_id for t in reasoners}) <= 1
-            if challenger.reward.components["valid"] == 0.0:
-                assert challenger.reward.value == -0.1
-                assert all(t.reward.value == 0.0 for t in reasoners)
-            for t in ep.turns:
-                check_token_exact(t, served.tokenizer)
-                # the reasoner never sees the document
-                if t.role == "reasoner":
-                    assert all("Document:" not in str(m.get("content")) for m in t.messages)
-        assert any(t.role == "reasoner" for ep in episodes for t in ep.turns), "no task parsed: no reasoner ran"
-        m = {p.name: p.value for p in store.metrics("sp")}
-        assert {"reward/challenger", "reward/reasoner", "time/rollout_s", "episode/valid_proposal"} <= set(m)
-        # the iteration trained (a valid and an invalid task in the challenger's group differ
-        # in reward) and the optimizer stepped
-        assert m["samples"] > 0 and m["optimizer_step"] == 1.0 and m["weight_version"] == 1.0
-    finally:
-        store.close()
-        await served.aclose()
+    # stored ok, token-exact, and one optimizer step: a valid and an invalid task in the
+    # challenger's group differ in reward
+    run = await train_one_iteration(recipe, tmp_path, run_name="sp", episodes=k)
+    episodes, m = run.episodes, run.metrics
+    challengers = [t for ep in episodes for t in ep.turns if t.role == "challenger"]
+    assert len(challengers) == k and len({t.group_id for t in challengers}) == 1  # one GroupBy.seed(k) group
+    for ep in episodes:
+        reasoners = [t for t in ep.turns if t.role == "reasoner"]
+        (challenger,) = [t for t in ep.turns if t.role == "challenger"]
+        # gate_reasoner=False: every parsed task is answered n times, as one group
+        assert len(reasoners) == (0 if challenger.parse_error else n)
+        assert len({t.group_id for t in reasoners}) <= 1
+        if challenger.reward.components["valid"] == 0.0:
+            assert challenger.reward.value == -0.1
+            assert all(t.reward.value == 0.0 for t in reasoners)
+        for t in reasoners:  # the reasoner never sees the document
+            assert all("Document:" not in str(msg.get("content")) for msg in t.messages)
+    assert any(t.role == "reasoner" for ep in episodes for t in ep.turns), "no task parsed: no reasoner ran"
+    assert {"reward/challenger", "reward/reasoner", "time/rollout_s", "episode/valid_proposal"} <= set(m)

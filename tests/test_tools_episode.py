@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from agentplay.tools import ReadDocumentTool, SearchTool, Toolbox, default_corpus_index
 
-from agentplay.models import SamplingParams, ToolCall, ToolCallParseFailure, load_model
+from agentplay.models import SamplingParams, ToolCall, ToolCallParseFailure
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model("local:smollm2-135m-instruct")
+@pytest.fixture
+def model(smollm2):
+    return smollm2  # the session's SmolLM2 (conftest.py): this test only samples from it
 
 
 async def test_malformed_calls_do_not_end_the_episode(model):

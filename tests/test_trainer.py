@@ -20,7 +20,7 @@ from agentplay.traces import RewardRecord, RoleTurn, TraceStore
 from agentplay.trainers import GRPOLearner, SelfPlayTrainer, TrainConfig, TrainSample, rollout_run_id, sync_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_recipe import build as build_recipe
+from _recipes import short_answers as build_recipe
 
 FIXED = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, logprobs=True)

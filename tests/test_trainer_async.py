@@ -15,9 +15,10 @@ from agentplay.traces import TraceStore
 from agentplay.trainers import SelfPlayTrainer, TrainConfig, checkpoint_history, rollout_run_id, version_history
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_recipe import build as build_recipe
+from _recipes import SHORT_ANSWERS
+from _recipes import short_answers as build_recipe
 
-RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
+RECIPE = SHORT_ANSWERS
 
 
 def _lags(store: TraceStore, run: str, iterations: int) -> dict[int, list[int]]:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _recipes import SHORT_ANSWERS
 
 from agentplay.traces import TraceStore
 
 HERE = Path(__file__).parent
-RECIPE = str(HERE / "test_trainer_recipe.py") + ":build"
+RECIPE = SHORT_ANSWERS
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -34,13 +34,14 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from _recipes import SHORT_ANSWERS
 from safetensors.torch import load_file
 
 from agentplay._kill_points import KILL_AT_ENV
 from agentplay.traces import TraceStore
 from agentplay.trainers import checkpoint_history, rollout_run_id, version_history
 
-RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
+RECIPE = SHORT_ANSWERS
 EPISODES = 2
 BASE = "smollm2-135m-instruct"
 FIXED = [{"role": "user", "content": "What is the capital of France?"}]

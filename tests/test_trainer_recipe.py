@@ -1,51 +1,23 @@
-"""A tiny verifiable recipe for trainer tests: one role, short answers, a graded reward.
-
-The reward (fewer written tokens is better) varies inside almost every group, so
-each iteration has something to learn; it is cheap enough for CPU test runs.
-It also runs as `agentplay train tests/test_trainer_recipe.py:build` in the CLI test.
-"""
+"""The trainer tests' recipe, `examples/short_answers.py` (one role, short answers, a graded reward)."""
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import pytest
+from _recipes import short_answers
 
-from langgraph.graph import END, START, StateGraph
-
-from agentplay import EpisodeContext, EpisodeView, GroupBy, Recipe, Role
-from agentplay.models import DEFAULT_MODEL_SPEC, SamplingParams
-from agentplay.traces import RewardRecord, RoleTurn
-
-QUESTIONS = ["Name a colour.", "Name a fruit.", "Name an animal.", "Say hello."]
-MAX_TOKENS = 10
-
-
-class State(TypedDict, total=False):
-    question: str
-
-
-def build(model: str = DEFAULT_MODEL_SPEC, n: int = 4) -> Recipe:
-    answerer = Role(name="answerer", model=model, system_prompt="Answer in one word.",
-                    sampling=SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0))
-
-    async def answer(state: State) -> dict[str, Any]:
-        await answerer.run_n(state["question"], n=n)
-        return {}
-
-    def reward(turn: RoleTurn, state: dict[str, Any], episode: EpisodeView) -> RewardRecord:
-        written = sum(turn.mask or [])
-        return RewardRecord(value=1.0 - written / (MAX_TOKENS + 1), reason=f"{written} tokens written")
-
-    def initial_state(ctx: EpisodeContext) -> State:
-        return {"question": QUESTIONS[ctx.index % len(QUESTIONS)]}
-
-    graph = StateGraph(State)
-    graph.add_node("answer", answer)
-    graph.add_edge(START, "answer")
-    graph.add_edge("answer", END)
-    return Recipe(name="short-answers", graph=graph, roles={"answer": "answerer"}, rewards={"answerer": reward},
-                  groups={"answerer": GroupBy.episode()}, initial_state=initial_state)
+from agentplay import EpisodeContext
 
 
 def test_recipe_compiles_with_one_trainable_role():
-    compiled = build().compile()
+    compiled = short_answers().compile()
     assert compiled.recipe.role_names() == {"answerer": True}
+
+
+def test_questions_cycle_through_the_chosen_count():
+    recipe = short_answers(questions=6)
+    asked = [recipe.initial_state(EpisodeContext(index=i, seed=i))["question"] for i in range(7)]
+    assert len(set(asked[:6])) == 6 and asked[6] == asked[0]
+    assert short_answers().initial_state(EpisodeContext(index=4, seed=0)) == short_answers().initial_state(
+        EpisodeContext(index=0, seed=0))
+    with pytest.raises(ValueError, match="questions: 7"):
+        short_answers(questions=7)

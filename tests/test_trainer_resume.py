@@ -13,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from _recipes import SHORT_ANSWERS
+
 from agentplay.trainers import checkpoint_history, rollout_run_id, version_history
 
 from agentplay.traces import TraceStore
 
-RECIPE = str(Path(__file__).parent / "test_trainer_recipe.py") + ":build"
+RECIPE = SHORT_ANSWERS
 ITERATIONS, EPISODES = 3, 2
 
 

@@ -1,7 +1,7 @@
 """`agentplay ui` driven by a real headless Chromium over a store written by a real recipe run.
 
 The store comes from `agentplay run search-selfplay` with the real SmolLM2
-(a session fixture, shared with test_report.py). The browser is Debian's
+(conftest.py's session fixture `recipe_store`, shared with test_report.py). The browser is Debian's
 `chromium` launched through Playwright with an explicit executable path;
 every request that leaves 127.0.0.1 is refused and fails the test.
 Screenshots go to $AGENTPLAY_ARTIFACTS_DIR (default: artifacts/ui/ in the repo).
@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _servers import cli_env
+
 from agentplay.models import default_model_dir
 from agentplay.traces import Episode, TraceStore
 
@@ -30,41 +32,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-RECIPE_SETS = ["n_solvers=2", "group_k=3", "max_tool_turns=1", "proposer_max_tokens=48",
-               "solver_max_tokens=24", "rag_max_tokens=12", "gate_solvers=false", "doc_chars=160",
-               "snippet_chars=80", "noise_docs=1"]
-"""Keep the real run lean: 3 episodes, 2 solver attempts each, short prompts and outputs
-(~1-3 min on an idle 2-core box; far longer when the machine is shared, hence the timeout)."""
-pytestmark = pytest.mark.timeout(1800)
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "AGENTPLAY_TORCH_THREADS": os.environ.get("AGENTPLAY_TORCH_THREADS", "2")}
-
-
-_RUNS: dict[str, tuple[Path, str]] = {}
-"""test_report.py imports the fixture, which makes it a second fixture definition with its
-own session cache; this keeps it to one real run per session."""
-
-
-@pytest.fixture(scope="session")
-def recipe_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(store file, run id) of a real 3-episode search-selfplay run on SmolLM2."""
-    if "run" in _RUNS:
-        return _RUNS["run"]
-    path = tmp_path_factory.mktemp("ui-store") / "traces.db"
-    cmd = [sys.executable, "-m", "agentplay.cli", "run", "search-selfplay", "--episodes", "3",
-           "--concurrency", "3", "--store", str(path), "--run-id", "ui-run", "--no-progress"]
-    for pair in RECIPE_SETS:
-        cmd += ["--set", pair]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with TraceStore(path, read_only=True) as store:
-        run = store.get_run("ui-run")
-    assert run.episodes == 3, run
-    _RUNS["run"] = (path, "ui-run")
-    return _RUNS["run"]
+pytestmark = pytest.mark.timeout(1800)  # the first test to ask for recipe_store (conftest.py) pays for the real run
 
 
 def _free_port() -> int:
@@ -79,7 +47,7 @@ def ui_server(recipe_store: tuple[Path, str]) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentplay.cli", "ui", "--store", str(recipe_store[0]), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -230,7 +198,7 @@ def test_ui_follows_a_run_that_is_still_writing(recipe_store: tuple[Path, str], 
         port = _free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentplay.cli", "ui", "--store", str(live), "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
         )
         try:
             base = f"http://127.0.0.1:{port}"
