@@ -85,6 +85,10 @@ def test_each_sample_is_clipped_at_its_own_upper_bound(tmp_path, model_and_token
     again = learner.step([dataclasses.replace(wide, clip_high_bonus=0.0), plain])
     assert again["loss"] == pytest.approx(-1.2, abs=1e-4) and again["clip_ratio/high_mean"] == pytest.approx(1.0)
     assert learner.trainer.epsilon_high == 0.2 and learner.trainer.epsilon_low == 0.2
+    sapo = GRPOLearner(model, tok, cfg.model_copy(update={"loss_type": "sapo"}))
+    with pytest.raises(ValueError, match="'sapo' has no clip bound to widen"):  # not silently ignored
+        sapo.step([wide, plain])
+    sapo.step([plain])  # without a bonus the loss is as it was
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])

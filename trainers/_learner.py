@@ -167,6 +167,10 @@ class GRPOLearner:
             share_prompts=self.cfg.share_prompts,
             default_temperature=self.cfg.temperature,
         )
+        if self.cfg.loss_type == "sapo" and any(mb.clip_high_bonus is not None for mb in mbs):
+            raise ValueError("loss_type: 'sapo' has no clip bound to widen, but a role's estimator declares "
+                             "clip_high_component (Agent0's ADPO); use a clipped loss: grpo, bnpo, dr_grpo, "
+                             "dapo or cispo")
         # TRL divides per-micro-batch losses by the accumulation count (grpo, bnpo,
         # dr_grpo) or by num_items * accumulation / steps_per_generation (dapo,
         # cispo); with one optimizer step per batch both must mean "the whole batch".
