@@ -49,6 +49,31 @@ samples at T 0.7) the same drift shows (0.125 -> 0.114, -0.62 SE over 9 iteratio
 0.263 -> 0.225, -1.00 SE): it is not greedy decoding hiding a sharpened distribution.
 Deduction has no such shortcut: an answer has to be f's value.
 
+The skeptic's suite (`--suite`, issue #23): 200 held-out problems (`heldout_code.jsonl`'s 80
+plus `heldout_code_extra.jsonl`'s 120: 4 more of each family and 8 each of five new families;
+`--write-heldout` regenerates both byte for byte), three seeds and two ablations, every job
+its own process, run one after another, each writing `result.json` only when done, so a
+cut-off suite keeps its finished jobs and the same command resumes at the first unfinished one:
+  base        the untrained model: greedy (every arm's iteration-0 point) and k sampled answers
+              per problem at the recipe's temperature, k = iterations / eval-every (as many
+              answers as each trained job was evaluated on): ablation (b), best-of-k.
+  selfplay    per seed: the recipe above for --iterations, greedy held-out eval every --eval-every.
+  seeds-only  per seed: the same with the proposer off (`propose=False`): the solver trains on
+              the replayed/buffered TRAIN_SEEDS alone: ablation (a).
+Each arm's per-problem score is averaged over its seeds; every comparison is paired over the
+200 problems (difference, SE over problems, in SEs), with per-seed pairs beside. Headline:
+selfplay - seeds-only and selfplay - untrained best-of-k. Writes report.txt, summary.json,
+learning_curves.png (accuracy vs iteration, ± 1 SE, a line per seed) and learning_gains.png.
+Needs matplotlib (the `ui` extra, which `make install` installs).
+
+Compute (measured on the shared 2-core box, 1 torch thread): one greedy pass over the 200
+problems costs over 6.6 CPU-minutes of the process (a pass cut off at 30 min wall, while
+the load average was 9-12 and the job got 21-24% of a core); SEE_REPORT. Plan a suite as
+(2 + k) passes for base, plus per trained job its iterations and iterations / eval-every passes.
+
+    nice -n 5 env AGENTPLAY_TORCH_THREADS=1 python bench/learning.py --suite --seeds 0,1,2 \
+      --iterations 6 --eval-every 3 --output-dir runs/learning-suite   # re-run to resume
+
     python bench/learning.py --budget-min 30             # deduction, the defaults above
     python bench/learning.py --budget-min 30 --recipe-options \
       '{"task_types": ["abduction"], "n_proposals": 4, "n_solvers": 16, "proposer_tools": false,
@@ -528,7 +553,8 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
                      + f"; gained/lost {a['gained_per_seed']}/{a['lost_per_seed']}; iterations {a['iterations']}; "
                      f"minutes {[round(m, 1) for m in a['train_minutes']]})")
         lines.append(f"  valid proposals {a['valid_proposal']}; solver groups with variance "
-                     f"{a['groups_with_variance']}; solver turns on seed programs {a['seed_program_fraction']}; "
+                     f"{a['groups_with_variance']}; solver turns on a seed program (replayed, buffered or copied by the "
+                     f"proposer) {a['seed_program_fraction']}; "
                      f"held-out programs trained on {a['heldout_programs_trained_on']}; gained in every seed "
                      f"{a['gained_in_every_seed']}")
     for c in summary["comparisons"]:
@@ -544,6 +570,7 @@ def plot_suite(suite: dict[str, Any], summary: dict[str, Any], out: Path) -> lis
     panel per trained arm, the untrained greedy and best-of-k levels as dashed lines) and
     `learning_gains.png` (each comparison's paired difference ± 1 SE)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -565,6 +592,7 @@ def plot_suite(suite: dict[str, Any], summary: dict[str, Any], out: Path) -> lis
                    label=f"untrained, best of {base['k']} samples")
         ax.set_title(f"{arm} (n={summary['n_problems']} held-out)")
         ax.set_xlabel("training iterations")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("held-out accuracy (greedy, ± 1 SE)")
@@ -589,6 +617,8 @@ def plot_suite(suite: dict[str, Any], summary: dict[str, Any], out: Path) -> lis
 
 def write_report(out: Path, seeds: list[int], ids: list[str]) -> dict[str, Any]:
     suite = load_suite(out, seeds)
+    if suite["base"] is not None:
+        ids = suite["base"]["ids"]  # the problems the jobs evaluated (all 200 unless --heldout-limit)
     summary = summarize(suite, ids)
     lines = report_lines(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -622,7 +652,7 @@ def run_suite(args: argparse.Namespace, passthrough: list[str]) -> None:
         with open(out / f"{d.name}.log", "w") as log:
             rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         if rc != 0:
-            sys.exit(f"{arm} seed {seed} failed (exit {rc}); see {out / (d.name + '.log')}; finished jobs are kept, "
+            sys.exit(f"{d.name} failed (exit {rc}); see {out / (d.name + '.log')}; finished jobs are kept, "
                      "re-run the same command to resume")
         print(f"   done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         write_report(out, seeds, ids)
@@ -638,6 +668,7 @@ async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     from agentplay.models import ModelConfig, load_model
 
     problems = load_heldout()
+    problems = problems[:: max(1, len(problems) // args.heldout_limit)][: args.heldout_limit]  # smoke runs
     options = json.loads(args.recipe_options)
     task_type = options.setdefault("task_types", ["deduction"])[0]
     out = Path(args.output_dir)
@@ -841,7 +872,8 @@ def _job_args(args: argparse.Namespace) -> list[str]:
             "--episodes", str(args.episodes), "--best-of", str(args.best_of), "--budget-min", str(args.budget_min),
             "--eval-max-tokens", str(args.eval_max_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
             "--loss-type", args.loss_type, "--role-weights", json.dumps(args.role_weights),
-            "--recipe-options", args.recipe_options, "--lora" if args.lora else "--no-lora"]
+            "--recipe-options", args.recipe_options, "--lora" if args.lora else "--no-lora",
+            "--heldout-limit", str(args.heldout_limit)]
 
 
 def main() -> None:

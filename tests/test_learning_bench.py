@@ -42,7 +42,7 @@ def _suite(learning):
                 "seed_program_fraction": 0.6, "contamination": {"heldout_programs_trained_on": 0}}
 
     base = {"greedy": {"correct": [1, 0, 0, 0]}, "sampled": {"correct": [1.0, 0.5, 0.0, 0.0]},
-            "pass_at_k": [1, 1, 0, 0], "k": 2}
+            "pass_at_k": [1, 1, 0, 0], "k": 2, "ids": ["p0", "p1", "p2", "p3"]}
     return {"base": base, "arms": {
         "selfplay": {0: run([1, 1, 1, 0], [1, 0, 0, 1]), 1: run([1, 1, 0, 0], [1, 0, 0, 0])},
         "seeds-only": {0: run([0, 1, 0, 0], [1, 0, 0, 0])}}}
@@ -90,7 +90,7 @@ def test_suite_resumes_at_the_first_unfinished_job_and_plots(learning, tmp_path)
         (d / "result.json").write_text(json.dumps(suite["base"] if seed is None else suite["arms"][arm][seed]))
     learning.job_dir(tmp_path, "selfplay", 1).mkdir()  # started, never finished: no result.json
     assert learning.pending_jobs(tmp_path, [0, 1]) == jobs[3:]
-    summary = learning.write_report(tmp_path, [0, 1], ["p0", "p1", "p2", "p3"])
+    summary = learning.write_report(tmp_path, [0, 1], ["unused: the base job's ids name the problems"])
     assert summary["arms"]["selfplay"]["seeds"] == [0]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert "selfplay - seeds-only" in (tmp_path / "report.txt").read_text()
@@ -165,3 +165,36 @@ async def test_sampled_evaluation_is_seeded_per_problem(learning):
     assert first["correct"] == second["correct"] and sorted(first["samples"]) == sorted(second["samples"])
     assert all(c * 4 == int(c * 4) for c in first["correct"]) and first["samples_per_problem"] == 4
     assert first["accuracy"] == pytest.approx(sum(first["correct"]) / 3)
+
+
+@pytest.mark.slow
+def test_suite_runs_each_job_as_a_process_and_resumes_after_a_lost_job(learning, tmp_path):
+    """The real suite end to end at toy size (4 problems, 1 seed, 1 iteration of 1 episode):
+    every job writes its result, the report and both PNGs; a job whose result is lost (a
+    run cut off mid-job) is the only one a re-run runs again."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import require_docker
+
+    require_docker()
+    out = tmp_path / "suite"
+    cmd = [sys.executable, str(BENCH), "--suite", "--seeds", "0", "--iterations", "1", "--eval-every", "1",
+           "--episodes", "1", "--heldout-limit", "4", "--output-dir", str(out), "--recipe-options",
+           json.dumps({"task_types": ["deduction"], "n_proposals": 2, "n_solvers": 2, "proposer_tools": False,
+                       "proposer_max_tokens": 64, "solver_max_tokens": 24, "temperature": 0.7,
+                       "format_rewards": False, "replay_tasks": 1})]
+    env = {**os.environ, "AGENTPLAY_TORCH_THREADS": "1"}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("== ") == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_problems"] == 4 and set(summary["arms"]) == {"selfplay", "seeds-only"}
+    assert summary["arms"]["seeds-only"]["valid_proposal"] == [None]  # no proposer in that arm
+    for name in ("learning_curves.png", "learning_gains.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    (out / "seeds-only-seed0" / "result.json").unlink()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [line.split(":")[0] for line in again.stdout.splitlines() if line.startswith("== ")] == ["== seeds-only seed 0"]
