@@ -168,6 +168,7 @@ async def test_sampled_evaluation_is_seeded_per_problem(learning):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_suite_runs_each_job_as_a_process_and_resumes_after_a_lost_job(learning, tmp_path):
     """The real suite end to end at toy size (4 problems, 1 seed, 1 iteration of 1 episode):
     every job writes its result, the report and both PNGs; a job whose result is lost (a
