@@ -66,10 +66,14 @@ selfplay - seeds-only and selfplay - untrained best-of-k. Writes report.txt, sum
 learning_curves.png (accuracy vs iteration, ± 1 SE, a line per seed) and learning_gains.png.
 Needs matplotlib (the `ui` extra, which `make install` installs).
 
-Compute (measured on the shared 2-core box, 1 torch thread): one greedy pass over the 200
-problems costs over 6.6 CPU-minutes of the process (a pass cut off at 30 min wall, while
-the load average was 9-12 and the job got 21-24% of a core); SEE_REPORT. Plan a suite as
-(2 + k) passes for base, plus per trained job its iterations and iterations / eval-every passes.
+Compute (measured on the shared 2-core box, 1 torch thread, nice 5, load average 9-13, the
+job getting 16-24% of a core): one greedy pass over the 200 problems costs more than 6.6
+CPU-minutes (a pass still unfinished after 30 min wall); 8 problems took 64 s wall; a toy
+suite (4 problems, one seed, one 1-episode iteration per arm) 6-7 min wall. The 30-minute
+single runs above made 10-12 iterations (2.5-3 min each). So a suite costs about
+(1 + k) passes for base plus, per trained job, its iterations and iterations / eval-every
+passes: with 3 seeds, 6 iterations and eval every 3, roughly 14 passes and 36 iterations,
+hours of CPU even on an idle 2-core box; the 90 minutes asked for in issue #23 do not fit.
 
     nice -n 5 env AGENTPLAY_TORCH_THREADS=1 python bench/learning.py --suite --seeds 0,1,2 \
       --iterations 6 --eval-every 3 --output-dir runs/learning-suite   # re-run to resume
