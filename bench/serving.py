@@ -21,6 +21,12 @@ OpenAI-compatible server (Q4_1 GGUF, its own process) when `llama_cpp` is import
 `--llama-python` (default: this interpreter, else .venv-llama/bin/python). Ratios are the
 peer's wall time over ours (higher is better for us), all measured in this one run.
 
+Then (`--decode-profile`, also run by default) the decode step itself: CPU milliseconds of one
+thread per step of transformers' `LlamaForCausalLM.forward` with its `DynamicCache` against the
+lean decode path (`agentplay/models/_decoder.py`) at 1, 2 and 8 rows with a 150-token cache,
+and the share of that step spent in matrix multiplies (torch profiler). CPU time of the
+measuring thread is used so the ratio holds on a machine shared with other jobs.
+
     python bench/serving.py                    # defaults: 16 requests x 32 tokens, 2 threads
     python bench/serving.py --threads 1 --requests 8
     python bench/serving.py --workload-only --threads 2
@@ -243,12 +249,71 @@ async def workload(args: argparse.Namespace) -> None:
                     times[name], sent = await add_game(chat, args.episodes, c, args.solvers, n)
                 for name, secs in times.items():
                     print(f"{name:<26}{c:>5}{n:>3}{sent:>9}{secs:>9.1f}{times[peer] / secs:>7.2f}x")
+        for name, (_, handle) in backends.items():
+            split = getattr(getattr(handle, "_engine", None), "cpu_seconds", None)
+            if split:
+                total = sum(split.values())
+                print(f"{name}: engine thread CPU s by phase: " + ", ".join(
+                    f"{k} {v:.1f} ({v / total:.0%})" for k, v in split.items()))
     finally:
         for proc, _ in servers.values():
             os.killpg(proc.pid, signal.SIGKILL)  # our own children's process groups only
             proc.wait(timeout=30)
         for _, handle in backends.values():  # LocalModel.aclose / AsyncOpenAI.close
             await (getattr(handle, "aclose", None) or handle.close)()
+
+
+def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, steps: int = 8) -> None:
+    """Per-step CPU ms of HF forward vs the lean decoder (one thread), and where the lean step goes."""
+    import threading
+
+    import torch
+    from torch.profiler import profile
+
+    from agentplay.models import load_model
+
+    out: list[str] = []
+
+    def run() -> None:
+        torch.set_num_threads(1)
+        model = load_model("local:smollm2-135m-instruct", torch_threads=1)
+        hf, lean = model.hf_model, model._engine.decoder
+        gen = torch.Generator().manual_seed(0)
+        out.append(f"decode step, {context}-token cache, 1 thread, CPU ms per step (lower is better)")
+        out.append(f"{'rows':>5}{'HF forward':>12}{'lean':>8}{'speed-up':>10}")
+        with torch.inference_mode():
+            for rows in rows_list:
+                ids = torch.randint(0, 49152, (rows, context), generator=gen)
+                cache = hf(input_ids=ids, use_cache=True).past_key_values
+                x = ids[:, -1:]
+                started = time.thread_time()
+                for _ in range(steps):
+                    x = hf(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+                hf_ms = (time.thread_time() - started) / steps * 1000
+                caches = [lean.prefill(ids[r].tolist(), steps + 1)[1] for r in range(rows)]
+                y = ids[:, -1]
+                started = time.thread_time()
+                for _ in range(steps):
+                    y = lean.decode(y, caches).argmax(-1)
+                lean_ms = (time.thread_time() - started) / steps * 1000
+                out.append(f"{rows:>5}{hf_ms:>12.1f}{lean_ms:>8.1f}{hf_ms / lean_ms:>9.2f}x")
+            caches = [lean.prefill(ids[0].tolist(), steps + 1)[1]]
+            with profile() as prof:
+                y = ids[:1, -1]
+                for _ in range(steps):
+                    y = lean.decode(y, caches).argmax(-1)
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm"))
+            attn = sum(e.self_cpu_time_total for e in events if "attention" in e.key)
+            out.append(f"lean step at 1 row: matmuls {mm / total:.0%}, attention {attn / total:.0%}, "
+                       f"everything else {(total - mm - attn) / total:.0%} of CPU time")
+        model._engine.close()
+
+    worker = threading.Thread(target=run)  # a fresh thread: torch's thread count is per thread
+    worker.start()
+    worker.join()
+    print("\n".join(out))
 
 
 async def main() -> None:
@@ -262,10 +327,14 @@ async def main() -> None:
     parser.add_argument("--group-tokens", type=int, default=64)
     parser.add_argument("--workload-only", action="store_true", help="only the issue #21 add-game workload")
     parser.add_argument("--skip-workload", action="store_true")
+    parser.add_argument("--decode-profile", action="store_true", help="only the decode-step profile")
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--solvers", type=int, default=2)
     parser.add_argument("--llama-python", default=None, help="a Python that can import llama_cpp.server")
     args = parser.parse_args()
+    if args.decode_profile:
+        decode_profile()
+        return
     if args.workload_only:
         await workload(args)
         return
@@ -319,6 +388,7 @@ async def main() -> None:
           f"{sum(len(t) for g in reference for t in g)} tokens sampled in one batch of {rows} rows")
     print(f"one prefill per row: {times[False]:.1f} s; shared prefill: {times[True]:.1f} s; "
           f"ratio {times[False] / times[True]:.2f}x")
+    decode_profile()
     if not args.skip_workload:
         await workload(args)
 

@@ -147,3 +147,80 @@ async def test_shared_prefill_samples_what_one_prefill_per_row_samples(model):
         for ca, cb in zip(a.choices, b.choices):
             assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
     assert len({tuple(c.completion_token_ids) for c in shared[0].choices}) > 1  # real samples, not one row copied
+
+
+async def test_static_scheduler_admits_only_between_batches():
+    """`scheduler="static"` runs the same lean decode path but a request arriving mid-decode
+    waits for the running batch to end: two batches, the short request finishing last."""
+    m = load_model("local:smollm2-135m-instruct", scheduler="static")
+    engine = m._engine
+    assert isinstance(engine, ContinuousEngine) and not engine.continuous
+    finished: list[str] = []
+
+    async def timed(name: str, messages, sp):
+        res = await m.chat(messages, sampling=sp)
+        finished.append(name)
+        return res
+
+    try:
+        long = asyncio.create_task(timed("long", STORY, SamplingParams(max_tokens=24, temperature=0.0)))
+        while not engine.batch_sizes:
+            await asyncio.sleep(0.01)
+        short = await timed("short", FRANCE, SamplingParams(max_tokens=2, temperature=0.0, logprobs=True))
+        await long
+        assert finished == ["long", "short"] and engine.batch_sizes == [1, 1]
+        tokens, logps = _reference(m, short.prompt_token_ids, 2)
+        assert short.choice.completion_token_ids == tokens
+        assert short.choice.logprobs == pytest.approx(logps, abs=1e-5)
+    finally:
+        engine.close()
+
+
+async def test_lora_adapter_is_folded_into_the_lean_decoder(model, tmp_path):
+    """The decoder's fused weights are rebuilt with the adapter's delta on load and without it on
+    unload: greedy ids and logprobs match `generate` of the model with PEFT's LoRA layers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model.model_dir),
+                                LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
+                                           target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    sp = SamplingParams(max_tokens=12, temperature=0, logprobs=True)
+    before = await model.chat(STORY, sampling=sp)
+    await model.load_lora_adapter("policy", str(tmp_path / "adapter"))
+    try:
+        after = await model.chat(STORY, sampling=sp)
+        tokens, logps = _reference(model, after.prompt_token_ids, 12)  # generate through the LoRA layers
+        assert after.choice.completion_token_ids == tokens
+        assert after.choice.logprobs == pytest.approx(logps, abs=1e-4)
+        assert after.choice.logprobs != pytest.approx(before.choice.logprobs, abs=1e-3)
+    finally:
+        await model.unload_lora_adapter("policy")
+    restored = await model.chat(STORY, sampling=sp)
+    assert restored.choice.completion_token_ids == before.choice.completion_token_ids
+    assert restored.choice.logprobs == before.choice.logprobs
+
+
+async def test_one_thread_rows_are_bit_identical_whatever_shares_the_batch():
+    """With one intra-op thread a row's logprobs do not depend on its batch down to the last bit:
+    alone (1 row, padded to 2 for the matmuls), beside 17 other rows (products split into chunks
+    of <= 15 rows), and admitted mid-decode while rows leave. This is what keeps continuous
+    admission exact for the kill/resume trials."""
+    m = load_model("local:smollm2-135m-instruct", scheduler="continuous", torch_threads=1, max_batch_size=32)
+    greedy = SamplingParams(max_tokens=12, temperature=0, logprobs=True)
+    seeded = SamplingParams(max_tokens=12, temperature=0.9, seed=77, n=2, logprobs=True)
+    try:
+        alone = [await m.chat(FRANCE, sampling=greedy), await m.chat(STORY, sampling=seeded)]
+        crowd = [asyncio.create_task(m.chat(STORY, sampling=SamplingParams(max_tokens=20, n=16, seed=3)))]
+        await asyncio.sleep(0.2)
+        crowd += [asyncio.create_task(m.chat(FRANCE, sampling=greedy)),
+                  asyncio.create_task(m.chat(STORY, sampling=seeded))]
+        crowded = (await asyncio.gather(*crowd))[1:]
+        assert max(m._engine.batch_sizes) >= 16 or len(m._engine.batch_sizes) > 3
+        for a, b in zip(alone, crowded):
+            assert [c.completion_token_ids for c in a.choices] == [c.completion_token_ids for c in b.choices]
+            assert [c.logprobs for c in a.choices] == [c.logprobs for c in b.choices]  # exact, not approx
+    finally:
+        m._engine.close()

@@ -164,7 +164,7 @@ async def test_batches_never_exceed_max_batch_size(model):
 async def test_shared_prefill_samples_what_one_prefill_per_row_samples(model):
     """Rows sampling from one prompt share its KV cache (each distinct prompt encoded
     once); seeded and greedy rows get the same tokens and logprobs as with one prefill per
-    row, for prompts of different lengths in one left-padded batch."""
+    row, for prompts of different lengths in one batch."""
     engine = model._engine
     requests = [
         ([{"role": "user", "content": "Give an input x so that len(x) == 3. Answer in one line."}],
@@ -172,13 +172,12 @@ async def test_shared_prefill_samples_what_one_prefill_per_row_samples(model):
         ([{"role": "user", "content": "Hi"}], SamplingParams(n=2, max_tokens=10, temperature=1.0, seed=5)),
         ([{"role": "user", "content": "What is the capital of France?"}], SamplingParams(max_tokens=10, temperature=0)),
     ]
-    shared_caches = []  # (cached tokens, rows) of each prefill that returned a cache
-    prefill = engine._prefill_once_per_prompt
+    encoded: list[int] = []  # prompt lengths of each prefill
+    prefill = engine.decoder.prefill
 
-    def counted(prompts, width):
-        cache = prefill(prompts, width)
-        shared_caches.append(None if cache is None else (cache.get_seq_length(), len(prompts)))
-        return cache
+    def counted(ids, extra):
+        encoded.append(len(ids))
+        return prefill(ids, extra)
 
     async def one_batch():
         before = len(engine.batch_sizes)
@@ -186,16 +185,18 @@ async def test_shared_prefill_samples_what_one_prefill_per_row_samples(model):
         assert engine.batch_sizes[before:] == [6]
         return out
 
-    engine._prefill_once_per_prompt = counted
+    engine.decoder.prefill = counted
     try:
         shared = await one_batch()
+        in_shared = list(encoded)
         engine._share_prefill = False
         per_row = await one_batch()
     finally:
         engine._share_prefill = True
-        del engine._prefill_once_per_prompt
-    # one call, in the shared run: 3 distinct prompts encoded for 6 rows, minus their last token
-    assert shared_caches == [(max(len(r.prompt_token_ids) for r in shared) - 1, 6)]
+        del engine.decoder.prefill
+    # the shared run encoded each of the 3 distinct prompts once for its 6 rows, the other run 6 times
+    assert sorted(in_shared) == sorted(len(r.prompt_token_ids) for r in shared)
+    assert len(encoded) == 3 + 6
     for a, b in zip(shared, per_row):
         assert [c.completion_token_ids for c in a.choices] == [c.completion_token_ids for c in b.choices]
         for ca, cb in zip(a.choices, b.choices):

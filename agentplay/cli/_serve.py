@@ -20,7 +20,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     scheduler: str = typer.Option(
-        "static", help="Batching of a local/hf model: static (one batch decoded to its end, then the next) or "
+        "continuous", help="Batching of a local/hf model: static (one batch decoded to its end, then the next) or "
                        "continuous (requests join the running batch at every decode step; see ModelConfig.scheduler)."
     ),
 ) -> None:

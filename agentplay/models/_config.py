@@ -64,15 +64,16 @@ class ModelConfig(BaseModel):
     (vLLM does the same with its automatic prefix caching)."""
     batch_wait_ms: float = Field(4.0, ge=0.0, le=1000.0)
     """How long the batcher waits for more requests after the first one arrives (when idle)."""
-    scheduler: Literal["continuous", "static"] = "static"
+    scheduler: Literal["continuous", "static"] = "continuous"
     """`local`: `continuous` admits waiting requests into the running batch at every decode step
-    and drops rows the step they finish (`_continuous.py`: no request waits for a batch to end,
-    fewer decoded rows); `static` decodes one batch with `model.generate` to the end before the
-    next starts (`_engine.py`; also what models with sliding-window or linear-attention caches
-    get). Static is the default because its logprobs do not depend on what shares the batch
-    down to the last bit when prompts have equal lengths, which the bit-identical kill/resume
-    trials (tests/test_trainer_kill.py) rely on; continuous batching left-pads a row's KV cache
-    to merge it with others, which moves attention's float rounding (~1e-6) with the batch."""
+    and drops rows the step they finish (no request waits for a batch to end, fewer decoded rows);
+    `static` admits only between batches (one batch decoded to its end, then the next). Llama-family
+    models run both through the lean decode path (`_continuous.py`, `_decoder.py`), where with one
+    torch thread a row's tokens and logprobs do not depend on what shares its batch, bit for bit
+    (what the kill/resume trials in tests/test_trainer_kill.py need); with more threads MKL's
+    rounding moves with the batch (~1e-7) under either scheduler. Other models (sliding-window or
+    linear-attention caches, other architectures) are batched statically through `model.generate`
+    (`_engine.py`) whatever this says."""
     torch_threads: int | None = Field(default_factory=lambda: _env_threads(), ge=1)
     """Intra-op threads for torch (None leaves torch's default). Defaults to
     $AGENTPLAY_TORCH_THREADS, else 2: the dev box has 2 cores, and more threads than

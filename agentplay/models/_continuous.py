@@ -1,30 +1,30 @@
-"""Continuous batching for the in-process engine: requests join the batch at every decode step.
+"""The in-process engine for Llama-family models: the lean decode path (`_decoder.py`) under a
+static or continuous scheduler.
 
-Why this and not the alternatives (profiled on the 2-core dev box on the add-game workload
-of issue #21, bench/serving.py): self-play requests arrive staggered (a writer's turn, then
-its solvers; tool calls between turns), so with static batches (`_engine.Engine`,
-`scheduler="static"`) a request arriving while a batch decodes waits for the whole batch,
-up to max_tokens steps, and rows that finished early keep being decoded (11% of the static
-engine's row-steps there). Here a row leaves the batch the step it finishes and a waiting
-request is prefilled and merged at the next step. In both, the model's forward passes are
-81-85% of the engine's time (prefill 9-14%, decode the rest), sampling 4%, left padding 4%
-of prefill tokens. transformers' own continuous batching (`generate_batch`, paged
-attention) was slower than sequential `generate` on this CPU and samples every row from
-one global RNG (see `_engine.py`). `torch.compile` of the decode step would cut the
-per-module Python overhead inside the forward, but recompiles for every (rows, cache
-length) shape a continuous batch passes through unless the cache is static and padded
-to a fixed length (attention over the padding, minutes of compiling on this CPU): not
-taken until measured. A llama.cpp backend would lose exact token ids/logprobs and
-in-place weight updates. So the batch is
-a left-padded `DynamicCache` we resize ourselves: rows are concatenated along the batch
-(padding the shorter cache on the left), finished rows are dropped with an index select,
-and columns that are padding in every remaining row are trimmed. Each row keeps its own
-`torch.Generator`, temperature, top_p, stop strings and position ids, so a seeded
-request samples the same tokens whatever shares its batch (`RowSampler`).
+`continuous`: requests join the batch at every decode step. Self-play requests arrive staggered
+(a writer's turn, then its solvers; tool calls between turns): with static batches a request
+arriving while a batch decodes waits for the whole batch, up to max_tokens steps, and rows that
+finished early keep being decoded (11% of the static engine's row-steps on the add-game workload
+of issue #21). Here a row leaves the batch the step it finishes and a waiting request is
+prefilled and merged at the next step (the default). `static`: waiting requests are admitted only
+when no row is decoding (one batch decoded to its end, then the next).
 
-Weight changes (`run_exclusive`) stop admission, let the rows in flight finish, run,
-then admission resumes: every result is produced by exactly one weight version, and
-requests admitted after an update carry the new version.
+With one torch thread a row's tokens and logprobs are the same bits whatever shares its batch
+(see `_decoder.py`: unpadded per-row attention, matmuls kept inside MKL's row-invariant shapes),
+so continuous admission, whose batches depend on timing, still lets a killed-and-resumed run
+re-sample exactly what it had (tests/test_trainer_kill.py).
+
+Each row keeps its own unpadded KV cache (`RowCache`), so merging and dropping rows is list
+surgery, no cache is re-padded, and a row's attention never reads another row's padding (the old
+left-padded `DynamicCache` version of this engine moved logprobs by ~2e-6 with the batch). transformers'
+own continuous batching (`generate_batch`, paged attention) was slower than sequential `generate`
+on this CPU and samples every row from one global RNG (see `_engine.py`). Each row keeps its own
+`torch.Generator`, temperature, top_p and stop strings (`RowSampler`), so a seeded request samples
+the same tokens whatever shares its batch.
+
+Weight changes (`run_exclusive`) stop admission, let the rows in flight finish, run, rebuild the
+decoder's fused weights, then admission resumes: every result is produced by exactly one weight
+version, and requests admitted after an update carry the new version.
 """
 
 from __future__ import annotations
@@ -32,31 +32,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 
+from ._decoder import LeanDecoder, RowCache, supports_lean_decoder
+from ._engine_base import EngineBase
 from ._sampler import RowControl, RowSampler
 from ._types import SamplingParams
 
-__all__ = ["ContinuousEngine", "supports_continuous_batching"]
+__all__ = ["ContinuousEngine", "supports_lean_decoder"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def supports_continuous_batching(model: Any) -> bool:
-    """Plain full-attention decoder caches only: sliding-window or linear-attention layers keep
-    state this module does not know how to pad and slice."""
-    cfg = model.config
-    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-    return kinds == {"full_attention"} and getattr(cfg, "sliding_window", None) is None
 
 
 @dataclass
@@ -78,52 +71,33 @@ class _Op:
 
 @dataclass
 class _Batch:
-    """Rows decoding together. Row i's cache is `mask[i]`'s ones (left padding is zeros);
-    `last[i]` is the token it feeds next, at position `pos[i]`."""
+    """Rows decoding together: row i feeds `last[i]` next, at position `caches[i].length`."""
 
     rows: list[RowControl]
     jobs: list[_Job]
-    cache: Any
-    mask: torch.Tensor
-    pos: torch.Tensor
+    caches: list[RowCache]
     last: torch.Tensor
 
 
-class ContinuousEngine:
+class ContinuousEngine(EngineBase):
     """Same interface as `_engine.Engine`: `generate`, `run_exclusive`, `close`, `version`."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int, batch_wait_ms: float,
-                 logprobs_mode: str, share_prefill: bool = True, torch_threads: int | None = None) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.version = 0
-        self.batch_sizes: list[int] = []
-        """Rows admitted by each prefill so far, most recent last (bounded; for tests and stats)."""
-        self._max_rows = max_batch_size
-        self._wait = batch_wait_ms / 1000.0
-        self._mode = logprobs_mode
-        self._share_prefill = share_prefill
-        self._threads = torch_threads
+    def __init__(self, model: Any, tokenizer: Any, *, continuous: bool = True, **knobs: Any) -> None:
+        super().__init__(model, tokenizer, **knobs)
+        self.continuous = continuous
+        """False: admit only when no row is decoding (static batches)."""
+        self.decoder = LeanDecoder(model)
+        self.cpu_seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
+        """The engine thread's CPU time by phase since start (bench/serving.py prints the split)."""
         self._inbox: queue.SimpleQueue[_Job | _Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        gen_eos = model.generation_config.eos_token_id
-        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos_ids = eos
-        pad = tokenizer.pad_token_id
-        self._pad = pad if pad is not None else min(eos)
-        self._context = getattr(model.config, "max_position_embeddings", None)
 
     # -- called from event loops ------------------------------------------------
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> tuple[list[RowControl], int]:
         """Sample `sampling.n` completions of one prompt; returns rows and the weight version."""
-        if self._context is not None and len(prompt_ids) >= self._context:
-            raise ValueError(
-                f"messages: the prompt has {len(prompt_ids)} tokens, the model's context is {self._context}"
-            )
+        self._check_prompt(prompt_ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[list[RowControl], int]] = loop.create_future()
         self._submit(_Job(list(prompt_ids), sampling, future, loop))
@@ -169,12 +143,17 @@ class ContinuousEngine:
                 if ops and batch is None:
                     op = ops.popleft()
                     try:
-                        _resolve(op.loop, op.future, result=op.fn())
+                        result = op.fn()
                     except Exception as exc:  # noqa: BLE001 - the error belongs to the caller
                         _resolve(op.loop, op.future, error=exc)
+                    else:
+                        _resolve(op.loop, op.future, result=result)
+                    finally:  # even a failed update may have changed some weights
+                        self.decoder.rebuild()
                     continue
                 try:
-                    if waiting and not ops:  # a pending weight change stops admission
+                    if waiting and not ops and (self.continuous or batch is None):
+                        # a pending weight change stops admission; static admits between batches only
                         batch = self._admit(batch, waiting)
                     if batch is not None:
                         batch = self._step(batch)
@@ -209,70 +188,55 @@ class ContinuousEngine:
         if not jobs:
             return batch
         new = self._prefill(jobs)
-        self.batch_sizes = self.batch_sizes[-999:] + [len(new.rows)]
-        merged = new if batch is None else _merge(batch, new)
+        self._record(len(new.rows))
+        merged = new if batch is None else _Batch(rows=batch.rows + new.rows, jobs=batch.jobs + new.jobs,
+                                                  caches=batch.caches + new.caches,
+                                                  last=torch.cat([batch.last, new.last]))
         return self._drop_finished(merged)
 
-    def _rows_of(self, job: _Job) -> list[RowControl]:
-        sp = job.sampling
-        base_seed = sp.seed if sp.seed is not None else random.getrandbits(62)
-        room = (self._context - len(job.prompt_ids)) if self._context else sp.max_tokens
-        return [RowControl(temperature=sp.temperature, top_p=sp.top_p, max_tokens=max(1, min(sp.max_tokens, room)),
-                           seed=base_seed + k, stop=list(sp.stop or []), top_logprobs=sp.top_logprobs)
-                for k in range(sp.n)]
-
     def _prefill(self, jobs: list[_Job]) -> _Batch:
-        """Encode each distinct prompt once (a GRPO group's n rows share it), copy its cache to
-        its rows and sample every row's first token from the last prompt position."""
+        """Encode each distinct prompt once (a GRPO group's n rows share it: the others get a copy
+        of its cache) and sample every row's first token from the last prompt position."""
         rows: list[RowControl] = []
         owners: list[_Job] = []
-        prompts: list[tuple[int, ...]] = []
+        caches: list[RowCache] = []
+        logits: list[torch.Tensor] = []
+        encoded: dict[tuple[int, ...], tuple[torch.Tensor, RowCache]] = {}
         for job in jobs:
             job.version = self.version
-            job.rows = self._rows_of(job)
-            rows += job.rows
-            owners += [job] * len(job.rows)
-            prompts += [tuple(job.prompt_ids)] * len(job.rows)
-        if self._share_prefill:
-            unique: dict[tuple[int, ...], int] = {}
-            index = [unique.setdefault(p, len(unique)) for p in prompts]
-            distinct = list(unique)
-        else:
-            index, distinct = list(range(len(prompts))), prompts
-        width = max(len(p) for p in distinct)
-        ids = torch.full((len(distinct), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(distinct), width), dtype=torch.long)
-        for u, p in enumerate(distinct):
-            ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[u, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate() numbers left-padded rows
-        device = self.model.device
-        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
-        select = torch.tensor(index, dtype=torch.long, device=device)
-        cache = out.past_key_values
-        if index != list(range(len(rows))):
-            cache.batch_select_indices(select)
-        logits = out.logits[:, -1].index_select(0, select)
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
-        first = self._sample(rows, logits)
-        return _Batch(rows=rows, jobs=owners, cache=cache, mask=mask.to(device).index_select(0, select),
-                      pos=lengths, last=first)
+            job.rows = self._rows_of(job.prompt_ids, job.sampling)
+            room = max(r.max_tokens for r in job.rows)
+            key = tuple(job.prompt_ids)
+            for row in job.rows:
+                if key in encoded and self._share_prefill:
+                    last, cache = encoded[key]
+                    cache = cache.clone(room)
+                else:
+                    started = time.thread_time()
+                    last, cache = self.decoder.prefill(job.prompt_ids, room)
+                    self.cpu_seconds["prefill"] += time.thread_time() - started
+                    encoded[key] = (last, cache)
+                rows.append(row)
+                owners.append(job)
+                caches.append(cache)
+                logits.append(last)
+        first = self._sample(rows, torch.cat(logits))
+        return _Batch(rows=rows, jobs=owners, caches=caches, last=first)
 
     def _sample(self, rows: list[RowControl], logits: torch.Tensor) -> torch.Tensor:
+        started = time.thread_time()
         sampler = RowSampler(rows, eos_ids=self.eos_ids, tokenizer=self.tokenizer, device=logits.device,
                              logprobs_mode=self._mode)
-        return sampler.pick(logits)
+        chosen = sampler.pick(logits)
+        self.cpu_seconds["sample"] += time.thread_time() - started
+        return chosen
 
     def _step(self, batch: _Batch) -> _Batch | None:
         """One decode step of every row, then the finished rows leave."""
-        ones = torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=batch.mask.device)
-        batch.mask = torch.cat([batch.mask, ones], dim=1)
-        out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=batch.mask,
-                         position_ids=batch.pos.unsqueeze(1), past_key_values=batch.cache, use_cache=True)
-        batch.cache = out.past_key_values
-        batch.pos = batch.pos + 1
-        batch.last = self._sample(batch.rows, out.logits[:, -1])
+        started = time.thread_time()
+        logits = self.decoder.decode(batch.last, batch.caches)
+        self.cpu_seconds["decode"] += time.thread_time() - started
+        batch.last = self._sample(batch.rows, logits)
         return self._drop_finished(batch)
 
     def _drop_finished(self, batch: _Batch) -> _Batch | None:
@@ -286,37 +250,11 @@ class ContinuousEngine:
         if not keep:
             return None
         if len(keep) < len(batch.rows):
-            select = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
-            batch.cache.batch_select_indices(select)
             batch.rows = [batch.rows[i] for i in keep]
             batch.jobs = [batch.jobs[i] for i in keep]
-            batch.mask, batch.pos, batch.last = (t.index_select(0, select) for t in (batch.mask, batch.pos, batch.last))
-            # columns that are left padding in every remaining row hold nothing anyone attends to
-            start = int(batch.mask.any(dim=0).to(torch.long).argmax())
-            if start:
-                batch.mask = batch.mask[:, start:]
-                for layer in batch.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+            batch.caches = [batch.caches[i] for i in keep]
+            batch.last = batch.last[keep]
         return batch
-
-
-def _merge(a: _Batch, b: _Batch) -> _Batch:
-    """One batch of both: the shorter cache is left-padded to the longer one's length."""
-    width = max(a.mask.shape[1], b.mask.shape[1])
-
-    def left_pad(t: torch.Tensor, dim_from_end: int, to: int) -> torch.Tensor:
-        missing = to - t.shape[-dim_from_end]
-        if missing == 0:
-            return t
-        pad = [0, 0] * (dim_from_end - 1) + [missing, 0]
-        return F.pad(t, pad)
-
-    for la, lb in zip(a.cache.layers, b.cache.layers):
-        la.keys = torch.cat([left_pad(la.keys, 2, width), left_pad(lb.keys, 2, width)], dim=0)
-        la.values = torch.cat([left_pad(la.values, 2, width), left_pad(lb.values, 2, width)], dim=0)
-    return _Batch(rows=a.rows + b.rows, jobs=a.jobs + b.jobs, cache=a.cache,
-                  mask=torch.cat([left_pad(a.mask, 1, width), left_pad(b.mask, 1, width)], dim=0),
-                  pos=torch.cat([a.pos, b.pos]), last=torch.cat([a.last, b.last]))
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], *, result: Any = None,

@@ -1,7 +1,8 @@
-"""The static-batch in-process engine: concurrent chat requests batched into `model.generate`.
+"""The `generate`-based in-process engine: concurrent chat requests batched into `model.generate`.
 
-`ModelConfig.scheduler="static"`, and what models whose caches `_continuous.py` cannot
-resize (sliding-window, linear attention) get; the default is continuous batching there.
+What models the lean decode path (`_decoder.py`) does not reproduce get (sliding-window or
+linear-attention layers, other architectures); Llama-family models are served by
+`_continuous.ContinuousEngine` under either scheduler.
 
 Why a micro-batcher over `generate` and not transformers' continuous batching
 (`generate_batch` / `ContinuousBatchingManager`, transformers 5.23): measured
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ._engine_base import EngineBase
 from ._sampler import RowControl, RowSampler
 from ._types import SamplingParams
 
@@ -50,52 +51,24 @@ class _Request:
     future: asyncio.Future[tuple[list[RowControl], int]]
 
 
-class Engine:
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        max_batch_size: int,
-        batch_wait_ms: float,
-        logprobs_mode: str,
-        share_prefill: bool = True,
-        torch_threads: int | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.version = 0
-        self.batch_sizes: list[int] = []
-        """Rows in each batch run so far, most recent last (bounded; for tests and stats)."""
-        self._max_rows = max_batch_size
-        self._wait = batch_wait_ms / 1000.0
-        self._mode = logprobs_mode
-        self._share_prefill = share_prefill
+class Engine(EngineBase):
+    def __init__(self, model: Any, tokenizer: Any, **knobs: Any) -> None:
+        super().__init__(model, tokenizer, **knobs)
+        threads = self._threads
         # torch keeps the intra-op thread count per thread: the engine's is set here, so a trainer
         # thread of the same process (asynchronous self-play) can have its own
         self._worker = ThreadPoolExecutor(
             1, thread_name_prefix="agentplay-engine",
-            initializer=(lambda: torch.set_num_threads(torch_threads)) if torch_threads else None)
+            initializer=(lambda: torch.set_num_threads(threads)) if threads else None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task[None] | None = None
-        gen_eos = model.generation_config.eos_token_id
-        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos_ids = eos
-        pad = tokenizer.pad_token_id
-        self._pad = pad if pad is not None else min(eos)
-        self._context = getattr(model.config, "max_position_embeddings", None)
 
     async def generate(
         self, prompt_ids: list[int], sampling: SamplingParams
     ) -> tuple[list[RowControl], int]:
         """Sample `sampling.n` completions of one prompt; returns rows and the weight version."""
-        if self._context is not None and len(prompt_ids) >= self._context:
-            raise ValueError(
-                f"messages: the prompt has {len(prompt_ids)} tokens, the model's context is {self._context}"
-            )
+        self._check_prompt(prompt_ids)
         queue = self._ensure_batcher()
         future: asyncio.Future[tuple[list[RowControl], int]] = asyncio.get_running_loop().create_future()
         await queue.put(_Request(prompt_ids, sampling, future))
@@ -165,22 +138,10 @@ class Engine:
         rows: list[RowControl] = []
         prompts: list[list[int]] = []
         for req in batch:
-            sp = req.sampling
-            base_seed = sp.seed if sp.seed is not None else random.getrandbits(62)
-            room = (self._context - len(req.prompt_ids)) if self._context else sp.max_tokens
-            for k in range(sp.n):
-                rows.append(
-                    RowControl(
-                        temperature=sp.temperature,
-                        top_p=sp.top_p,
-                        max_tokens=max(1, min(sp.max_tokens, room)),
-                        seed=base_seed + k,
-                        stop=list(sp.stop or []),
-                        top_logprobs=sp.top_logprobs,
-                    )
-                )
-                prompts.append(req.prompt_ids)
-        self.batch_sizes = self.batch_sizes[-999:] + [len(rows)]
+            mine = self._rows_of(req.prompt_ids, req.sampling)
+            rows += mine
+            prompts += [req.prompt_ids] * len(mine)
+        self._record(len(rows))
         device = self.model.device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)

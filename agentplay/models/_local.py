@@ -16,7 +16,7 @@ import torch
 
 from ._base import ChatModel, UpdatableModel, check_version
 from ._config import ModelConfig, ModelSpecError
-from ._continuous import ContinuousEngine, supports_continuous_batching
+from ._continuous import ContinuousEngine, supports_lean_decoder
 from ._engine import Engine
 from ._prompt import PrefixCache, render_chat
 from ._sampler import RowControl
@@ -60,16 +60,14 @@ class LocalModel(ChatModel, UpdatableModel):
         # ignore: transformers wraps PreTrainedModel.to with functools.wraps, and typeshed's
         # _Wrapped drops the bound self, so mypy takes `device` for the model
         model.to(device).eval()  # type: ignore[arg-type]
-        continuous = config.scheduler == "continuous" and supports_continuous_batching(model)
-        self._engine = (ContinuousEngine if continuous else Engine)(
-            model,
-            self.tokenizer,
-            max_batch_size=config.max_batch_size,
-            batch_wait_ms=config.batch_wait_ms,
-            logprobs_mode=config.logprobs_mode,
-            share_prefill=config.share_prefill,
-            torch_threads=config.torch_threads,
-        )
+        knobs: dict[str, Any] = dict(
+            max_batch_size=config.max_batch_size, batch_wait_ms=config.batch_wait_ms,
+            logprobs_mode=config.logprobs_mode, share_prefill=config.share_prefill,
+            torch_threads=config.torch_threads)
+        # Llama-family models decode through the lean path under either scheduler; others through `generate`
+        self._engine: Engine | ContinuousEngine = (
+            ContinuousEngine(model, self.tokenizer, continuous=config.scheduler == "continuous", **knobs)
+            if supports_lean_decoder(model) else Engine(model, self.tokenizer, **knobs))
         self._prefix = PrefixCache(self.tokenizer, config.prefix_cache_size)
         self._adapters: list[str] = []
         self._update_lock = asyncio.Lock()
