@@ -52,8 +52,15 @@ sandbox-setup:
 demo: $(STAMP) sandbox-setup
 	$(BIN)/agentplay demo
 
+# Two pytest-xdist workers: one process leaves a core idle through every subprocess start-up,
+# server wait, sleep and Docker call. Each module runs whole on one worker; tests/conftest.py
+# keeps modules that share a resource on one worker and gives each worker one torch thread.
+# `make test PYTEST_WORKERS=1` runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadscope)
+
 test: $(STAMP) sandbox-setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The fast tier, for the edit-test loop: pure logic (rewards, parsers, advantages, estimators,
 # store, traces CLI, config flags, the public surface) with no model and no Docker, under 60 s.
@@ -73,7 +80,7 @@ typecheck: $(STAMP)
 	$(BIN)/python .ci/typecheck.py
 
 test-all: $(STAMP) sandbox-setup
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' $(PYTEST_PARALLEL)
 
 sandbox-image: $(STAMP)
 	$(BIN)/agentplay sandbox build

@@ -34,8 +34,12 @@ def _xdist_workers() -> int:
 # Intra-op threads of every process the suite runs that does not choose its own (this one,
 # and the CLI/server subprocesses that inherit the environment): a lone pytest process
 # has the 2 cores to itself; with N xdist workers computing at once, more threads than
-# cores/N only contend (2-10x slowdowns on this 2-core box).
-os.environ.setdefault("AGENTPLAY_TORCH_THREADS", "2" if _xdist_workers() <= 1 else "1")
+# cores/N only contend (2-10x slowdowns on this 2-core box). A value the user exported
+# is kept; one this file set in the xdist controller (which workers inherit) is not.
+_SUITE_SET_THREADS = "_AGENTPLAY_SUITE_SET_TORCH_THREADS"
+if "AGENTPLAY_TORCH_THREADS" not in os.environ or os.environ.get(_SUITE_SET_THREADS):
+    os.environ["AGENTPLAY_TORCH_THREADS"] = "2" if _xdist_workers() <= 1 else "1"
+    os.environ[_SUITE_SET_THREADS] = "1"
 
 
 def _docker_required() -> bool:
@@ -147,8 +151,9 @@ SERIAL_GROUPS = {
     "sandbox": ["test_sandbox_api.py", "test_sandbox_docker.py", "test_sandbox_hostile.py", "test_sandbox_zygote.py",
                 "test_tools_code.py", "test_code_selfplay.py", "test_code_selfplay_verifier.py", "test_agent0.py",
                 "test_cli.py", "test_run_health.py", "test_learning_bench.py"],
-    # `pip wheel` of the work tree (its build/ folder) and the session's recipe_store run
-    "wheel": ["test_packaging.py", "test_ui.py", "test_report.py"],
+    # the work tree's build/ folder (`pip wheel`, the type checker's view) and the session's
+    # recipe_store run
+    "wheel": ["test_packaging.py", "test_ui.py", "test_report.py", "test_typecheck.py"],
     # the session's `agentplay serve` (smollm2_server), started once
     "server": ["test_runner.py", "test_faults_token_ids.py", "test_ray_endpoints.py"],
 }
