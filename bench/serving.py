@@ -280,7 +280,7 @@ def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, s
         hf, lean = model.hf_model, model._engine.decoder
         gen = torch.Generator().manual_seed(0)
         out.append(f"decode step, {context}-token cache, 1 thread, CPU ms per step (lower is better)")
-        out.append(f"{'rows':>5}{'HF forward':>12}{'lean':>8}{'speed-up':>10}")
+        out.append(f"{'rows':>5}{'HF forward':>12}{'lean':>8}{'speed-up':>10}{'lean, batch-invariant':>23}{'speed-up':>10}")
         with torch.inference_mode():
             for rows in rows_list:
                 ids = torch.randint(0, 49152, (rows, context), generator=gen)
@@ -290,13 +290,18 @@ def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, s
                 for _ in range(steps):
                     x = hf(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
                 hf_ms = (time.thread_time() - started) / steps * 1000
-                caches = [lean.prefill(ids[r].tolist(), steps + 1)[1] for r in range(rows)]
-                y = ids[:, -1]
-                started = time.thread_time()
-                for _ in range(steps):
-                    y = lean.decode(y, caches).argmax(-1)
-                lean_ms = (time.thread_time() - started) / steps * 1000
-                out.append(f"{rows:>5}{hf_ms:>12.1f}{lean_ms:>8.1f}{hf_ms / lean_ms:>9.2f}x")
+                lean_ms = {}
+                for invariant in (False, True):
+                    lean.batch_invariant = invariant
+                    caches = [lean.prefill(ids[r].tolist(), steps + 1)[1] for r in range(rows)]
+                    y = ids[:, -1]
+                    started = time.thread_time()
+                    for _ in range(steps):
+                        y = lean.decode(y, caches).argmax(-1)
+                    lean_ms[invariant] = (time.thread_time() - started) / steps * 1000
+                out.append(f"{rows:>5}{hf_ms:>12.1f}{lean_ms[False]:>8.1f}{hf_ms / lean_ms[False]:>9.2f}x"
+                           f"{lean_ms[True]:>23.1f}{hf_ms / lean_ms[True]:>9.2f}x")
+            lean.batch_invariant = False
             caches = [lean.prefill(ids[0].tolist(), steps + 1)[1]]
             with profile() as prof:
                 y = ids[:1, -1]

@@ -218,6 +218,7 @@ async def test_one_thread_rows_are_bit_identical_whatever_shares_the_batch():
         crowd += [asyncio.create_task(m.chat(FRANCE, sampling=greedy)),
                   asyncio.create_task(m.chat(STORY, sampling=seeded))]
         crowded = (await asyncio.gather(*crowd))[1:]
+        assert m._engine.decoder.batch_invariant  # set by the engine thread: it runs one intra-op thread
         assert max(m._engine.batch_sizes) >= 16 or len(m._engine.batch_sizes) > 3
         for a, b in zip(alone, crowded):
             assert [c.completion_token_ids for c in a.choices] == [c.completion_token_ids for c in b.choices]

@@ -128,6 +128,7 @@ class ContinuousEngine(EngineBase):
     def _serve_forever(self) -> None:
         if self._threads:
             torch.set_num_threads(self._threads)  # this thread's own intra-op threads
+        self.decoder.batch_invariant = torch.get_num_threads() == 1
         waiting: deque[_Job] = deque()
         ops: deque[_Op] = deque()
         batch: _Batch | None = None

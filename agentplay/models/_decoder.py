@@ -26,8 +26,10 @@ CPU milliseconds per decode step of one thread, so that the figures hold on a sh
   multiplies 1 row (it pads to 2) nor more than 15 (it splits into near-equal chunks), and with
   every other op per row, a row's tokens and logprobs do not depend on what shares its batch,
   down to the last bit, with one intra-op thread (with two, MKL splits small-N products by rows
-  and that no longer holds from 4 rows). The padding costs ~14% of a one-row step; it is what lets
-  a killed-and-resumed run (tests/test_trainer_kill.py) re-sample exactly what it had.
+  and that no longer holds from 4 rows). The padding costs 10-15% of a one-row step; it is what
+  lets a killed-and-resumed run (tests/test_trainer_kill.py) re-sample exactly what it had. So it
+  is on (`batch_invariant`) when the decoding thread has one intra-op thread, where it buys
+  exactness, and off with more, where nothing can buy it.
 
 `rebuild()` re-reads the model's weights (the fused copies are not views); the engine calls it
 after every weight change (`run_exclusive`), with PEFT LoRA layers folded in as W + scale * B @ A.
@@ -115,6 +117,9 @@ class LeanDecoder:
         self._inv_freq = rotary.inv_freq.float()
         self._rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         self._layers: list[_Layer] = []
+        self.batch_invariant = True
+        """Keep decode products in MKL's row-invariant shapes (see the module docstring); the engine
+        sets it from its thread's intra-op thread count."""
         self.rebuild()
 
     # -- weights ------------------------------------------------------------------
@@ -179,8 +184,9 @@ class LeanDecoder:
         positions = torch.tensor(at, dtype=torch.long, device=tokens.device)
         h = F.embedding(tokens, self._embed)
         cos, sin = self._rope(positions)
+        linear = _linear if self.batch_invariant else F.linear
         for i, layer in enumerate(self._layers):
-            q, k, v = self._qkv(h, layer, cos, sin)  # [rows, heads, d], [rows, kv, d]
+            q, k, v = self._qkv(h, layer, cos, sin, linear)  # [rows, heads, d], [rows, kv, d]
             outs = []
             for r, c in enumerate(caches):
                 n = at[r]
@@ -190,14 +196,13 @@ class LeanDecoder:
                     q[r][None, :, None], c.kv[i, 0, :, : n + 1][None], c.kv[i, 1, :, : n + 1][None],
                     scale=self.scaling, enable_gqa=True))
             attn = torch.cat(outs).reshape(rows, -1)
-            h = self._rest(h, attn, layer)
+            h = self._rest(h, attn, layer, linear)
         for c in caches:
             c.length += 1
-        return self._logits(h)
+        return self._logits(h, linear)
 
     def _qkv(self, h: torch.Tensor, layer: _Layer, cos: torch.Tensor, sin: torch.Tensor,
-             linear: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        linear = linear or _linear
+             linear: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.head_dim
         qkv = linear(_rms(h, layer.ln1, self.eps), layer.wqkv)
         q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
@@ -206,8 +211,7 @@ class LeanDecoder:
         v = v.view(-1, self.kv_heads, d)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
-    def _rest(self, h: torch.Tensor, attn: torch.Tensor, layer: _Layer, linear: Any = None) -> torch.Tensor:
-        linear = linear or _linear
+    def _rest(self, h: torch.Tensor, attn: torch.Tensor, layer: _Layer, linear: Any) -> torch.Tensor:
         h = h + linear(attn, layer.wo)
         gate, up = linear(_rms(h, layer.ln2, self.eps), layer.wgu).chunk(2, dim=-1)
         return h + linear(F.silu(gate) * up, layer.wd)
@@ -220,8 +224,8 @@ class LeanDecoder:
         sin = (emb.sin() * self._rope_scale).to(dtype)[:, None]
         return cos, sin
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return _linear(_rms(h, self._norm, self.eps), self._lm_head)
+    def _logits(self, h: torch.Tensor, linear: Any = None) -> torch.Tensor:
+        return (linear or F.linear)(_rms(h, self._norm, self.eps), self._lm_head)
 
 
 _INVARIANT_ROWS = 15
