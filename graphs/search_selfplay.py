@@ -3,7 +3,9 @@
 Each episode samples a target from the corpus (a documented stdlib name such
 as ``os.path.join``; the k episodes of one group block share it). The
 proposer reads the target's documentation, searches, and writes a question
-whose answer is the target. Then:
+whose answer is the target; when its searching turn ends without a question,
+one more short turn asks it for the question alone (a 135M model that searched
+rarely also stops to write; `write_turn=False` leaves that out). Then:
 
 1. rule checks: the question has a sane length, does not contain the answer,
    and the proposer searched with at least `min_distinct_queries` distinct queries;
@@ -14,9 +16,15 @@ whose answer is the target. Then:
 3. `n_solvers` solver attempts, each with the search tool;
 4. grading: normalised exact match, with an optional LLM-judge fallback.
 
-Rewards: solver 1/0 per attempt; proposer 1 - solver success rate, and 0 (with
-the failed check as reason) for a proposal that fails any check. Groups: the
-n solver attempts of one episode; the k proposals for one target.
+Rewards (AZR's format rewards, `format_rewards=False` for plain 1/0): solver 1 right,
+-0.5 wrong, -1 without a parsable answer; proposer 1 - solver success rate for a
+valid proposal, -0.5 for a question that fails a check, -1 for no question. A small
+model's proposals and answers mostly fail at first, and the graded failures still
+tell a group's samples apart, so GRPO has a signal before the first valid one.
+Groups: the n solver attempts of one episode; the k proposals for one target.
+
+`python -m agentplay.graphs.search_selfplay_breakdown --store traces.db` says where
+a run's proposals fail (format, length, leaked answer, searches, RAG check).
 
     recipe = build(n_solvers=4, group_k=4)
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 import operator
 import random
 import re
+from functools import partial
 from typing import Annotated, Any, TypedDict
 
 from agentplay.tools import CorpusIndex, SearchMode, SearchTool, default_corpus_index
@@ -43,6 +52,9 @@ __all__ = [
     "PROPOSER_DEMO",
     "PROPOSER_SYSTEM",
     "PROPOSER_USER",
+    "PROPOSER_WRITE",
+    "RAG_DEMO",
+    "WRITE_DEMO",
     "RAG_SYSTEM",
     "RAG_USER",
     "SOLVER_DEMO",
@@ -58,7 +70,10 @@ __all__ = [
     "rag_documents",
     "rag_verdict",
     "rule_check",
+    "search_findings",
     "solver_reward",
+    "solver_role",
+    "target_kind",
 ]
 
 
@@ -77,7 +92,9 @@ class SearchSelfPlayConfig(BaseModel):
     proposer_max_tokens: int = Field(192, ge=1)
     solver_max_tokens: int = Field(128, ge=1)
     rag_max_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    """Of the proposer and solvers. At 1.0 SmolLM2-135M rambles instead of calling the search
+    tool (0 of 8 proposals searched, measured); at 0.7 it follows the worked example."""
     search_k: int = Field(3, ge=1, le=20)
     """Hits per search call."""
     search_mode: SearchMode = "bm25"
@@ -98,6 +115,12 @@ class SearchSelfPlayConfig(BaseModel):
     """Model of the judge and the RAG checker; default: the policy model."""
     gate_solvers: bool = True
     """Only questions that pass every check go to the solvers (False: solve anyway, e.g. to debug)."""
+    write_turn: bool = True
+    """When the proposer's searching turn ends without a question, ask for it in one more turn."""
+    question_max_tokens: int = Field(48, ge=1)
+    """Token budget of that turn: one line."""
+    format_rewards: bool = True
+    """AZR's graded failures (-0.5 failed check or wrong answer, -1 no question or no answer); False: 0."""
 
 
 # -- state -------------------------------------------------------------------------------------
@@ -106,6 +129,10 @@ class SearchState(TypedDict, total=False):
     answer: str
     """The target the question must lead to (a documented name)."""
     target_doc: str
+    kind: str
+    """function, class, method or name (see `target_kind`)."""
+    owner: str
+    """The module or class the target belongs to."""
     question: str | None
     queries: list[str]
     """Distinct search queries the proposer made."""
@@ -130,6 +157,10 @@ class SolveTask(TypedDict):
 PROPOSER_SYSTEM = load_prompt(__file__, "search_selfplay/proposer_system.jinja")
 PROPOSER_USER = load_prompt(__file__, "search_selfplay/proposer_user.jinja")
 """Variables: `answer` (the target) and `doc` (its documentation excerpt)."""
+PROPOSER_WRITE = load_prompt(__file__, "search_selfplay/proposer_write.jinja")
+"""The write turn, when the searching turn ended without a question. Variables: `answer`,
+`doc`, `kind` (function, class, method or name), `owner` (the module or class it belongs
+to) and `found` (what the searches returned, see `search_findings`)."""
 SOLVER_SYSTEM = load_prompt(__file__, "search_selfplay/solver_system.jinja")
 RAG_SYSTEM = load_prompt(__file__, "search_selfplay/rag_system.jinja")
 RAG_USER = load_prompt(__file__, "search_selfplay/rag_user.jinja")
@@ -158,6 +189,25 @@ PROPOSER_DEMO: list[dict[str, Any]] = [
     {"role": "assistant", "content": "Question: Which function of the json module turns a Python object into a "
      "JSON formatted string?"},
 ]
+# The write turn is a fresh prompt, not the searching conversation continued: after a few
+# tool calls SmolLM2-135M answers "write the question" with one more tool call (measured).
+WRITE_DEMO: list[dict[str, Any]] = [
+    {"role": "user", "content": render_prompt(
+        PROPOSER_WRITE, answer="json.dumps", kind="function", owner="json",
+        doc="json.dumps(obj, *, indent=None, sort_keys=False) Serialize obj to a JSON formatted str.",
+        found="json.dumps: Serialize obj to a JSON formatted str.\njson.dump: Serialize obj as a JSON formatted "
+              "stream to fp.")},
+    {"role": "assistant", "content": "Question: Which function of the json module turns a Python object into a "
+     "JSON formatted string?"},
+]
+RAG_DEMO: list[dict[str, Any]] = [
+    {"role": "user", "content": render_prompt(RAG_USER, question="Which function of the json module turns a Python "
+                                              "object into a JSON formatted string?", documents=(
+        "[1] json.dump: json.dump(obj, fp, *, indent=None, ...) Serialize obj as a JSON formatted stream to fp.\n"
+        "[2] os.getcwd: os.getcwd() Return a unicode string representing the current working directory.\n"
+        "[3] json.dumps: json.dumps(obj, *, skipkeys=False, ...) Serialize obj to a JSON formatted str."))},
+    {"role": "assistant", "content": "Answer: json.dumps"},
+]
 SOLVER_DEMO: list[dict[str, Any]] = [
     {"role": "user", "content": "Which function of the json module turns a Python object into a JSON formatted string?"},
     _call("json object to formatted string"),
@@ -171,6 +221,7 @@ SOLVER_DEMO: list[dict[str, Any]] = [
 
 _QUESTION = re.compile(r"question\s*:\s*(.+)", re.IGNORECASE | re.DOTALL)
 _ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def parse_question(text: str) -> str:
@@ -187,13 +238,16 @@ def parse_question(text: str) -> str:
 
 
 def parse_answer(text: str) -> str:
-    """The text after the last 'Answer:', else the last non-empty line. ValueError if empty."""
+    """The text after the last 'Answer:', else the last non-empty line; of that, the first
+    dotted name when there is one (answers are documented names: "Answer: json.dumps: ..."
+    and "Answer: `json.dumps` is it" both mean json.dumps). ValueError if empty."""
     found = _ANSWER.findall(text)
     answer = found[-1] if found else next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
     answer = answer.strip().rstrip(".").strip("`*'\" ")
     if not answer:
         raise ValueError("empty answer")
-    return answer
+    name = _DOTTED_NAME.search(answer)
+    return name.group(0) if name else answer
 
 
 def rule_check(cfg: SearchSelfPlayConfig, question: str | None, answer: str, queries: list[str]) -> str:
@@ -209,17 +263,41 @@ def rule_check(cfg: SearchSelfPlayConfig, question: str | None, answer: str, que
     return ""
 
 
+def search_findings(turn: RoleTurn, chars: int = 600) -> str:
+    """What the proposer's searches returned, one "id: start of text" line per distinct hit,
+    cut at `chars` (shown in the write turn)."""
+    lines: dict[str, str] = {}
+    for call in turn.tool_calls:
+        if call.error is None:
+            for hit in re.split(r"\n(?=\[\d+\] id: )", call.result):
+                found = re.match(r"\[\d+\] id: (\S+)\n(?:title: [^\n]*\n)?(.*)", hit, re.DOTALL)
+                if found:
+                    lines.setdefault(found.group(1), f"{found.group(1)}: {_excerpt(found.group(2), 120)}")
+    return "\n".join(lines.values())[:chars]
+
+
+def target_kind(doc_id: str, title: str) -> tuple[str, str]:
+    """(kind, owner) of a corpus name for the write turn: ``("function", "os.path")`` for
+    ``os.path.join``; a dotted name without a "(function)"/"(class)" title is a method."""
+    owner = doc_id.rsplit(".", 1)[0] if "." in doc_id else ""
+    for kind in ("function", "class"):
+        if title.endswith(f"({kind})"):
+            return kind, owner
+    return ("method" if doc_id.count(".") >= 2 else "name"), owner
+
+
 def rag_documents(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[str], answer: str,
                   seed: int, rng: random.Random | None) -> str:
     """What the RAG checker reads: every document the proposer's queries retrieve, plus
-    `noise_docs` unrelated ones (never the target), shuffled by `rng`, numbered from 1."""
+    `noise_docs` unrelated ones (never the target), shuffled by `rng`, numbered from 1.
+    Each starts with its id, the exact name an answer has to give."""
     seen: dict[str, str] = {}
     for query in queries:
         for hit in index.search(query, cfg.search_k, cfg.search_mode):
-            seen.setdefault(hit.doc_id, f"{hit.title}: {_excerpt(hit.text, cfg.doc_chars)}")
+            seen.setdefault(hit.doc_id, f"{hit.doc_id}: {_excerpt(hit.text, cfg.doc_chars)}")
     noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
              if d.id not in seen and d.id != answer][: cfg.noise_docs]
-    docs = list(seen.values()) + [f"{d.title}: {_excerpt(d.text, cfg.doc_chars)}" for d in noise]
+    docs = list(seen.values()) + [f"{d.id}: {_excerpt(d.text, cfg.doc_chars)}" for d in noise]
     if rng is not None:
         rng.shuffle(docs)
     return "\n".join(f"[{i}] {d}" for i, d in enumerate(docs, 1)) or "(no documents)"
@@ -255,16 +333,31 @@ def _excerpt(text: str, chars: int) -> str:
 
 # -- rewards -----------------------------------------------------------------------------------
 
-def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
-    """The score `grade_attempt` gave this attempt: 1/0 (or the judge's verdict)."""
+def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView, *,
+                  format_rewards: bool = False) -> RewardRecord:
+    """The score `grade_attempt` gave this attempt: 1/0 (or the judge's verdict). With
+    `format_rewards`, a miss is -0.5 when the attempt answered and -1 when it did not."""
     attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
-    return RewardRecord(value=attempt["score"], reason=attempt["reason"])
+    value = attempt["score"]
+    if format_rewards and value <= 0.0:
+        value = -0.5 if attempt["answer"] is not None else -1.0
+    return RewardRecord(value=value, reason=attempt["reason"])
 
 
-def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView) -> RewardRecord:
-    """1 - solver success rate for a proposal that passed every check; 0 with the failed check otherwise."""
+def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView, *,
+                    format_rewards: bool = False, min_distinct_queries: int = 0) -> RewardRecord:
+    """1 - solver success rate for a proposal that passed every check; for one that failed,
+    0 with the failed check. With `format_rewards` a failed one gets -1 without a question and
+    -0.5 with one, plus up to 0.25 for its distinct searches (of `min_distinct_queries`): a
+    small model first learns to search and to write the question line, as AZR's proposer
+    first learns to write a program that runs."""
     if not (state.get("rules_ok") and state.get("rag_ok")):
-        return RewardRecord(value=0.0, reason=f"invalid proposal: {state.get('check_reason') or 'failed a check'}")
+        value = 0.0
+        if format_rewards:
+            searched = min(len(set(state.get("queries", []))), min_distinct_queries)
+            value = (-1.0 if not state.get("question") else -0.5) + (
+                0.25 * searched / min_distinct_queries if min_distinct_queries else 0.0)
+        return RewardRecord(value=value, reason=f"invalid proposal: {state.get('check_reason') or 'failed a check'}")
     scores = [a["score"] for a in state.get("attempts", [])]
     rate = sum(scores) / len(scores) if scores else 0.0
     return RewardRecord(value=1.0 - rate, reason=f"1 - solve rate {rate:.2f} over {len(scores)} attempts",
@@ -284,6 +377,16 @@ def metrics(state: SearchState, turns: list[RoleTurn]) -> dict[str, float]:
 
 # -- build: roles, nodes, graph ----------------------------------------------------------------
 
+def solver_role(model: Any, cfg: SearchSelfPlayConfig, search: SearchTool | None = None) -> Role:
+    """The solver: prompt, search tool, sampling and parser (its worked example, `SOLVER_DEMO`,
+    goes before the question). Evaluations build it here so they ask exactly what training asks."""
+    search = search or SearchTool(default_corpus_index(), k=cfg.search_k, mode=cfg.search_mode,
+                                  snippet_chars=cfg.snippet_chars)
+    return Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, tools=[search],
+                sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
+                max_tool_turns=cfg.max_tool_turns, output_parser=parse_answer)
+
+
 def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, **options: Any) -> Recipe:
     """The search self-play recipe on `index` (default: the stdlib-docs corpus)."""
     cfg = SearchSelfPlayConfig(**options)
@@ -297,9 +400,9 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
     proposer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,
                     tools=[search], sampling=sampling(cfg.proposer_max_tokens),
                     max_tool_turns=cfg.max_tool_turns, output_parser=parse_question)
-    solver = Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, tools=[search],
-                  sampling=sampling(cfg.solver_max_tokens), max_tool_turns=cfg.max_tool_turns,
-                  output_parser=parse_answer)
+    writer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, examples=WRITE_DEMO,
+                  sampling=sampling(cfg.question_max_tokens), output_parser=parse_question)  # the write turn
+    solver = solver_role(model, cfg, search)
     rag_checker = Role(name="rag_checker", model=checker_model, system_prompt=RAG_SYSTEM,
                        sampling=sampling(cfg.rag_max_tokens, temperature=0.0), max_tool_turns=0,
                        output_parser=parse_answer, trainable=False)
@@ -308,14 +411,22 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         # Same group seed -> same target for the k episodes of a block (the proposer's group).
         docs = index.sample_documents(16, seed=ctx.group_seed or 0, min_chars=80)
         target = next((d for d in docs if ":" not in d.id and "." in d.id), docs[0])
-        return {"answer": target.id, "target_doc": _excerpt(target.text, cfg.doc_chars), "attempts": []}
+        kind, owner = target_kind(target.id, target.title)
+        return {"answer": target.id, "target_doc": _excerpt(target.text, cfg.doc_chars), "kind": kind,
+                "owner": owner, "attempts": []}
 
     async def propose(state: SearchState) -> dict[str, Any]:
         user = render_prompt(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
         turn = await proposer.run([*PROPOSER_DEMO, {"role": "user", "content": user}])
         queries = [str(c.arguments.get("query", "")).strip() for c in turn.tool_calls
                    if c.name == search.name and c.error is None and c.arguments]
-        return {"question": turn.output, "queries": list(dict.fromkeys(q for q in queries if q))}
+        question = turn.output
+        if question is None and cfg.write_turn:  # searched (or rambled) without a question: ask for it
+            written = await writer.run(render_prompt(
+                PROPOSER_WRITE, answer=state["answer"], doc=state["target_doc"], kind=state.get("kind", "name"),
+                owner=state.get("owner", ""), found=search_findings(turn)))
+            question = written.output
+        return {"question": question, "queries": list(dict.fromkeys(q for q in queries if q))}
 
     def check_rules(state: SearchState) -> dict[str, Any]:
         reason = rule_check(cfg, state.get("question"), state["answer"], state.get("queries", []))
@@ -327,7 +438,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         ctx = current_episode()
         shown = rag_documents(index, cfg, state.get("queries", []), state["answer"],
                               seed=ctx.seed if ctx else 0, rng=ctx.rng if ctx else None)
-        turn = await rag_checker.run(render_prompt(RAG_USER, documents=shown, question=state["question"]))
+        turn = await rag_checker.run([*RAG_DEMO, {"role": "user", "content": render_prompt(
+            RAG_USER, documents=shown, question=state["question"])}])
         return rag_verdict(turn.output, state["answer"], bool(state.get("rules_ok")))
 
     def to_solvers(state: SearchState) -> list[Send] | str:
@@ -357,9 +469,12 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         name="search-selfplay",
         graph=graph,
         roles={"propose": proposer, "rag_check": rag_checker, "solve": solver},
-        rewards={"proposer": proposer_reward, "solver": solver_reward},
+        rewards={"proposer": partial(proposer_reward, format_rewards=cfg.format_rewards,
+                                     min_distinct_queries=cfg.min_distinct_queries),
+                 "solver": partial(solver_reward, format_rewards=cfg.format_rewards)},
         groups={"proposer": GroupBy.seed(cfg.group_k), "solver": GroupBy.episode()},
         initial_state=initial_state,
+        zero_on_parse_error=False,  # the rewards grade a missing question or answer themselves
         metrics=metrics,
         headline_metrics=["valid_proposal", "solve_rate"],
         options={"model": model, **cfg.model_dump()},

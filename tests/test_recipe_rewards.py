@@ -37,7 +37,7 @@ def test_every_prompt_file_parses_and_is_used():
     texts = {f.read_text().rstrip("\n") for f in files}
     for f in files:
         ENVIRONMENT.parse(f.read_text())
-    used = {ssp.PROPOSER_SYSTEM, ssp.PROPOSER_USER, ssp.SOLVER_SYSTEM, ssp.RAG_SYSTEM, ssp.RAG_USER,
+    used = {ssp.PROPOSER_SYSTEM, ssp.PROPOSER_USER, ssp.PROPOSER_WRITE, ssp.SOLVER_SYSTEM, ssp.RAG_SYSTEM, ssp.RAG_USER,
             csp.PROPOSER_SYSTEM, csp.PROPOSER_USER, csp.PROPOSER_AGAIN, csp.PROPOSER_REFERENCE, csp.SOLVER_SYSTEM,
             *csp.SOLVER_USER.values(), psj.PROPOSER_SYSTEM, psj.PROPOSER_USER, psj.SOLVER_SYSTEM, psj.SOLVER_USER,
             psj.JUDGE_SYSTEM, psj.QUALITY_USER, psj.ANSWER_USER, rz.CHALLENGER_SYSTEM, rz.CHALLENGER_USER,

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 from _trace_checks import check_token_exact
 from agentplay.graphs import RECIPES
+from agentplay.graphs import search_selfplay_breakdown as sb
 from agentplay.graphs.search_selfplay import (
+    WRITE_DEMO,
     SearchSelfPlayConfig,
     parse_answer,
     parse_question,
+    proposer_reward,
     rule_check,
+    search_findings,
+    solver_reward,
+    target_kind,
 )
 
-from agentplay import resolve_model, run_episode
+from agentplay import EpisodeContext, EpisodeView, resolve_model, run_episode
 from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay.traces import Episode, Generation, RewardRecord, RoleTurn, ToolCallRecord, TraceStore
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_search.py"
+VIEW = EpisodeView(turns=[], state={}, ctx=EpisodeContext(index=0, seed=0, run_id="r"))
 
 TINY = {
     "n_solvers": 2,
@@ -34,6 +47,9 @@ def test_parsers_and_rule_checks():
     with pytest.raises(ValueError, match="no question"):
         parse_question('<tool_call>{"name": "search"}')
     assert parse_answer("Let me think.\nAnswer: `os.path.join`.") == "os.path.join"
+    # the first dotted name of the answer line: small models copy a document line's "id: text"
+    assert parse_answer("Answer: inspect.getdoc: getdoc(object)") == "inspect.getdoc"
+    assert parse_answer("Answer: SystemExit") == "SystemExit"
     with pytest.raises(ValueError, match="empty"):
         parse_answer("Answer: ``")
     cfg = SearchSelfPlayConfig()
@@ -113,3 +129,142 @@ async def test_question_reaches_rag_check_and_solvers():
     assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["rules_pass"] == 0.0
     assert proposer.reward.value == 0.0
     assert proposer.reward.reason == "invalid proposal: searched with 0 distinct queries, need 1"
+
+
+def test_search_findings_lists_each_hit_once_for_the_write_turn():
+    hits = ("[1] id: os.path.join\ntitle: os.path.join (function)\nos.path.join(a, *p) Join two or more pathname "
+            "components.\n\n[2] id: os.path.split\ntitle: os.path.split (function)\nSplit a pathname.")
+    turn = RoleTurn(role="proposer", tool_calls=[
+        ToolCallRecord(call_id="a", name="search", result=hits),
+        ToolCallRecord(call_id="b", name="search", result=hits.split("\n\n")[0]),  # the same hit again
+        ToolCallRecord(call_id="c", name="search", error="bad_arguments: query is empty")])
+    assert search_findings(turn) == ("os.path.join: os.path.join(a, *p) Join two or more pathname components.\n"
+                                     "os.path.split: Split a pathname.")
+    assert search_findings(turn, chars=20) == "os.path.join: os.pat"
+    assert search_findings(RoleTurn(role="proposer")) == ""
+    # the write turn's worked example is its own template, rendered with what a search found
+    assert WRITE_DEMO[0]["content"].startswith("Target answer: json.dumps\nIts documentation: json.dumps(obj")
+    assert "Your searches found:\njson.dumps: Serialize obj" in WRITE_DEMO[0]["content"]
+    assert WRITE_DEMO[1]["content"].startswith("Question: ")
+
+
+# -- format rewards (AZR-style) ----------------------------------------------------------------
+
+def test_format_rewards_grade_failed_proposals_and_answers():
+    solver = RoleTurn(role="solver")
+    attempts = {"attempts": [{"turn_id": solver.turn_id, "answer": None, "score": 0.0, "reason": "no parsable answer"}]}
+    assert solver_reward(solver, attempts, VIEW).value == 0.0  # plain 1/0
+    assert solver_reward(solver, attempts, VIEW, format_rewards=True).value == -1.0
+    attempts["attempts"][0]["answer"] = "os.path.split"
+    assert solver_reward(solver, attempts, VIEW, format_rewards=True).value == -0.5
+    attempts["attempts"][0].update(answer="os.path.join", score=1.0)
+    assert solver_reward(solver, attempts, VIEW, format_rewards=True).value == 1.0
+
+    proposer = RoleTurn(role="proposer")
+    none = {"question": None, "queries": [], "rules_ok": False, "check_reason": "no question"}
+    assert proposer_reward(proposer, none, VIEW).value == 0.0
+    assert proposer_reward(proposer, none, VIEW, format_rewards=True, min_distinct_queries=2).value == -1.0
+    searched_once = none | {"queries": ["join paths"]}
+    assert proposer_reward(proposer, searched_once, VIEW, format_rewards=True,
+                           min_distinct_queries=2).value == pytest.approx(-0.875)
+    leaked = {"question": "What is os.path.join?", "queries": ["a", "b", "c"], "rules_ok": False,
+              "check_reason": "question leaks the answer"}
+    reward = proposer_reward(proposer, leaked, VIEW, format_rewards=True, min_distinct_queries=2)
+    assert reward.value == pytest.approx(-0.25) and reward.reason == "invalid proposal: question leaks the answer"
+    valid = {"question": "q?", "queries": ["a", "b"], "rules_ok": True, "rag_ok": True,
+             "attempts": [{"score": 1.0}, {"score": 0.0}]}
+    assert proposer_reward(proposer, valid, VIEW, format_rewards=True, min_distinct_queries=2).value == 0.5
+
+
+def test_target_kind_reads_the_corpus_title():
+    assert target_kind("os.path.join", "os.path.join (function)") == ("function", "os.path")
+    assert target_kind("json.JSONDecoder", "json.JSONDecoder (class)") == ("class", "json")
+    assert target_kind("pathlib.Path.resolve", "pathlib.Path.resolve") == ("method", "pathlib.Path")
+    assert target_kind("str.split", "str.split") == ("name", "str")
+
+
+# -- failure breakdown -------------------------------------------------------------------------
+
+def _proposer(output=None, parse_error=None, queries=(), finish="stop", reason=""):
+    return RoleTurn(role="proposer", group_id="r/block0/proposer", output=output, parse_error=parse_error,
+                    generations=[Generation(text="...", finish_reason=finish)],
+                    tool_calls=[ToolCallRecord(call_id=f"c{i}", name="search", arguments={"query": q},
+                                               result="[1] id: x") for i, q in enumerate(queries)],
+                    reward=RewardRecord(value=0.0, reason=reason))
+
+
+def _episode(proposer, metrics, solver_rewards=(), status="ok"):
+    solvers = [RoleTurn(role="solver", group_id="r/ep/solver", output=None if v == -1.0 else "x",
+                        reward=RewardRecord(value=v)) for v in solver_rewards]
+    return Episode(run_id="r", recipe="search-selfplay", status=status, turns=[proposer, *solvers], metrics=metrics)
+
+
+BREAKDOWN_EPISODES = [
+    _episode(_proposer(parse_error="output_parser: no question found (the model was still calling tools)",
+                       queries=["a"]), {"valid_proposal": 0.0}),
+    _episode(_proposer(parse_error="output_parser: no question found", finish="length"), {"valid_proposal": 0.0}),
+    _episode(_proposer(parse_error="output_parser: no question found"), {"valid_proposal": 0.0}),
+    _episode(_proposer("What is os.path.join?", reason="invalid proposal: question leaks the answer"),
+             {"valid_proposal": 0.0}),
+    _episode(_proposer("Which joins?", queries=["a"], reason="invalid proposal: searched with 1 distinct queries, "
+                       "need 2"), {"valid_proposal": 0.0}),
+    _episode(_proposer("Which joins paths?", queries=["a", "b"], reason="invalid proposal: RAG check answered 'x'"),
+             {"valid_proposal": 0.0, "rules_pass": 1.0, "rag_pass": 0.0}),
+    _episode(_proposer("Which joins paths?", queries=["a", "b"]), {"valid_proposal": 1.0},
+             solver_rewards=(1.0, -0.5, -1.0)),
+    _episode(_proposer("Which splits?", queries=["a", "b"]), {"valid_proposal": 1.0}, solver_rewards=(-0.5, -0.5)),
+    _episode(_proposer(), {}, status="error"),
+]
+
+
+def test_breakdown_names_one_cause_per_proposal():
+    causes = [sb.proposal_cause(e) for e in BREAKDOWN_EPISODES]
+    assert causes == ["format: still calling tools at the last turn", "format: cut off by max_tokens",
+                      "format: no question line", "leaked answer", "too few distinct queries", "RAG check",
+                      "valid", "valid", "episode error"]
+    b = sb.breakdown(BREAKDOWN_EPISODES)
+    assert b.episodes == 9 and b.valid_rate == pytest.approx(2 / 9)
+    assert b.solver == {"right": 1, "wrong": 3, "no answer": 1}
+    assert b.distinct_queries == {0: 4, 1: 2, 2: 3}
+    # both solver groups share one group id here: 5 rewards, not all equal -> 1 group with variance
+    assert b.groups["solver"] == (1, 1)
+    # the proposer turns of the block all scored 0.0: no variance
+    assert b.groups["proposer"] == (0, 1)
+
+
+def test_breakdown_cli_reads_a_real_store(tmp_path, capsys):
+    path = tmp_path / "traces.db"
+    with TraceStore(path) as store:
+        run_id = store.create_run("search-selfplay", {}, run_id="r")
+        for i, e in enumerate(BREAKDOWN_EPISODES[:7]):
+            store.append_episode(e.model_copy(update={"index": i, "run_id": run_id}))
+    sb.main(["--store", str(path), "--examples", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("run r\n7 episodes; valid proposals 1 (14%)")
+    assert "1   14.3%  leaked answer" in out and "e.g. 'What is os.path.join?'" in out
+    assert "solver attempts: 3; right 1; wrong 1; no answer 1" in out
+
+
+# -- held-out QA set of bench/learning_search.py ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def learning_search():
+    spec = importlib.util.spec_from_file_location("bench_learning_search", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_search_heldout_set_is_what_the_generator_writes(learning_search, tmp_path):
+    rows = learning_search.write_heldout(tmp_path / "heldout.jsonl")
+    assert (tmp_path / "heldout.jsonl").read_bytes() == learning_search.HELDOUT.read_bytes()
+    assert len(rows) >= 200 and len({r["answer"] for r in rows}) == len(rows)
+    from agentplay.rewards import normalize_answer
+    from agentplay.tools import default_corpus_index
+
+    index = default_corpus_index()
+    for r in rows:  # every answer is a corpus document, and no question names it
+        assert index.get(r["answer"]).id == r["answer"]
+        assert normalize_answer(r["answer"]) not in normalize_answer(r["question"])
+    assert learning_search.summary_sentence("m.f", "m.f(x)\n\nReturn x twice. More text.") == "Return x twice."
+    assert learning_search.summary_sentence("m.f", "no signature line here") is None
