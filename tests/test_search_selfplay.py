@@ -62,9 +62,10 @@ def test_parsers_and_rule_checks():
 
 
 async def test_episode_end_to_end_records_tool_calls_rewards_and_exact_tokens():
-    """Pinned by greedy sampling: on this target (group seed of index 0) SmolLM2 searches, then
-    runs out of tokens before it writes a question, every time. The branch with a question
-    (RAG check, solvers, their rewards) is test_question_reaches_rag_check_and_solvers'."""
+    """Pinned by greedy sampling: on this target (group seed of index 0) SmolLM2 calls made-up
+    tools instead of `search` until its tool turns run out, so the write turn asks it for the
+    question alone, and it writes one; having searched 0 times, the proposal fails the rule
+    check, and (gate_solvers=False) the RAG check and both solvers still run."""
     recipe = RECIPES["search-selfplay"](**TINY).compile()
     episode = await run_episode(recipe, index=0, seed=0, run_id="s")
     assert episode.status == "ok", episode.error
@@ -75,25 +76,32 @@ async def test_episode_end_to_end_records_tool_calls_rewards_and_exact_tokens():
         glue = check_token_exact(turn, tokenizer)
         for call in turn.tool_calls:  # whatever the tool said sits in a mask-0 span
             assert any((call.result or call.error or "")[:60] in g for g in glue), call
-    (proposer,) = by_role["proposer"]
-    assert proposer.group_id == "s/block0/proposer" and proposer.reward is not None and proposer.reward.reason
-    assert proposer.generations[0].text.startswith("<tool_call>")  # the demo taught the call format
-    # a search ran, or a call cut off by max_tokens came back to the model as a parse error
-    assert proposer.tool_calls
-    assert all(c.name == "search" or c.error.startswith("parse_error") for c in proposer.tool_calls)
-    assert set(episode.metrics) >= {"question_parsed", "rules_pass", "rag_pass", "valid_proposal"}
-    assert proposer.output is None and proposer.parse_error  # no question: zero, and nothing else ran
-    assert proposer.reward.value == 0.0 and proposer.reward.reason.startswith("parse error")
-    assert set(by_role) == {"proposer"} and episode.metrics["question_parsed"] == 0.0
+    searching, writing = by_role["proposer"]
+    assert searching.group_id == writing.group_id == "s/block0/proposer"
+    assert searching.generations[0].text.startswith("<tool_call>")  # the demo taught the call format...
+    assert searching.tool_calls and all(c.name != "search" and c.error for c in searching.tool_calls)  # ...not the name
+    assert searching.output is None and "still calling tools" in searching.parse_error
+    # the write turn: a fresh prompt (its worked example, then the target and what was found), no tools
+    assert writing.messages[1:3] == WRITE_DEMO and not writing.tool_calls
+    target_line = [m for m in searching.messages if m["role"] == "user"][-1]["content"].splitlines()[0]
+    assert target_line.startswith("Target answer: ") and writing.messages[3]["content"].splitlines()[0] == target_line
+    assert writing.output == "Which function of the tarfile module creates a tarfile object?"
+    for turn in (searching, writing):  # one proposal, one reward: -0.5 for a question that failed a check
+        assert turn.reward.value == -0.5 and turn.reward.reason == \
+            "invalid proposal: searched with 0 distinct queries, need 1"
+    assert episode.metrics["question_parsed"] == 1.0 and episode.metrics["rules_pass"] == 0.0
+    assert len(by_role["rag_checker"]) == 1 and len(by_role["solver"]) == 2
+    for solver in by_role["solver"]:  # a wrong answer, not a missing one: -0.5 (AZR's format rewards)
+        assert solver.output == "json.dumps" and solver.reward.value == -0.5
 
 
-async def test_malformed_proposal_gets_recorded_zero():
-    recipe = RECIPES["search-selfplay"](**(TINY | {"proposer_max_tokens": 1})).compile()
+async def test_malformed_proposal_gets_recorded_minus_one():
+    recipe = RECIPES["search-selfplay"](**(TINY | {"proposer_max_tokens": 1, "write_turn": False})).compile()
     episode = await run_episode(recipe, index=1, seed=1, run_id="m")
     assert episode.status == "ok", episode.error
-    (proposer,) = episode.turns  # no question -> no checks with a model, no solvers
+    (proposer,) = episode.turns  # no question, no write turn -> no checks with a model, no solvers
     assert proposer.output is None and "no question found" in proposer.parse_error
-    assert proposer.reward.value == 0.0 and "no question found" in proposer.reward.reason
+    assert proposer.reward.value == -1.0 and proposer.reward.reason == "invalid proposal: no question"
     assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["question_parsed"] == 0.0
 
 
@@ -120,14 +128,16 @@ async def test_question_reaches_rag_check_and_solvers():
     assert {t.group_id for t in solvers} == {"q/ep2/solver"}
     for t in solvers:
         check_token_exact(t, tokenizer)
-        assert t.reward is not None and t.reward.value in (0.0, 1.0) and t.reward.reason
+        assert t.reward is not None and t.reward.value in (1.0, -0.5, -1.0) and t.reward.reason
         assert any(proposer.output in (m.get("content") or "") for m in t.messages)
-    rate = sum(t.reward.value for t in solvers) / len(solvers)
+    rate = sum(t.reward.value == 1.0 for t in solvers) / len(solvers)
     assert episode.metrics["solve_rate"] == pytest.approx(rate)
-    # pinned (greedy): this question comes without a search, so it fails the rule check; it earns
-    # nothing and says why (1 - solve rate for a valid one: tests/test_recipe_rewards.py)
+    # the RAG checker copied a document's "id: text" line; the parser keeps the name
+    assert rag.output == "inspect.get_line_number"
+    # pinned (greedy): this question comes without a search, so it fails the rule check and gets
+    # -0.5 with the reason (1 - solve rate for a valid one: tests/test_recipe_rewards.py)
     assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["rules_pass"] == 0.0
-    assert proposer.reward.value == 0.0
+    assert proposer.reward.value == -0.5
     assert proposer.reward.reason == "invalid proposal: searched with 0 distinct queries, need 1"
 
 
@@ -266,5 +276,6 @@ def test_committed_search_heldout_set_is_what_the_generator_writes(learning_sear
     for r in rows:  # every answer is a corpus document, and no question names it
         assert index.get(r["answer"]).id == r["answer"]
         assert normalize_answer(r["answer"]) not in normalize_answer(r["question"])
-    assert learning_search.summary_sentence("m.f", "m.f(x)\n\nReturn x twice. More text.") == "Return x twice."
+    assert learning_search.summary_sentence("m.f", "m.f(x)\n\nReturn x twice over, as a list. More.") == \
+        "Return x twice over, as a list."
     assert learning_search.summary_sentence("m.f", "no signature line here") is None
