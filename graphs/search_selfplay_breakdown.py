@@ -39,11 +39,13 @@ def proposal_cause(episode: Episode) -> str:
     """The first stage the episode's proposal failed, or 'valid' (one of `PROPOSAL_CAUSES`)."""
     if episode.status != "ok":
         return "episode error"
-    proposer = next((t for t in episode.turns if t.role == "proposer"), None)
-    if proposer is None:
+    proposers = [t for t in episode.turns if t.role == "proposer"]
+    if not proposers:
         return "episode error"
     if episode.metrics.get("valid_proposal") == 1.0:
         return "valid"
+    # the turn that wrote the question (the searching turn or the write turn after it), else the last
+    proposer = next((t for t in proposers if t.output is not None), proposers[-1])
     if proposer.output is None:
         error = proposer.parse_error or ""
         if "still calling tools" in error:
@@ -76,7 +78,7 @@ class Breakdown:
     proposals: Counter[str] = field(default_factory=Counter)
     solver: Counter[str] = field(default_factory=Counter)
     distinct_queries: Counter[int] = field(default_factory=Counter)
-    """How many distinct queries each parsed or unparsed proposal searched with."""
+    """How many distinct queries each proposal (all its proposer turns) searched with."""
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)
     """role -> (groups with reward variance, groups) over groups of at least two rewarded turns."""
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -98,15 +100,17 @@ def breakdown(episodes: Iterable[Episode], examples: int = 0) -> Breakdown:
         out.episodes += 1
         cause = proposal_cause(episode)
         out.proposals[cause] += 1
+        proposers = [t for t in episode.turns if t.role == "proposer"]
+        queries = {str(c.arguments.get("query", "")).strip() for t in proposers for c in t.tool_calls
+                   if c.name == "search" and c.error is None and c.arguments}
+        if proposers:
+            out.distinct_queries[len(queries - {""})] += 1
+            shown = out.examples.setdefault(cause, [])
+            if len(shown) < examples:
+                turn = next((t for t in proposers if t.output is not None), proposers[-1])
+                final = turn.generations[-1].text if turn.generations else ""
+                shown.append(f"{turn.output!r} <- {' '.join(final.split())[:160]!r}")
         for turn in episode.turns:
-            if turn.role == "proposer":
-                queries = {str(c.arguments.get("query", "")).strip() for c in turn.tool_calls
-                           if c.name == "search" and c.error is None and c.arguments}
-                out.distinct_queries[len(queries - {""})] += 1
-                shown = out.examples.setdefault(cause, [])
-                if len(shown) < examples:
-                    final = turn.generations[-1].text if turn.generations else ""
-                    shown.append(f"{turn.output!r} <- {' '.join(final.split())[:160]!r}")
             if turn.role == "solver":
                 out.solver[solver_outcome(turn)] += 1
             if turn.reward is not None and turn.group_id:

@@ -224,6 +224,10 @@ BREAKDOWN_EPISODES = [
              solver_rewards=(1.0, -0.5, -1.0)),
     _episode(_proposer("Which splits?", queries=["a", "b"]), {"valid_proposal": 1.0}, solver_rewards=(-0.5, -0.5)),
     _episode(_proposer(), {}, status="error"),
+    # a searching turn without a question, then the write turn's question: judged by the question
+    Episode(run_id="r", recipe="search-selfplay", metrics={"valid_proposal": 0.0}, turns=[
+        _proposer(parse_error="output_parser: no question found", finish="length", queries=["a"]),
+        _proposer("What is os.times?", reason="invalid proposal: question leaks the answer")]),
 ]
 
 
@@ -231,11 +235,11 @@ def test_breakdown_names_one_cause_per_proposal():
     causes = [sb.proposal_cause(e) for e in BREAKDOWN_EPISODES]
     assert causes == ["format: still calling tools at the last turn", "format: cut off by max_tokens",
                       "format: no question line", "leaked answer", "too few distinct queries", "RAG check",
-                      "valid", "valid", "episode error"]
+                      "valid", "valid", "episode error", "leaked answer"]
     b = sb.breakdown(BREAKDOWN_EPISODES)
-    assert b.episodes == 9 and b.valid_rate == pytest.approx(2 / 9)
+    assert b.episodes == 10 and b.valid_rate == pytest.approx(2 / 10)
     assert b.solver == {"right": 1, "wrong": 3, "no answer": 1}
-    assert b.distinct_queries == {0: 4, 1: 2, 2: 3}
+    assert b.distinct_queries == {0: 4, 1: 3, 2: 3}  # per episode: the last one searched once over two turns
     # both solver groups share one group id here: 5 rewards, not all equal -> 1 group with variance
     assert b.groups["solver"] == (1, 1)
     # the proposer turns of the block all scored 0.0: no variance
