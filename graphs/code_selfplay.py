@@ -332,7 +332,7 @@ def parse_proposal(text: str) -> dict[str, Any]:
     return {"program": program, "inputs": inputs}
 
 
-def _answer_parser(task_type: str):
+def _answer_parser(task_type: str) -> Callable[[str], str]:
     lang = {"deduction": "output", "abduction": "input", "induction": "python"}[task_type]
 
     def parse(text: str) -> str:

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import docker
 
@@ -124,7 +126,7 @@ class DockerBackend:
                 return await self._new_container()
             await self._changed.wait()  # a warm-up is in flight or a container is leaving
 
-    def _spawn_bg(self, coro) -> None:
+    def _spawn_bg(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -211,7 +213,7 @@ class DockerBackend:
                     f"{getattr(ceiling, field)}; raise SandboxConfig.limits.{field}"
                 )
 
-    async def execute(self, *, limits: Limits, **job_fields) -> SandboxResult:
+    async def execute(self, *, limits: Limits, **job_fields: Any) -> SandboxResult:
         self._check_limits(limits)
         job = make_job(
             limits=limits,

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from ._models import BackendName, Limits, SandboxConfig, SandboxResult, SandboxUnavailable
 from ._wire import (
@@ -174,7 +175,7 @@ class _OnceBackend:
         # Nothing to wipe: the tmpfs dirs vanish with the namespaces when the run ends.
         return "/work", [], dict(_ENV)
 
-    async def execute(self, *, limits: Limits, **job_fields) -> SandboxResult:
+    async def execute(self, *, limits: Limits, **job_fields: Any) -> SandboxResult:
         workdir, wipe, env = self._workdir()
         try:
             job = make_job(

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,13 +44,13 @@ _EMBED_CHARS = 1000
 """Characters of title+text handed to the encoder (it keeps the first 128 tokens anyway)."""
 
 
-def _stemmer():
+def _stemmer() -> Any:  # Stemmer.Stemmer (PyStemmer ships no types)
     import Stemmer
 
     return Stemmer.Stemmer("english")
 
 
-def _tokenize(texts: list[str], *, return_ids: bool):
+def _tokenize(texts: list[str], *, return_ids: bool) -> Any:  # bm25s ships no types
     import bm25s
 
     return bm25s.tokenize(

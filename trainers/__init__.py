@@ -4,6 +4,8 @@ Only the configuration is imported eagerly: the CLI builds its flags from `Train
 at startup, and the rest pulls in torch, transformers and TRL (seconds) on first use.
 """
 
+from typing import Any
+
 from ._config import LossType, TrainConfig
 
 _LAZY = {
@@ -30,7 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from agentplay.tools import CorpusIndex, SearchMode
 
 corpus_app = typer.Typer(
     name="corpus",
@@ -21,7 +24,7 @@ IndexArg = Annotated[str, typer.Argument(help="An index folder, or 'default' for
 ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="bm25, dense or hybrid.")]
 
 
-def _open(index: str):
+def _open(index: str) -> CorpusIndex:
     from agentplay.tools import CorpusIndex, default_corpus_index
 
     if index == "default":
@@ -32,10 +35,10 @@ def _open(index: str):
         raise typer.BadParameter(str(exc), param_hint="INDEX") from None
 
 
-def _check_mode(mode: str) -> str:
+def _check_mode(mode: str) -> SearchMode:
     if mode not in ("bm25", "dense", "hybrid"):
         raise typer.BadParameter(f"must be bm25, dense or hybrid, got {mode!r}", param_hint="--mode")
-    return mode
+    return cast("SearchMode", mode)
 
 
 @corpus_app.command("index")
@@ -104,6 +107,6 @@ def serve_cmd(
     from agentplay.tools import RetrieverServer, retriever_app
 
     idx = _open(index)
-    server = RetrieverServer(retriever_app(idx, mode=_check_mode(mode), default_topk=topk), host, port)  # type: ignore[arg-type]
+    server = RetrieverServer(retriever_app(idx, mode=_check_mode(mode), default_topk=topk), host, port)
     _console.print(f"serving {len(idx)} documents at {server.url}/retrieve ({mode})")
     server.run()

@@ -1,5 +1,7 @@
 """Models that serve the agents: one async interface, local and API backends."""
 
+from typing import Any
+
 from ._base import ChatModel, UpdatableModel
 from ._config import DEFAULT_MODEL_SPEC, ModelConfig, ModelSpecError, parse_model_spec
 from ._load import load_model
@@ -28,7 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # LocalModel pulls in torch and transformers; API-only users should not pay for that.
     if name == "LocalModel":
         from ._local import LocalModel
