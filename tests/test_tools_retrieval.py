@@ -150,7 +150,7 @@ def _plain(output: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
 
 
-def test_corpus_cli_index_search_info(tmp_path: Path):
+def test_corpus_cli_index_search_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder = tmp_path / "kb"
     folder.mkdir()
     for name, text in {"tides.md": "# Tides\nThe moon's gravity raises ocean tides twice a day.",
@@ -168,7 +168,9 @@ def test_corpus_cli_index_search_info(tmp_path: Path):
     assert res.exit_code == 0 and "'documents': 3" in res.output and "'dense': False" in res.output
     res = runner.invoke(corpus_app, ["search", str(out), "tides", "--mode", "dense"])
     assert res.exit_code == 2 and "built without dense embeddings" in _plain(res.output)
-    res = runner.invoke(corpus_app, ["index", str(tmp_path / "nowhere")])
+    # A relative path: rich wraps a long absolute one mid-word inside its error box.
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(corpus_app, ["index", "nowhere"])
     assert res.exit_code == 2 and "nowhere: no such file or folder" in _plain(res.output)
 
 
