@@ -33,13 +33,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_server(port: int | None = None, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
     """`agentplay serve` on `port` (default: a free 127.0.0.1 one), waited for until /v1/models answers.
 
-    `env` defaults to `agentplay_env()` (one torch thread)."""
+    `env` defaults to `agentplay_env()` (one torch thread); `args` are more `serve` flags."""
     port = port or _free_port()
     proc = subprocess.Popen([*AGENTPLAY, "serve", "--model", DEFAULT_MODEL_SPEC, "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env=env or agentplay_env(), start_new_session=True,
+                             "--port", str(port), "--log-level", "warning", *args], env=env or agentplay_env(),
+                            start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 300

@@ -23,6 +23,12 @@ def serve(
         "continuous", help="Batching of a local/hf model: static (one batch decoded to its end, then the next) or "
                        "continuous (requests join the running batch at every decode step; see ModelConfig.scheduler)."
     ),
+    decode_dtype: str | None = typer.Option(
+        None, help="What a local/hf Llama-family model's decode step multiplies: float32 (exact logprobs) or "
+                   "bfloat16 (1.5-2x faster batched steps on AMX CPUs, logprobs ~0.01 off; recorded in each "
+                   "answer's sampled_with; see ModelConfig.decode_dtype). Default: $AGENTPLAY_DECODE_DTYPE, "
+                   "else float32."
+    ),
 ) -> None:
     """Serve a model over /v1/chat/completions, with vLLM's LoRA-loading endpoints for weight updates."""
     import os
@@ -37,9 +43,11 @@ def serve(
     from agentplay.models._server import create_app
 
     try:
-        chat_model = load_model(model or DEFAULT_MODEL_SPEC, scheduler=scheduler)
+        dtype = {} if decode_dtype is None else {"decode_dtype": decode_dtype}
+        chat_model = load_model(model or DEFAULT_MODEL_SPEC, scheduler=scheduler, **dtype)
     except ModelSpecError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--model") from None
+        hint = "--decode-dtype" if "decode_dtype:" in str(exc) else "--model"
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
     if chat_model.spec.startswith("openai:"):
         raise typer.BadParameter(
             "serve runs an in-process engine; an openai: model is already a server",

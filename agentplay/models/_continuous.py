@@ -82,11 +82,12 @@ class _Batch:
 class ContinuousEngine(EngineBase):
     """Same interface as `_engine.Engine`: `generate`, `run_exclusive`, `close`, `version`."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, continuous: bool = True, **knobs: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, continuous: bool = True,
+                 low_dtype: torch.dtype | None = None, **knobs: Any) -> None:
         super().__init__(model, tokenizer, **knobs)
         self.continuous = continuous
         """False: admit only when no row is decoding (static batches)."""
-        self.decoder = LeanDecoder(model)
+        self.decoder = LeanDecoder(model, low_dtype=low_dtype)
         self.cpu_seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
         """The engine thread's CPU time by phase since start (bench/serving.py prints the split)."""
         self._inbox: queue.SimpleQueue[_Job | _Op | None] = queue.SimpleQueue()

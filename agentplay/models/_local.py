@@ -65,9 +65,18 @@ class LocalModel(ChatModel, UpdatableModel):
             logprobs_mode=config.logprobs_mode, share_prefill=config.share_prefill,
             torch_threads=config.torch_threads)
         # Llama-family models decode through the lean path under either scheduler; others through `generate`
+        lean = supports_lean_decoder(model)
+        if config.decode_dtype != "float32" and not lean:
+            raise ModelSpecError(
+                f"decode_dtype: {config.decode_dtype} decoding needs the lean decode path (Llama-family models);"
+                f" {config.spec!r} is a {model.config.model_type!r} model: use decode_dtype=float32 (or dtype=...)")
+        low = getattr(torch, config.decode_dtype) if config.decode_dtype != "float32" else None
         self._engine: Engine | ContinuousEngine = (
-            ContinuousEngine(model, self.tokenizer, continuous=config.scheduler == "continuous", **knobs)
-            if supports_lean_decoder(model) else Engine(model, self.tokenizer, **knobs))
+            ContinuousEngine(model, self.tokenizer, continuous=config.scheduler == "continuous", low_dtype=low,
+                             **knobs)
+            if lean else Engine(model, self.tokenizer, **knobs))
+        self.decode_dtype = config.decode_dtype if low is not None else str(model.dtype).removeprefix("torch.")
+        """What the decode step multiplies, recorded in every result's `sampled_with`."""
         self._prefix = PrefixCache(self.tokenizer, config.prefix_cache_size)
         self._adapters: list[str] = []
         self._update_lock = asyncio.Lock()
@@ -115,6 +124,7 @@ class LocalModel(ChatModel, UpdatableModel):
                 # the sampler reports greedy rows' logprobs from the raw distribution
                 logprobs_mode="raw" if sampling.temperature == 0 else self.config.logprobs_mode,
                 engine=LOCAL_ENGINE,
+                decode_dtype=self.decode_dtype,
             ),
             usage=Usage(
                 prompt_tokens=len(prompt_ids),

@@ -59,6 +59,10 @@ class SamplingRecord(BaseModel):
     `raw` (T = 1) or `processed` (after temperature and top_p); None when the backend cannot say."""
     engine: str = ""
     """What sampled: `agentplay-local`, `agentplay-serve/agentplay-local`, a server's model name..."""
+    decode_dtype: str | None = None
+    """What the engine's decode step multiplied: `float32` (the trainer's arithmetic: logprobs exact),
+    `bfloat16` (`ModelConfig.decode_dtype`: logprobs ~0.01 off the fp32 policy's; correct with
+    `tis_cap` / `mis_bound`); None when the backend cannot say."""
     reported: bool = True
     """True: the backend said how it sampled. False: a server that cannot say (vLLM, llama.cpp,
     a hosted API); these are the parameters the recipe requested, and the trainer scores the
