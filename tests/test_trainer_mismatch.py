@@ -65,12 +65,13 @@ def two_temperature_recipe(model: str = DEFAULT_MODEL_SPEC) -> Recipe:
                   initial_state=lambda ctx: {"question": ["Name a colour.", "Name a city."][ctx.index % 2]})
 
 
-async def _one_iteration(tmp_path: Path, served: Any, *, lora: bool) -> tuple[dict[str, float], TraceStore]:
+async def _one_iteration(tmp_path: Path, served: Any, *, lora: bool,
+                         **train: Any) -> tuple[dict[str, float], TraceStore]:
     store = TraceStore(tmp_path / "traces.db")
     cfg = TrainConfig(recipe="unused", iterations=1, episodes_per_iteration=2, concurrency=2,
                       store=tmp_path / "traces.db", output_dir=tmp_path / "out", run_name="m", lora=lora, lora_r=4,
                       learning_rate=1e-5, loss_type="dapo", micro_batch_size=8, zero_variance="keep",
-                      temperature=1.0, report_to=[])
+                      temperature=1.0, report_to=[], **train)
     summary = await SelfPlayTrainer(cfg, recipe=two_temperature_recipe(), served=served, store=store).run()
     return summary.metrics[0], store
 
@@ -98,7 +99,7 @@ async def test_two_roles_at_two_temperatures_have_no_mismatch_with_the_local_eng
     for role, temperature in TEMPERATURES.items():
         (record,) = records[role]  # stored and read back, one setting per role
         assert SamplingRecord.model_validate_json(record) == SamplingRecord(temperature=temperature, top_p=1.0, logprobs_mode="temperature",
-                                        engine="agentplay-local", reported=True)
+                                        engine="agentplay-local", decode_dtype="float32", reported=True)
     assert {p.name for p in store.metrics("m")} >= {"mismatch/cold/kl", "mismatch/hot/kl", "mismatch/all/kl"}
 
 
@@ -117,6 +118,24 @@ async def test_two_roles_at_two_temperatures_have_no_mismatch_through_agentplay_
     assert {(t.role, g.sampling.temperature, g.sampling.reported, g.sampling.logprobs_mode)
             for t in turns for g in t.generations} == {("cold", 0.5, True, "temperature"),
                                                        ("hot", 1.4, True, "temperature")}
+
+
+async def test_bf16_rollouts_are_recorded_measured_and_corrected(tmp_path):
+    """Rollouts decoded in bf16 (`decode_dtype`, issue #21) against the fp32 trainer: every
+    generation says so in the store, the mismatch metrics see the gap (well above the fp32
+    engine's float noise that `_assert_no_mismatch` bounds), and TIS reaches the loss."""
+    served = load_model(DEFAULT_MODEL_SPEC, decode_dtype="bfloat16")
+    try:
+        m, store = await _one_iteration(tmp_path, served, lora=True, tis_cap=2.0)
+    finally:
+        await served.aclose()
+    turns = [t for ep in store.episodes(rollout_run_id("m", 0)) for t in ep.turns]
+    assert {g.sampling.decode_dtype for t in turns for g in t.generations if g.sampling} == {"bfloat16"}
+    assert m["mismatch/all/tokens"] > 0, m
+    assert m["mismatch/all/ratio_dev_mean"] > 2e-3, m
+    assert m["mismatch/all/ratio_dev_max"] > 2e-2, m
+    assert m["mismatch/all/ratio_dev_mean"] < 0.1, m  # a bounded gap, not another policy
+    assert "correction/tis_truncated_fraction" in m, m
 
 
 def test_a_server_that_cannot_say_is_scored_at_the_declared_parameters():
