@@ -16,14 +16,16 @@ Then the issue #21 workload (`--workload`): the add-game episodes of `examples/m
 (a writer turn, then its solvers on the writer's question, <= 32 tokens each, T=0.8), 12
 episodes at concurrency 1, 4 and 8, solvers as n separate requests (n=1) or one request
 with n=2, through: the in-process engine with continuous batching, the same engine with
-static batches, `agentplay serve --scheduler continuous` (its own process) over HTTP, and llama.cpp's
+static batches, `agentplay serve --scheduler continuous` (its own process) over HTTP, the in-process engine and
+`agentplay serve` again with bf16 weights (`--decode-dtype bfloat16`: faster batched steps,
+logprobs ~0.01 off the fp32 policy's, corrected by the trainer's TIS/MIS), and llama.cpp's
 OpenAI-compatible server (Q4_1 GGUF, its own process) when `llama_cpp` is importable by
 `--llama-python` (default: this interpreter, else .venv-llama/bin/python). Ratios are the
 peer's wall time over ours (higher is better for us), all measured in this one run.
 
 Then (`--decode-profile`, also run by default) the decode step itself: CPU milliseconds of one
 thread per step of transformers' `LlamaForCausalLM.forward` with its `DynamicCache` against the
-lean decode path (`agentplay/models/_decoder.py`) at 1, 2 and 8 rows with a 150-token cache,
+lean decode path (`agentplay/models/_decoder.py`, fp32 and bf16) at 1, 2, 4, 8 and 16 rows with a 150-token cache,
 and the share of that step spent in matrix multiplies (torch profiler). CPU time of the
 measuring thread is used so the ratio holds on a machine shared with other jobs.
 
@@ -184,6 +186,12 @@ def _llama_python(arg: str | None) -> str | None:
     return None
 
 
+def _wanted(spec: str | None):
+    """`--backends a,b`: run only the backends whose name contains one of these (default: all)."""
+    parts = [p.strip() for p in (spec or "").split(",") if p.strip()]
+    return lambda name: not parts or any(p in name for p in parts)
+
+
 async def workload(args: argparse.Namespace) -> None:
     import signal
     import socket
@@ -200,15 +208,19 @@ async def workload(args: argparse.Namespace) -> None:
             return sock.getsockname()[1]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTPLAY_TORCH_THREADS": str(args.threads)}
+    wanted = _wanted(args.backends)
     servers: dict[str, tuple[object, str]] = {}
-    p = port()
-    servers["agentplay serve (cont.)"] = (_start([sys.executable, "-m", "agentplay.cli", "serve", "--model",
-                                          "local:smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(p),
-                                          "--log-level", "warning", "--scheduler", "continuous"],
-                                         f"http://127.0.0.1:{p}/v1", env),
-                                  f"http://127.0.0.1:{p}/v1")
+    for name, dtype in (("agentplay serve (cont.)", "float32"), ("agentplay serve bf16", "bfloat16")):
+        if not wanted(name):
+            continue
+        p = port()
+        servers[name] = (_start([sys.executable, "-m", "agentplay.cli", "serve", "--model",
+                                 "local:smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(p),
+                                 "--log-level", "warning", "--scheduler", "continuous", "--decode-dtype", dtype],
+                                f"http://127.0.0.1:{p}/v1", env),
+                         f"http://127.0.0.1:{p}/v1")
     llama = _llama_python(args.llama_python)
-    if llama is not None:
+    if llama is not None and wanted("llama.cpp server"):
         p = port()
         cmd = [llama, "-m", "llama_cpp.server", "--model", str(find_default_gguf()), "--host", "127.0.0.1",
                "--port", str(p), "--n_threads", str(args.threads), "--n_ctx", "2048",
@@ -217,14 +229,19 @@ async def workload(args: argparse.Namespace) -> None:
     sampling = dict(max_tokens=args.max_tokens, temperature=0.8)
     backends: dict[str, tuple[object, object]] = {}
     try:
-        for scheduler in ("continuous", "static"):
-            local = load_model("local:smollm2-135m-instruct", torch_threads=args.threads, scheduler=scheduler)
+        for name, scheduler, dtype in (("in-process (continuous)", "continuous", "float32"),
+                                       ("in-process (static)", "static", "float32"),
+                                       ("in-process bf16 (cont.)", "continuous", "bfloat16")):
+            if not wanted(name):
+                continue
+            local = load_model("local:smollm2-135m-instruct", torch_threads=args.threads, scheduler=scheduler,
+                               decode_dtype=dtype)
 
             async def chat_local(messages, n, local=local):
                 res = await local.chat(messages, sampling=SamplingParams(n=n, **sampling))
                 return [c.text for c in res.choices]
 
-            backends[f"in-process ({scheduler})"] = (chat_local, local)
+            backends[name] = (chat_local, local)
         for name, (_, url) in servers.items():
             client = AsyncOpenAI(base_url=url, api_key="none", timeout=600, max_retries=0)
             nmax = 1 if name.startswith("llama") else 8  # llama-cpp-python's server samples one choice
@@ -238,7 +255,7 @@ async def workload(args: argparse.Namespace) -> None:
             backends[name] = (chat_http, client)
         for chat, _ in backends.values():  # warm-up
             await chat([{"role": "user", "content": "Hi"}], 1)
-        peer = "llama.cpp server" if "llama.cpp server" in backends else "in-process (static)"
+        peer = "llama.cpp server" if "llama.cpp server" in backends else next(iter(backends))
         print(f"\nissue #21 workload: add-game, {args.episodes} episodes x (1 writer + {args.solvers} solvers), "
               f"<= {args.max_tokens} tokens, T=0.8, {args.threads} threads per engine; ratio = {peer} s / s")
         print(f"{'backend':<26}{'conc':>5}{'n':>3}{'requests':>9}{'wall s':>9}{'ratio':>8}")
@@ -263,14 +280,16 @@ async def workload(args: argparse.Namespace) -> None:
             await (getattr(handle, "aclose", None) or handle.close)()
 
 
-def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, steps: int = 8) -> None:
-    """Per-step CPU ms of HF forward vs the lean decoder (one thread), and where the lean step goes."""
+def decode_profile(rows_list: tuple[int, ...] = (1, 2, 4, 8, 16), context: int = 150, steps: int = 8) -> None:
+    """Per-step CPU ms of HF forward vs the lean decoder (one thread; fp32, fp32 batch-invariant,
+    and bf16 weights), and where the lean step goes."""
     import threading
 
     import torch
     from torch.profiler import profile
 
     from agentplay.models import load_model
+    from agentplay.models._decoder import LeanDecoder
 
     out: list[str] = []
 
@@ -278,9 +297,12 @@ def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, s
         torch.set_num_threads(1)
         model = load_model("local:smollm2-135m-instruct", torch_threads=1)
         hf, lean = model.hf_model, model._engine.decoder
+        low = LeanDecoder(hf, low_dtype=torch.bfloat16)
         gen = torch.Generator().manual_seed(0)
-        out.append(f"decode step, {context}-token cache, 1 thread, CPU ms per step (lower is better)")
-        out.append(f"{'rows':>5}{'HF forward':>12}{'lean':>8}{'speed-up':>10}{'lean, batch-invariant':>23}{'speed-up':>10}")
+        out.append(f"decode step, {context}-token cache, 1 thread, CPU ms per step (lower is better); "
+                   f"speed-ups against HF forward")
+        out.append(f"{'rows':>5}{'HF forward':>12}{'lean':>8}{'speed-up':>10}{'lean, batch-invariant':>23}"
+                   f"{'speed-up':>10}{'lean bf16':>11}{'speed-up':>10}")
         with torch.inference_mode():
             for rows in rows_list:
                 ids = torch.randint(0, 49152, (rows, context), generator=gen)
@@ -299,8 +321,14 @@ def decode_profile(rows_list: tuple[int, ...] = (1, 2, 8), context: int = 150, s
                     for _ in range(steps):
                         y = lean.decode(y, caches).argmax(-1)
                     lean_ms[invariant] = (time.thread_time() - started) / steps * 1000
+                caches = [low.prefill(ids[r].tolist(), steps + 1)[1] for r in range(rows)]
+                y = ids[:, -1]
+                started = time.thread_time()
+                for _ in range(steps):
+                    y = low.decode(y, caches).argmax(-1)
+                low_ms = (time.thread_time() - started) / steps * 1000
                 out.append(f"{rows:>5}{hf_ms:>12.1f}{lean_ms[False]:>8.1f}{hf_ms / lean_ms[False]:>9.2f}x"
-                           f"{lean_ms[True]:>23.1f}{hf_ms / lean_ms[True]:>9.2f}x")
+                           f"{lean_ms[True]:>23.1f}{hf_ms / lean_ms[True]:>9.2f}x{low_ms:>11.1f}{hf_ms / low_ms:>9.2f}x")
             lean.batch_invariant = False
             caches = [lean.prefill(ids[0].tolist(), steps + 1)[1]]
             with profile() as prof:
@@ -336,6 +364,9 @@ async def main() -> None:
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--solvers", type=int, default=2)
     parser.add_argument("--llama-python", default=None, help="a Python that can import llama_cpp.server")
+    parser.add_argument("--backends", default=None,
+                        help="workload: only backends whose name contains one of these comma-separated parts "
+                             "(e.g. 'continuous,bf16,llama'); default: all")
     args = parser.parse_args()
     if args.decode_profile:
         decode_profile()
