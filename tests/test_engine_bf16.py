@@ -168,3 +168,31 @@ async def test_serve_flag_decodes_in_bf16_and_says_so_over_http():
     finally:
         await served.aclose()
         stop_server(proc)
+
+
+def test_run_flag_decodes_the_recipe_in_bf16_and_the_store_says_so(tmp_path):
+    """`agentplay run --decode-dtype bfloat16` reaches the model the recipe loads in process."""
+    import subprocess
+
+    from _servers import AGENTPLAY, agentplay_env
+
+    from agentplay.traces import TraceStore
+
+    store = tmp_path / "t.db"
+    done = subprocess.run([*AGENTPLAY, "run", "examples/my_recipe.py:build", "--episodes", "1", "--store", str(store),
+                           "--run-id", "bf", "--set", "max_tokens=6", "--decode-dtype", "bfloat16"],
+                          env=agentplay_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = {g.sampling.decode_dtype for ep in TraceStore(store).episodes("bf") for t in ep.turns
+               for g in t.generations if g.sampling}
+    assert records == {"bfloat16"}
+
+
+def test_decode_dtype_flag_is_refused_for_a_served_model():
+    from typer.testing import CliRunner
+
+    from agentplay.cli import app
+
+    result = CliRunner().invoke(app, ["run", "examples/my_recipe.py:build", "--model", "openai:m", "--base-url",
+                                      "http://127.0.0.1:9/v1", "--decode-dtype", "bfloat16"])
+    assert result.exit_code == 2 and "--decode-dtype" in result.output and "agentplay serve" in result.output

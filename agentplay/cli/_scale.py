@@ -1,5 +1,5 @@
-"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`, `--retry-deadline`: shared by
-`agentplay run` and `train`.
+"""`--executor`, `--address`, `--workers`, `--base-url`, `--tokenizer`, `--retry-deadline`,
+`--decode-dtype`: shared by `agentplay run` and `train`.
 
 `--base-url` is the serving URL's one name (what the openai client, vLLM's tools and
 OPENAI_BASE_URL call it); several comma-separated URLs make a pool. `--endpoints`,
@@ -43,6 +43,12 @@ class ScaleOptions(BaseModel):
     """Seconds a model call of an openai: --model keeps retrying, waiting for a server to come back,
     before its episode fails with NoLiveEndpointError (default 300; ModelConfig.retry_deadline_s)."""
 
+    decode_dtype: Literal["float32", "bfloat16"] | None = None
+    """What in-process local/hf models multiply when decoding: float32 (exact logprobs) or bfloat16 (faster
+    batched steps, logprobs ~0.01 off the fp32 trainer's; pair with --tis-cap / --mis-bound). Sets
+    $AGENTPLAY_DECODE_DTYPE for this run and its workers (default: that variable, else float32;
+    ModelConfig.decode_dtype). A served openai: model takes `agentplay serve --decode-dtype` instead."""
+
     def urls(self) -> list[str]:
         return [u.strip() for u in (self.endpoints or "").split(",") if u.strip()]
 
@@ -65,6 +71,13 @@ class ScaleOptions(BaseModel):
             raise ValueError(f"--tokenizer: only for --model openai:<served model name>, got --model {model!r}")
         if self.retry_deadline is not None and not served:
             raise ValueError(f"--retry-deadline: only for --model openai:<served model name>, got --model {model!r}")
+        if self.decode_dtype is not None and served:
+            raise ValueError(f"--decode-dtype: only for in-process models (local:, hf:), got --model {model!r};"
+                             " start the server with `agentplay serve --decode-dtype` instead")
+        if self.decode_dtype is not None:
+            # read by ModelConfig's default wherever a local model is loaded: this process, the
+            # trainer, Ray workers (AGENTPLAY_* is forwarded below), data-parallel processes
+            os.environ["AGENTPLAY_DECODE_DTYPE"] = self.decode_dtype
         if served:
             check_served_model(str(model), urls)
         if kind == "local":
