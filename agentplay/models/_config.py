@@ -80,7 +80,7 @@ class ModelConfig(BaseModel):
     """`local`/`hf` Llama-family models: what the lean decode path multiplies. `float32` (the default):
     the trainer's own arithmetic, logprobs exact. `bfloat16`: bf16 copies of the weights (AMX/AVX512-BF16
     CPUs; rebuilt on every weight update), 1.5-2x faster steps from 4 rows, but each recorded logprob
-    moves by ~0.01 (up to ~0.1) from the fp32 policy's and about 1 greedy token in 100 differs; samples
+    moves by ~0.015 (up to ~0.2) from the fp32 policy's and about 1 greedy token in 100 differs; samples
     record `sampled_with.decode_dtype` and the trainer's `tis_cap` / `mis_bound` correct for the
     mismatch. Defaults to $AGENTPLAY_DECODE_DTYPE, else float32."""
     torch_threads: int | None = Field(default_factory=lambda: _env_threads(), ge=1)
