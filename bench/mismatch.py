@@ -20,7 +20,7 @@ bf16 rollouts (`ModelConfig.decode_dtype`, issue #21) against the fp32 trainer, 
 shape (4446 trained tokens; 1 thread, shared box): after scoring at the recorded settings, mean
 |ratio-1| 0.017 (max 0.19), KL 0.00035, no token outside the clip range; |dlogprob| mean 0.017,
 max 0.19. TIS at cap 2 truncates 0% of tokens and MIS at bound 1.1 rejects 0% of sequences: the
-gap is per-token noise that the correction weights (ratios 0.83-1.21) carry into the loss.
+gap is per-token noise (ratios within 1 +- 0.19) that the correction weights carry into the loss.
 """
 
 from __future__ import annotations

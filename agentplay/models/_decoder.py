@@ -214,10 +214,10 @@ class LeanDecoder:
             layer = full.low if low and full.low is not None else full
             q, k, v = self._qkv(h, layer, cos, sin, linear)  # [rows, heads, d], [rows, kv, d]
             outs = []
+            kv = torch.stack([k, v], 1)  # [rows, 2, kv, d]: one copy per row into its cache
             for r, c in enumerate(caches):
                 n = at[r]
-                c.kv[i, 0, :, n] = k[r]
-                c.kv[i, 1, :, n] = v[r]
+                c.kv[i, :, :, n] = kv[r]
                 outs.append(F.scaled_dot_product_attention(
                     q[r][None, :, None], c.kv[i, 0, :, : n + 1][None], c.kv[i, 1, :, : n + 1][None],
                     scale=self.scaling, enable_gqa=True))

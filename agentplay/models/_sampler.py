@@ -87,15 +87,14 @@ class RowSampler(LogitsProcessor):
         raw = scores.float()
         scaled = raw / self._temps
         processed = _top_p_mask(scaled, self._top_p)
-        probs = torch.softmax(processed, dim=-1)
         chosen = torch.zeros(len(self.rows), dtype=torch.long, device=raw.device)
-        for i, row in enumerate(self.rows):
-            if row.finish is not None:
-                continue
-            if row.temperature == 0:
+        live = [i for i, row in enumerate(self.rows) if row.finish is None]
+        drawn = [i for i in live if self.rows[i].temperature != 0]
+        if drawn:
+            chosen[drawn] = _inverse_cdf(torch.softmax(processed[drawn], dim=-1), [self._gens[i] for i in drawn])
+        for i in live:
+            if self.rows[i].temperature == 0:
                 chosen[i] = int(torch.argmax(raw[i]))
-            else:
-                chosen[i] = int(torch.multinomial(probs[i], 1, generator=self._gens[i]))
         source = {"raw": raw, "temperature": scaled, "processed": processed}[self._mode]
         logp = torch.log_softmax(source, dim=-1)
         raw_logp = torch.log_softmax(raw, dim=-1) if self._mode != "raw" else logp
@@ -138,6 +137,19 @@ class RowStop(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         done = torch.tensor([r.finish is not None for r in self.rows], device=input_ids.device)
         return cast(torch.BoolTensor, done)  # HF's signature: a bool tensor
+
+
+def _inverse_cdf(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row drawn from `probs` with that row's generator: the first token whose
+    cumulative probability exceeds a uniform draw (zero-probability tokens are never drawn).
+
+    Written here because `torch.multinomial` draws one exponential per vocabulary entry for each
+    sample: 1 ms per row of SmolLM2's 49k vocabulary on this CPU, 15% of a 16-row bf16 decode step;
+    this is one uniform per row and a float64 cumulative sum (~0.06 ms)."""
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=probs.device) for g in generators])
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp_(max=probs.shape[-1] - 1)
 
 
 def _top_p_mask(logits: torch.Tensor, top_p: list[float]) -> torch.Tensor:
