@@ -26,7 +26,12 @@ CPU milliseconds per decode step of one thread, so that the figures hold on a sh
   mean |dlogprob| 0.010 (max 0.07) and 99% greedy agreement (all-bf16 logits: 0.016 / 0.10 / 98%).
   On sampled (T=1) tokens 0.015 (max 0.14), whatever the number of fp32-recomputed logits (64 to
   1024, or an fp32 head): the rest is the bf16 weights' own rounding.
-  int8 (dynamic quantization) was not needed to reach the targets and was not tried.
+- int8 weights (`torch._weight_int8pack_mm`, per-channel scales, bf16 activations), measured on
+  the 120 layer products alone, ms per step fp32 / bf16 / int8: 1 row 39 / 37 / 20, 4 rows
+  66 / 39 / 26, 8 rows 85 / 40 / 43, 16 rows 87 / 42 / 66. It would halve a lone row's step, but
+  loses to bf16 from 8 rows (where issue #21's n > 1 target is), rounds weights more coarsely than
+  bf16, and choosing int8 or bf16 by batch size would make a row's numerics depend on its batch.
+  Not taken.
 - Rows keep their own unpadded cache (no left padding): a row's attention reads exactly its own
   keys, so its numerics do not depend on how long the other rows in the batch are.
 - Batch invariance: MKL's fp32 sgemm computes a row of `x @ W.T` with the same bits whatever the
@@ -38,7 +43,9 @@ CPU milliseconds per decode step of one thread, so that the figures hold on a sh
   and that no longer holds from 4 rows). The padding costs 10-15% of a one-row step; it is what
   lets a killed-and-resumed run (tests/test_trainer_kill.py) re-sample exactly what it had. So it
   is on (`batch_invariant`) when the decoding thread has one intra-op thread, where it buys
-  exactness, and off with more, where nothing can buy it.
+  exactness, and off with more, where nothing can buy it. oneDNN's bf16 products are row-invariant
+  with one thread from 1 to 32 rows (measured), so the bf16 path splits only above 32 rows and is
+  batch-invariant too (it is not equal to fp32, but it reproduces itself).
 
 `rebuild()` re-reads the model's weights (the fused copies are not views); the engine calls it
 after every weight change (`run_exclusive`), with PEFT LoRA layers folded in as W + scale * B @ A.
@@ -209,7 +216,10 @@ class LeanDecoder:
         h = F.embedding(tokens, self._embed)
         cos, sin = self._rope(positions)
         low = self.low_dtype is not None
-        linear = _low_linear if low else _linear if self.batch_invariant else F.linear
+        if low:
+            linear = _low_linear_rows if self.batch_invariant else _low_linear
+        else:
+            linear = _linear if self.batch_invariant else F.linear
         for i, full in enumerate(self._layers):
             layer = full.low if low and full.low is not None else full
             q, k, v = self._qkv(h, layer, cos, sin, linear)  # [rows, heads, d], [rows, kv, d]
@@ -285,6 +295,19 @@ _EXACT_TOP = 64
 def _low_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`x @ weight.T` with weight's (reduced) precision inputs, fp32 out (oneDNN accumulates in fp32)."""
     return F.linear(x.to(weight.dtype), weight).float()
+
+
+_INVARIANT_LOW_ROWS = 32
+"""Most rows one bf16 product multiplies with row-invariant bits (oneDNN, one thread; measured for
+every weight shape here: from 33 rows a row's bits depend on the others)."""
+
+
+def _low_linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    rows = x.shape[0]
+    if rows > _INVARIANT_LOW_ROWS:
+        chunks = -(-rows // _INVARIANT_LOW_ROWS)
+        return torch.cat([_low_linear(part, weight) for part in x.tensor_split(chunks)])
+    return _low_linear(x, weight)
 
 
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
