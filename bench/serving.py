@@ -259,13 +259,25 @@ async def workload(args: argparse.Namespace) -> None:
         print(f"\nissue #21 workload: add-game, {args.episodes} episodes x (1 writer + {args.solvers} solvers), "
               f"<= {args.max_tokens} tokens, T=0.8, {args.threads} threads per engine; ratio = {peer} s / s")
         print(f"{'backend':<26}{'conc':>5}{'n':>3}{'requests':>9}{'wall s':>9}{'ratio':>8}")
+        ratios: dict[tuple[str, int, int], float] = {}
         for c in (int(x) for x in args.concurrency.split(",")):
             for n in (1, args.solvers):
                 times = {}
                 for name, (chat, _) in backends.items():
                     times[name], sent = await add_game(chat, args.episodes, c, args.solvers, n)
                 for name, secs in times.items():
+                    ratios[name, c, n] = times[peer] / secs
                     print(f"{name:<26}{c:>5}{n:>3}{sent:>9}{secs:>9.1f}{times[peer] / secs:>7.2f}x")
+        if peer == "llama.cpp server":  # issue #21's targets, per backend: the worst ratio of each
+            print("targets vs llama.cpp: >= 1x at concurrency 4, >= 2x at concurrency 8 with n > 1")
+            for name in backends:
+                if name == peer:
+                    continue
+                at4 = [r for (b, c, _), r in ratios.items() if b == name and c == 4]
+                at8 = [r for (b, c, n), r in ratios.items() if b == name and c == 8 and n > 1]
+                verdict = [f"conc 4 {min(at4):.2f}x {'met' if min(at4) >= 1 else 'MISSED'}" if at4 else "",
+                           f"conc 8 n>1 {min(at8):.2f}x {'met' if min(at8) >= 2 else 'MISSED'}" if at8 else ""]
+                print(f"  {name:<26}" + "; ".join(v for v in verdict if v))
         for name, (_, handle) in backends.items():
             split = getattr(getattr(handle, "_engine", None), "cpu_seconds", None)
             if split:
