@@ -197,3 +197,33 @@ def test_decode_dtype_flag_is_refused_for_a_served_model():
     result = CliRunner().invoke(app, ["run", "examples/my_recipe.py:build", "--model", "openai:m", "--base-url",
                                       "http://127.0.0.1:9/v1", "--decode-dtype", "bfloat16"])
     assert result.exit_code == 2 and "--decode-dtype" in result.output and "agentplay serve" in result.output
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_will_be_slower(monkeypatch, caplog):
+    """Emulated bf16 is slower than fp32: the model still loads (the answers are right), and says why it is slow."""
+    import logging
+
+    from agentplay.models import _local
+
+    monkeypatch.setattr(_local, "native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="agentplay.models._local"):
+        m = load_model("local:smollm2-135m-instruct", decode_dtype="bfloat16", torch_threads=1)
+    m._engine.close()
+    assert any("without bf16 matmul instructions" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agentplay.models._local"):
+        m = load_model("local:smollm2-135m-instruct", torch_threads=1)
+    m._engine.close()
+    assert not any("bf16" in r.getMessage() for r in caplog.records)
+
+
+def test_bf16_on_a_model_without_the_lean_path_is_refused_naming_the_field(tmp_path, smollm2):
+    """Only the lean decoder has bf16 weight copies: another architecture fails at load, not silently in fp32."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(smollm2.model_dir)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=128)).save_pretrained(
+        tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ModelSpecError, match="decode_dtype: bfloat16 decoding needs the lean decode path"):
+        load_model(f"hf:{tmp_path / 'gpt2'}", decode_dtype="bfloat16", torch_threads=1)

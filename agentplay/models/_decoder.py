@@ -216,6 +216,7 @@ class LeanDecoder:
         h = F.embedding(tokens, self._embed)
         cos, sin = self._rope(positions)
         low = self.low_dtype is not None
+        linear: Any
         if low:
             linear = _low_linear_rows if self.batch_invariant else _low_linear
         else:

@@ -8,6 +8,7 @@ version that produced it so traces can tell stale samples from fresh ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ LOCAL_ENGINE = "agentplay-local"
 """`SamplingRecord.engine` of completions drawn by this in-process engine."""
 
 __all__ = ["LocalModel"]
+
+log = logging.getLogger(__name__)
 
 
 class LocalModel(ChatModel, UpdatableModel):
@@ -71,6 +74,9 @@ class LocalModel(ChatModel, UpdatableModel):
                 f"decode_dtype: {config.decode_dtype} decoding needs the lean decode path (Llama-family models);"
                 f" {config.spec!r} is a {model.config.model_type!r} model: use decode_dtype=float32 (or dtype=...)")
         low = getattr(torch, config.decode_dtype) if config.decode_dtype != "float32" else None
+        if low is not None and device.type == "cpu" and not native_bf16():
+            log.warning("decode_dtype: %s decoding on a CPU without bf16 matmul instructions (AVX512-BF16 or AMX)"
+                        " is emulated and slower than float32; use decode_dtype=float32 here", config.decode_dtype)
         self._engine: Engine | ContinuousEngine = (
             ContinuousEngine(model, self.tokenizer, continuous=config.scheduler == "continuous", low_dtype=low,
                              **knobs)
@@ -252,6 +258,11 @@ class LocalModel(ChatModel, UpdatableModel):
         result is labelled with the weights that produced it."""
         self._engine.version = self._engine.version + 1 if version is None else version
         return self._engine.version
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _pick_device(device: str) -> torch.device:
