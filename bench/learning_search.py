@@ -8,7 +8,7 @@ sentence the question quotes or paraphrases. `python bench/learning_search.py
 holds: the corpus is the running Python's own documentation).
 
 Protocol: evaluate the served model on the set (greedy, the search-selfplay solver's own
-prompt, worked example, search tool and parser; normalised exact match like the recipe),
+turns, prompts, worked examples, search tool and parsers; normalised exact match like the recipe),
 run search self-play + GRPO for at most `--budget-min` minutes (evaluation excluded),
 evaluate again; print accuracy before/after with standard errors, the paired difference
 in paired standard errors, the questions gained and lost, and how many held-out answers
@@ -110,24 +110,26 @@ def load_heldout(path: Path = HELDOUT) -> list[dict[str, Any]]:
 
 
 async def evaluate(model: Any, problems: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Greedy accuracy of the recipe's own solver (prompt, worked example, search tool,
-    parser, grading by normalised exact match) on `problems`."""
-    from agentplay.graphs.search_selfplay import SOLVER_DEMO, SearchSelfPlayConfig, solver_role
+    """Greedy accuracy of the recipe's own solver (`search_selfplay.solver`: the same turns,
+    prompts, worked examples, search tool and parsers as training, under the same
+    `search_protocol`; graded by normalised exact match) on `problems`."""
+    from agentplay.graphs.search_selfplay import SearchSelfPlayConfig, solver
 
-    from agentplay.models import SamplingParams
     from agentplay.rewards import exact_match
 
     cfg = SearchSelfPlayConfig(**(options or {}))
-    solver = solver_role(model, cfg)
-    greedy = SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=0.0, logprobs=False)
+    solving = solver(model, cfg)
+    greedy = {"temperature": 0.0, "logprobs": False}
     shown: list[str] = []
 
     async def one(p: dict[str, Any]) -> tuple[float, float, float]:
-        turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": p["question"]}], sampling=greedy)
+        turns = await solving.attempt(p["question"], sampling=greedy)
+        answer = turns[-1]
         if len(shown) < 3:
-            shown.append(f"{p['question']} -> {turn.output!r}")
-        searched = float(any(c.name == "search" and c.error is None for c in turn.tool_calls))
-        return exact_match(turn.output, p["answer"]), float(turn.output is not None), searched
+            shown.append(f"{p['question']} -> {answer.output!r}")
+        searched = float(len(turns) > 1 and turns[0].output is not None
+                         or any(c.name == "search" and c.error is None for c in answer.tool_calls))
+        return exact_match(answer.output, p["answer"]), float(answer.output is not None), searched
 
     marks = await asyncio.gather(*(one(p) for p in problems))
     correct = [m[0] for m in marks]

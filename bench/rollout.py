@@ -32,6 +32,7 @@ from agentplay.runner import episode_seeds
 from agentplay.traces import TraceStore
 
 OPTIONS = {
+    "search_protocol": "tool_calls",  # the hand-written episode below makes tool calls
     "n_solvers": 2,
     "group_k": 2,
     "max_tool_turns": 2,

@@ -2,10 +2,15 @@
 
 Each episode samples a target from the corpus (a documented stdlib name such
 as ``os.path.join``; the k episodes of one group block share it). The
-proposer reads the target's documentation, searches, and writes a question
-whose answer is the target; when its searching turn ends without a question,
-one more short turn asks it for the question alone (a 135M model that searched
-rarely also stops to write; `write_turn=False` leaves that out). Then:
+proposer reads the target's documentation and searches: by default in
+`query_turns` short turns, each answered with one line ``Query: <words>`` that
+the recipe runs through the search tool and shows, with the earlier queries,
+in the next turn. Then a write turn asks for the question; it sees the
+target's kind, owner, documentation and what the searches found, with the
+target's name hidden (`mask_name`). (`search_protocol="tool_calls"`: one
+turn with free-form tool calls, and the write turn only when that turn ends
+without a question.) Every proposer and solver token is model-written and
+trainable: each turn is an ordinary `RoleTurn`. Then:
 
 1. rule checks: the question has a sane length, does not contain the answer,
    and the proposer searched with at least `min_distinct_queries` distinct queries;
@@ -13,7 +18,8 @@ rarely also stops to write; `write_turn=False` leaves that out). Then:
    documents, go to a model that must answer *without searching*; the question
    is kept only if that answer matches (it proves the question is answerable
    from what was found);
-3. `n_solvers` solver attempts, each with the search tool;
+3. `n_solvers` solver attempts, each a query turn then an answer turn shown the hits
+   (tool_calls: one turn with the search tool);
 4. grading: normalised exact match, with an optional LLM-judge fallback.
 
 Rewards (AZR's format rewards, `format_rewards=False` for plain 1/0): solver 1 right,
@@ -34,10 +40,11 @@ from __future__ import annotations
 import operator
 import random
 import re
+from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
-from agentplay.tools import CorpusIndex, SearchMode, SearchTool, default_corpus_index
+from agentplay.tools import CorpusIndex, SearchMode, SearchTool, ToolError, default_corpus_index
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,29 +57,42 @@ from agentplay.traces import RewardRecord, RoleTurn
 
 __all__ = [
     "PROPOSER_DEMO",
+    "PROPOSER_QUERY",
     "PROPOSER_SYSTEM",
     "PROPOSER_USER",
     "PROPOSER_WRITE",
+    "QUERY_DEMO",
     "RAG_DEMO",
-    "WRITE_DEMO",
     "RAG_SYSTEM",
     "RAG_USER",
+    "SOLVER_ANSWER",
+    "SOLVER_ANSWER_DEMO",
     "SOLVER_DEMO",
+    "SOLVER_QUERY",
+    "SOLVER_QUERY_DEMO",
     "SOLVER_SYSTEM",
-    "SearchSelfPlayConfig",
-    "SearchState",
+    "WRITE_DEMO",
+    "write_demo",
+    "description",
+    "shared_descriptions",
     "build",
     "grade_attempt",
+    "mask_name",
     "metrics",
     "parse_answer",
+    "parse_query",
     "parse_question",
     "proposer_reward",
     "rag_documents",
     "rag_verdict",
     "rule_check",
+    "run_search",
     "search_findings",
+    "SearchSelfPlayConfig",
+    "SearchSolver",
+    "SearchState",
+    "solver",
     "solver_reward",
-    "solver_role",
     "target_kind",
 ]
 
@@ -88,7 +108,21 @@ class SearchSelfPlayConfig(BaseModel):
     """Solver attempts per question: the solver's GRPO group and the solve-rate estimate."""
     group_k: int = Field(4, ge=1, le=64)
     """Episodes sharing one target: the proposer's GRPO group."""
+    search_protocol: Literal["query_turns", "tool_calls"] = "query_turns"
+    """How the proposer and the solvers search. ``query_turns``: each search is a short turn
+    whose one line ``Query: <words>`` the recipe runs through the same search tool, showing the
+    hits in the next turn (the proposer: `query_turns` queries, then the write turn; a solver:
+    one query, then its answer). ``tool_calls``: free-form tool-call JSON in one multi-round
+    turn. Default query_turns because on SmolLM2-135M tool calls never worked: the proposer
+    made 0 search calls in 49 of 49 measured episodes (it called made-up tools or rambled) and
+    the solver searched in 0 of 240 held-out questions, while a "Query:" line is a format it
+    copies from its worked example (see the module docstring for the measured rates)."""
+    query_turns: int = Field(2, ge=0, le=8)
+    """Query turns of the proposer (query_turns protocol); each asks for a query unlike the earlier ones."""
+    query_max_tokens: int = Field(24, ge=1)
+    """Token budget of one query turn: one short line."""
     max_tool_turns: int = Field(3, ge=0, le=16)
+    """Tool rounds of one turn (tool_calls protocol)."""
     proposer_max_tokens: int = Field(192, ge=1)
     solver_max_tokens: int = Field(128, ge=1)
     rag_max_tokens: int = Field(32, ge=1)
@@ -116,7 +150,12 @@ class SearchSelfPlayConfig(BaseModel):
     gate_solvers: bool = True
     """Only questions that pass every check go to the solvers (False: solve anyway, e.g. to debug)."""
     write_turn: bool = True
-    """When the proposer's searching turn ends without a question, ask for it in one more turn."""
+    """tool_calls: when the proposer's searching turn ends without a question, ask for it in one
+    more turn (query_turns always ends with the write turn: it is where the question is written)."""
+    write_shows_findings: bool = False
+    """Show the write turn what the searches found (hits, name hidden). Off by default: on 24
+    stored query-turn proposals (2 write samples each) SmolLM2 wrote 2/48 valid questions with
+    the hits and 4/48 without, copying a hit's name ("... returns os.utime?" for os.times)."""
     question_max_tokens: int = Field(48, ge=1)
     """Token budget of that turn: one line."""
     format_rewards: bool = True
@@ -156,12 +195,20 @@ class SolveTask(TypedDict):
 
 PROPOSER_SYSTEM = load_prompt(__file__, "search_selfplay/proposer_system.jinja")
 PROPOSER_USER = load_prompt(__file__, "search_selfplay/proposer_user.jinja")
-"""Variables: `answer` (the target) and `doc` (its documentation excerpt)."""
+"""The searching turn (tool_calls protocol). Variables: `answer` (the target) and `doc` (its documentation excerpt)."""
+PROPOSER_QUERY = load_prompt(__file__, "search_selfplay/proposer_query.jinja")
+"""A query turn (query_turns protocol). Variables: `answer`, `doc`, and `searches`: the
+(query, what it found) pairs of the earlier query turns."""
 PROPOSER_WRITE = load_prompt(__file__, "search_selfplay/proposer_write.jinja")
-"""The write turn, when the searching turn ended without a question. Variables: `answer`,
-`doc`, `kind` (function, class, method or name), `owner` (the module or class it belongs
-to) and `found` (what the searches returned, see `search_findings`)."""
+"""The write turn. Variables: `kind` (function, class, method or name), `owner` (the module
+or class it belongs to), `doc` and `found` (what the searches returned, see `search_findings`),
+both with the target's name hidden (`mask_name`): shown its name, SmolLM2 copied it into the
+question ('What is the purpose of os.times?': 10 of 32 measured proposals)."""
 SOLVER_SYSTEM = load_prompt(__file__, "search_selfplay/solver_system.jinja")
+SOLVER_QUERY = load_prompt(__file__, "search_selfplay/solver_query.jinja")
+"""The solver's query turn (query_turns protocol). Variable: `question`."""
+SOLVER_ANSWER = load_prompt(__file__, "search_selfplay/solver_answer.jinja")
+"""The solver's answer turn (query_turns protocol). Variables: `question`, `found` (the search results)."""
 RAG_SYSTEM = load_prompt(__file__, "search_selfplay/rag_system.jinja")
 RAG_USER = load_prompt(__file__, "search_selfplay/rag_user.jinja")
 """Variables: `documents` (numbered, see `rag_documents`) and `question`."""
@@ -175,66 +222,122 @@ def _result(text: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": "demo", "name": "search", "content": text}
 
 
-# One worked example each: small models learn the tool-call and answer format from a demo far
-# better than from instructions (SmolLM2-135M ignores the instructions alone).
+def _user(content: str) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def _assistant(content: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def mask_name(text: str, name: str, mask: str = "___") -> str:
+    """`text` with the documented `name` hidden from the write turn: the dotted name, its dotted
+    tails (``Path.resolve`` of ``pathlib.Path.resolve``) and its last part where it is called
+    (``resolve(``). The leak rule still checks the question; this keeps the name out of sight."""
+    parts = name.split(".")
+    for tail in (".".join(parts[i:]) for i in range(len(parts) - 1)):  # longest first
+        text = re.sub(rf"(?<![\w.]){re.escape(tail)}\b", mask, text)
+    return re.sub(rf"(?<![\w.]){re.escape(parts[-1])}(?=\()", mask, text)
+
+
+# The worked examples' target and what the search tool returns for it (in its own format).
+_DEMO_DOC = "json.dumps(obj, *, indent=None, sort_keys=False) Serialize obj to a JSON formatted str."
+_DEMO_QUESTION = "Which function of the json module turns a Python object into a JSON formatted string?"
+_DEMO_HITS = ("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
+              "Serialize obj to a JSON formatted str.\n\n[2] id: json.dump\ntitle: json.dump (function)\n"
+              "json.dump(obj, fp, *, indent=None, ...) Serialize obj as a JSON formatted stream to fp.")
+_DEMO_HITS_2 = ("[1] id: json.JSONEncoder\ntitle: json.JSONEncoder (class)\njson.JSONEncoder(*, skipkeys=False, "
+                "indent=None, ...) Extensible JSON encoder for Python data structures.")
+
+# Worked examples: small models learn a format from a demo far better than from instructions
+# (SmolLM2-135M ignores the instructions alone). Each turn kind gets its own.
 PROPOSER_DEMO: list[dict[str, Any]] = [
-    {"role": "user", "content": render_prompt(PROPOSER_USER, answer="json.dumps", doc="json.dumps(obj, *, indent=None, "
-                                              "sort_keys=False) Serialize obj to a JSON formatted str.")},
+    _user(render_prompt(PROPOSER_USER, answer="json.dumps", doc=_DEMO_DOC)),
     _call("serialize object to JSON string"),
-    _result("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
-            "Serialize obj to a JSON formatted str."),
+    _result(_DEMO_HITS),
     _call("json indent sort_keys"),
-    _result("[1] id: json.dump\ntitle: json.dump (function)\njson.dump(obj, fp, *, indent=None, ...) "
-            "Serialize obj as a JSON formatted stream to fp."),
-    {"role": "assistant", "content": "Question: Which function of the json module turns a Python object into a "
-     "JSON formatted string?"},
+    _result(_DEMO_HITS_2),
+    _assistant(f"Question: {_DEMO_QUESTION}"),
 ]
+"""The searching turn's (tool_calls protocol)."""
+QUERY_DEMO: list[dict[str, Any]] = [
+    _user(render_prompt(PROPOSER_QUERY, answer="json.dumps", doc=_DEMO_DOC, searches=[])),
+    _assistant("Query: serialize object to JSON string"),
+    _user(render_prompt(PROPOSER_QUERY, answer="json.dumps", doc=_DEMO_DOC,
+                        searches=[("serialize object to JSON string", _DEMO_HITS)])),
+    _assistant("Query: json indent sort_keys"),
+]
+"""The query turns' (query_turns protocol): a first query, then one unlike it."""
 # The write turn is a fresh prompt, not the searching conversation continued: after a few
 # tool calls SmolLM2-135M answers "write the question" with one more tool call (measured).
-WRITE_DEMO: list[dict[str, Any]] = [
-    {"role": "user", "content": render_prompt(
-        PROPOSER_WRITE, answer="json.dumps", kind="function", owner="json",
-        doc="json.dumps(obj, *, indent=None, sort_keys=False) Serialize obj to a JSON formatted str.",
-        found="json.dumps: Serialize obj to a JSON formatted str.\njson.dump: Serialize obj as a JSON formatted "
-              "stream to fp.")},
-    {"role": "assistant", "content": "Question: Which function of the json module turns a Python object into a "
-     "JSON formatted string?"},
-]
+def write_demo(shows_findings: bool) -> list[dict[str, Any]]:
+    """The write turn's worked example, with or without what the searches found."""
+    found = "json.dumps: Serialize obj to a JSON formatted str.\njson.dump: Serialize obj as a JSON formatted stream to fp."
+    return [_user(render_prompt(PROPOSER_WRITE, kind="function", owner="json", doc=mask_name(_DEMO_DOC, "json.dumps"),
+                                found=mask_name(found, "json.dumps") if shows_findings else "")),
+            _assistant(f"Question: {_DEMO_QUESTION}")]
+
+
+WRITE_DEMO = write_demo(shows_findings=False)
 RAG_DEMO: list[dict[str, Any]] = [
-    {"role": "user", "content": render_prompt(RAG_USER, question="Which function of the json module turns a Python "
-                                              "object into a JSON formatted string?", documents=(
+    _user(render_prompt(RAG_USER, question=_DEMO_QUESTION, documents=(
         "[1] json.dump: json.dump(obj, fp, *, indent=None, ...) Serialize obj as a JSON formatted stream to fp.\n"
         "[2] os.getcwd: os.getcwd() Return a unicode string representing the current working directory.\n"
-        "[3] json.dumps: json.dumps(obj, *, skipkeys=False, ...) Serialize obj to a JSON formatted str."))},
-    {"role": "assistant", "content": "Answer: json.dumps"},
+        "[3] json.dumps: json.dumps(obj, *, skipkeys=False, ...) Serialize obj to a JSON formatted str."))),
+    _assistant("Answer: json.dumps"),
 ]
 SOLVER_DEMO: list[dict[str, Any]] = [
-    {"role": "user", "content": "Which function of the json module turns a Python object into a JSON formatted string?"},
+    _user(_DEMO_QUESTION),
     _call("json object to formatted string"),
-    _result("[1] id: json.dumps\ntitle: json.dumps (function)\njson.dumps(obj, *, skipkeys=False, ...) "
-            "Serialize obj to a JSON formatted str."),
-    {"role": "assistant", "content": "Answer: json.dumps"},
+    _result(_DEMO_HITS),
+    _assistant("Answer: json.dumps"),
+]
+"""The solver's (tool_calls protocol)."""
+SOLVER_QUERY_DEMO: list[dict[str, Any]] = [
+    _user(render_prompt(SOLVER_QUERY, question=_DEMO_QUESTION)),
+    _assistant("Query: json object to formatted string"),
+]
+SOLVER_ANSWER_DEMO: list[dict[str, Any]] = [
+    _user(render_prompt(SOLVER_ANSWER, question=_DEMO_QUESTION, found=_DEMO_HITS)),
+    _assistant("Answer: json.dumps"),
 ]
 
 
 # -- parsers and checks ------------------------------------------------------------------------
 
+_QUERY = re.compile(r"query\s*:[ \t]*([^\n]*)", re.IGNORECASE)
 _QUESTION = re.compile(r"question\s*:\s*(.+)", re.IGNORECASE | re.DOTALL)
 _ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def parse_question(text: str) -> str:
-    """The text after the last 'Question:'; else a last line ending in '?'. ValueError if none."""
+    """The text after the last 'Question:'; else a last line ending in '?'. ValueError if none
+    or if it is the prompt's placeholder ``<your question>`` (copied by SmolLM2, measured)."""
     found = _QUESTION.findall(text)
     if found:
         question = found[-1].strip().splitlines()[0].strip() if found[-1].strip() else ""
+        if question.startswith("<"):
+            raise ValueError(f"the prompt's placeholder, not a question: {question[:40]!r}")
         if question:
             return question
     lines = [ln.strip() for ln in text.splitlines() if ln.strip().endswith("?")]
     if lines:
         return lines[-1]
     raise ValueError("no question found (expected a line 'Question: ...')")
+
+
+def parse_query(text: str) -> str:
+    """The words after the first 'Query:' on its line (quotes and backticks stripped, at most
+    120 characters). ValueError when there is none, it is empty, or it is the prompt's
+    placeholder ``<a few words>``."""
+    found = _QUERY.search(text)
+    if not found:
+        raise ValueError("no query found (expected a line 'Query: ...')")
+    query = found.group(1).strip().strip("`*'\" ")[:120].strip()
+    if not query or query.startswith("<"):
+        raise ValueError(f"empty query: {found.group(0)[:60]!r}")
+    return query
 
 
 def parse_answer(text: str) -> str:
@@ -263,16 +366,15 @@ def rule_check(cfg: SearchSelfPlayConfig, question: str | None, answer: str, que
     return ""
 
 
-def search_findings(turn: RoleTurn, chars: int = 600) -> str:
-    """What the proposer's searches returned, one "id: start of text" line per distinct hit,
-    cut at `chars` (shown in the write turn)."""
+def search_findings(results: list[str], chars: int = 600) -> str:
+    """What the proposer's searches returned (the search tool's texts), one "id: start of text"
+    line per distinct hit, cut at `chars` (shown in the write turn)."""
     lines: dict[str, str] = {}
-    for call in turn.tool_calls:
-        if call.error is None:
-            for hit in re.split(r"\n(?=\[\d+\] id: )", call.result):
-                found = re.match(r"\[\d+\] id: (\S+)\n(?:title: [^\n]*\n)?(.*)", hit, re.DOTALL)
-                if found:
-                    lines.setdefault(found.group(1), f"{found.group(1)}: {_excerpt(found.group(2), 120)}")
+    for result in results:
+        for hit in re.split(r"\n(?=\[\d+\] id: )", result):
+            found = re.match(r"\[\d+\] id: (\S+)\n(?:title: [^\n]*\n)?(.*)", hit, re.DOTALL)
+            if found:
+                lines.setdefault(found.group(1), f"{found.group(1)}: {_excerpt(found.group(2), 120)}")
     return "\n".join(lines.values())[:chars]
 
 
@@ -284,6 +386,22 @@ def target_kind(doc_id: str, title: str) -> tuple[str, str]:
         if title.endswith(f"({kind})"):
             return kind, owner
     return ("method" if doc_id.count(".") >= 2 else "name"), owner
+
+
+def description(text: str, chars: int = 160) -> str:
+    """What a document says after its signature line, normalised (the part a question can describe)."""
+    text = " ".join(text.split())
+    return text.split(") ", 1)[-1][:chars].casefold()
+
+
+def shared_descriptions(index: CorpusIndex) -> set[str]:
+    """Ids of documents whose `description` another document repeats word for word
+    (``asyncio.Protocol.eof_received`` and ``asyncio.BufferedProtocol.eof_received``): no
+    question tells them apart, so they are never targets (measured: every RAG check failed on one)."""
+    by_text: dict[str, list[str]] = {}
+    for doc_id in index.ids:
+        by_text.setdefault(description(index.get(doc_id).text), []).append(doc_id)
+    return {doc_id for ids in by_text.values() if len(ids) > 1 for doc_id in ids}
 
 
 def rag_documents(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[str], answer: str,
@@ -335,9 +453,10 @@ def _excerpt(text: str, chars: int) -> str:
 
 def solver_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView, *,
                   format_rewards: bool = False) -> RewardRecord:
-    """The score `grade_attempt` gave this attempt: 1/0 (or the judge's verdict). With
+    """The score `grade_attempt` gave this attempt (each of its turns, the query turn too):
+    1/0 (or the judge's verdict). With
     `format_rewards`, a miss is -0.5 when the attempt answered and -1 when it did not."""
-    attempt = next(a for a in state["attempts"] if a["turn_id"] == turn.turn_id)
+    attempt = next(a for a in state["attempts"] if turn.turn_id in a.get("turn_ids", [a["turn_id"]]))
     value = attempt["score"]
     if format_rewards and value <= 0.0:
         value = -0.5 if attempt["answer"] is not None else -1.0
@@ -365,26 +484,72 @@ def proposer_reward(turn: RoleTurn, state: SearchState, episode: EpisodeView, *,
 
 
 def metrics(state: SearchState, turns: list[RoleTurn]) -> dict[str, float]:
-    """Which checks the proposal passed, and the solvers' success rate when they ran."""
+    """Which checks the proposal passed, its distinct queries, and the solvers' success rate when they ran."""
     scores = [a["score"] for a in state.get("attempts", [])]
     out = {"question_parsed": float(bool(state.get("question"))), "rules_pass": float(bool(state.get("rules_ok"))),
-           "rag_pass": float(bool(state.get("rag_ok"))),
+           "rag_pass": float(bool(state.get("rag_ok"))), "distinct_queries": float(len(set(state.get("queries", [])))),
            "valid_proposal": float(bool(state.get("rules_ok") and state.get("rag_ok")))}
     if scores:
         out["solve_rate"] = sum(scores) / len(scores)
+        out["solver_attempts"] = float(len(scores))
+        out["solver_answered"] = sum(a["answer"] is not None for a in state["attempts"]) / len(scores)
     return out
 
 
 # -- build: roles, nodes, graph ----------------------------------------------------------------
 
-def solver_role(model: Any, cfg: SearchSelfPlayConfig, search: SearchTool | None = None) -> Role:
-    """The solver: prompt, search tool, sampling and parser (its worked example, `SOLVER_DEMO`,
-    goes before the question). Evaluations build it here so they ask exactly what training asks."""
+@dataclass
+class SearchSolver:
+    """One solver attempt as training runs it: under query_turns a query turn (its `Query:` line
+    runs through the search tool) then an answer turn shown the hits; under tool_calls one turn
+    with the search tool. Both kinds of turn are role "solver". `solver()` builds it, so
+    evaluations (bench/learning_search.py) ask exactly what training asks."""
+
+    cfg: SearchSelfPlayConfig
+    search: SearchTool
+    answerer: Role
+    querier: Role | None = None
+    """None under tool_calls."""
+
+    async def attempt(self, question: str, sampling: dict[str, Any] | None = None) -> list[RoleTurn]:
+        """The attempt's turns, the answer turn last; `sampling` overrides the roles' own
+        (e.g. ``{"temperature": 0.0}`` for a greedy evaluation)."""
+        def params(role: Role) -> SamplingParams:
+            return role.sampling.model_copy(update=sampling or {})
+
+        if self.querier is None:
+            return [await self.answerer.run([*SOLVER_DEMO, _user(question)], sampling=params(self.answerer))]
+        asked = await self.querier.run(render_prompt(SOLVER_QUERY, question=question), sampling=params(self.querier))
+        found = await run_search(self.search, asked.output) if asked.output else "(no search: the query line was missing)"
+        answered = await self.answerer.run(render_prompt(SOLVER_ANSWER, question=question, found=found),
+                                           sampling=params(self.answerer))
+        return [asked, answered]
+
+
+def solver(model: Any, cfg: SearchSelfPlayConfig, search: SearchTool | None = None) -> SearchSolver:
+    """The solver's roles: prompts, worked examples, search tool, sampling and parsers."""
     search = search or SearchTool(default_corpus_index(), k=cfg.search_k, mode=cfg.search_mode,
                                   snippet_chars=cfg.snippet_chars)
-    return Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, tools=[search],
-                sampling=SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature),
-                max_tool_turns=cfg.max_tool_turns, output_parser=parse_answer)
+    answer_sampling = SamplingParams(max_tokens=cfg.solver_max_tokens, temperature=cfg.temperature)
+    if cfg.search_protocol == "tool_calls":
+        return SearchSolver(cfg, search, Role(
+            name="solver", model=model, system_prompt=SOLVER_SYSTEM, tools=[search], sampling=answer_sampling,
+            max_tool_turns=cfg.max_tool_turns, output_parser=parse_answer))
+    querier = Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, examples=SOLVER_QUERY_DEMO,
+                   sampling=SamplingParams(max_tokens=cfg.query_max_tokens, temperature=cfg.temperature),
+                   output_parser=parse_query)
+    answerer = Role(name="solver", model=model, system_prompt=SOLVER_SYSTEM, examples=SOLVER_ANSWER_DEMO,
+                    sampling=answer_sampling, output_parser=parse_answer)
+    return SearchSolver(cfg, search, answerer, querier)
+
+
+async def run_search(search: SearchTool, query: str) -> str:
+    """What the search tool returns for `query` (its error text when it refuses the query),
+    as a query turn's hits: the same tool, k and snippets as a tool call gets."""
+    try:
+        return await search.ainvoke({"query": query})
+    except ToolError as exc:
+        return f"error: {exc}"
 
 
 def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, **options: Any) -> Recipe:
@@ -397,34 +562,59 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
     def sampling(max_tokens: int, temperature: float | None = None) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature if temperature is None else temperature)
 
-    proposer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,
+    proposer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,  # the tool_calls searching turn
                     tools=[search], sampling=sampling(cfg.proposer_max_tokens),
                     max_tool_turns=cfg.max_tool_turns, output_parser=parse_question)
-    writer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, examples=WRITE_DEMO,
+    querier = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM, examples=QUERY_DEMO,
+                   sampling=sampling(cfg.query_max_tokens), output_parser=parse_query)  # a query turn
+    writer = Role(name="proposer", model=model, system_prompt=PROPOSER_SYSTEM,
+                  examples=write_demo(cfg.write_shows_findings),
                   sampling=sampling(cfg.question_max_tokens), output_parser=parse_question)  # the write turn
-    solver = solver_role(model, cfg, search)
+    solving = solver(model, cfg, search)
     rag_checker = Role(name="rag_checker", model=checker_model, system_prompt=RAG_SYSTEM,
                        sampling=sampling(cfg.rag_max_tokens, temperature=0.0), max_tool_turns=0,
                        output_parser=parse_answer, trainable=False)
 
+    shared: set[str] = set()  # documents whose description another one repeats: no answerable question
+
     def initial_state(ctx: EpisodeContext) -> SearchState:
         # Same group seed -> same target for the k episodes of a block (the proposer's group).
+        if not shared:
+            shared.update(shared_descriptions(index) or {""})
         docs = index.sample_documents(16, seed=ctx.group_seed or 0, min_chars=80)
-        target = next((d for d in docs if ":" not in d.id and "." in d.id), docs[0])
+        target = next((d for d in docs if ":" not in d.id and "." in d.id and d.id not in shared), docs[0])
         kind, owner = target_kind(target.id, target.title)
         return {"answer": target.id, "target_doc": _excerpt(target.text, cfg.doc_chars), "kind": kind,
                 "owner": owner, "attempts": []}
 
+    async def search_by_query_turns(state: SearchState) -> tuple[list[str], list[str]]:
+        """`cfg.query_turns` query turns, each shown the earlier queries and their hits."""
+        searches: list[tuple[str, str]] = []
+        for _ in range(cfg.query_turns):
+            turn = await querier.run([*QUERY_DEMO, _user(render_prompt(
+                PROPOSER_QUERY, answer=state["answer"], doc=state["target_doc"], searches=searches))])
+            if turn.output:
+                searches.append((turn.output, await run_search(search, turn.output)))
+        ok = [(q, found) for q, found in searches if not found.startswith("error: ")]
+        return [q for q, _ in ok], [found for _, found in ok]
+
     async def propose(state: SearchState) -> dict[str, Any]:
-        user = render_prompt(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
-        turn = await proposer.run([*PROPOSER_DEMO, {"role": "user", "content": user}])
-        queries = [str(c.arguments.get("query", "")).strip() for c in turn.tool_calls
-                   if c.name == search.name and c.error is None and c.arguments]
-        question = turn.output
-        if question is None and cfg.write_turn:  # searched (or rambled) without a question: ask for it
+        question = None
+        if cfg.search_protocol == "query_turns":
+            queries, results = await search_by_query_turns(state)
+        else:
+            user = render_prompt(PROPOSER_USER, answer=state["answer"], doc=state["target_doc"])
+            turn = await proposer.run([*PROPOSER_DEMO, _user(user)])
+            calls = [c for c in turn.tool_calls if c.name == search.name and c.error is None and c.arguments]
+            queries = [str((c.arguments or {}).get("query", "")).strip() for c in calls]
+            results = [c.result for c in calls]
+            question = turn.output
+        if question is None and (cfg.write_turn or cfg.search_protocol == "query_turns"):
+            # the question, from the target's description (and what the searches found), name hidden
+            found = search_findings(results) if cfg.write_shows_findings else ""
             written = await writer.run(render_prompt(
-                PROPOSER_WRITE, answer=state["answer"], doc=state["target_doc"], kind=state.get("kind", "name"),
-                owner=state.get("owner", ""), found=search_findings(turn)))
+                PROPOSER_WRITE, kind=state.get("kind", "name"), owner=state.get("owner", ""),
+                doc=mask_name(state["target_doc"], state["answer"]), found=mask_name(found, state["answer"])))
             question = written.output
         return {"question": question, "queries": list(dict.fromkeys(q for q in queries if q))}
 
@@ -438,8 +628,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         ctx = current_episode()
         shown = rag_documents(index, cfg, state.get("queries", []), state["answer"],
                               seed=ctx.seed if ctx else 0, rng=ctx.rng if ctx else None)
-        turn = await rag_checker.run([*RAG_DEMO, {"role": "user", "content": render_prompt(
-            RAG_USER, documents=shown, question=state["question"])}])
+        turn = await rag_checker.run([*RAG_DEMO, _user(render_prompt(RAG_USER, documents=shown,
+                                                                     question=state["question"]))])
         return rag_verdict(turn.output, state["answer"], bool(state.get("rules_ok")))
 
     def to_solvers(state: SearchState) -> list[Send] | str:
@@ -450,9 +640,10 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
                 for _ in range(cfg.n_solvers)]
 
     async def solve(state: SolveTask) -> dict[str, Any]:
-        turn = await solver.run([*SOLVER_DEMO, {"role": "user", "content": state["question"]}])
+        turns = await solving.attempt(state["question"])
         judge = checker_model if cfg.llm_judge else None
-        return {"attempts": [await grade_attempt(turn, state["question"], state["answer"], judge)]}
+        attempt = await grade_attempt(turns[-1], state["question"], state["answer"], judge)
+        return {"attempts": [attempt | {"turn_ids": [t.turn_id for t in turns]}]}
 
     graph = StateGraph(SearchState)
     graph.add_node("propose", propose)
@@ -468,7 +659,7 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
     return Recipe(
         name="search-selfplay",
         graph=graph,
-        roles={"propose": proposer, "rag_check": rag_checker, "solve": solver},
+        roles={"propose": writer, "rag_check": rag_checker, "solve": solving.answerer},
         rewards={"proposer": partial(proposer_reward, format_rewards=cfg.format_rewards,
                                      min_distinct_queries=cfg.min_distinct_queries),
                  "solver": partial(solver_reward, format_rewards=cfg.format_rewards)},

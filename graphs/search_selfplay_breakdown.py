@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from agentplay.traces import Episode, RoleTurn, TraceStore
 
-__all__ = ["Breakdown", "breakdown", "format_breakdown", "proposal_cause", "solver_outcome"]
+__all__ = ["Breakdown", "breakdown", "distinct_queries", "format_breakdown", "proposal_cause", "solver_outcome",
+           "solver_outcomes"]
 
 PROPOSAL_CAUSES = (
     "valid",
@@ -44,8 +45,7 @@ def proposal_cause(episode: Episode) -> str:
         return "episode error"
     if episode.metrics.get("valid_proposal") == 1.0:
         return "valid"
-    # the turn that wrote the question (the searching turn or the write turn after it), else the last
-    proposer = next((t for t in proposers if t.output is not None), proposers[-1])
+    proposer = proposers[-1]  # the turn that wrote the question: the write turn when there is one
     if proposer.output is None:
         error = proposer.parse_error or ""
         if "still calling tools" in error:
@@ -63,8 +63,26 @@ def proposal_cause(episode: Episode) -> str:
     return "other check"
 
 
+def distinct_queries(episode: Episode, proposers: list[RoleTurn]) -> int:
+    """The proposal's distinct search queries: the recipe's metric (query turns and tool calls
+    alike), else, in stores older than it, the proposer's search tool calls."""
+    if "distinct_queries" in episode.metrics:
+        return int(episode.metrics["distinct_queries"])
+    queries = {str(c.arguments.get("query", "")).strip() for t in proposers for c in t.tool_calls
+               if c.name == "search" and c.error is None and c.arguments}
+    return len(queries - {""})
+
+
+def solver_outcomes(metrics: dict[str, float]) -> Counter[str]:
+    """Right, wrong and unanswered attempts from an episode's solver metrics."""
+    n = round(metrics["solver_attempts"])
+    right = round(metrics.get("solve_rate", 0.0) * n)
+    unanswered = round((1.0 - metrics.get("solver_answered", 1.0)) * n)
+    return Counter({"right": right, "wrong": n - right - unanswered, "no answer": unanswered}) + Counter()
+
+
 def solver_outcome(turn: RoleTurn) -> str:
-    """'right', 'wrong' or 'no answer' (unparsable) for one solver attempt."""
+    """'right', 'wrong' or 'no answer' (unparsable) for one solver turn (stores whose attempts were one turn)."""
     if turn.output is None:
         return "no answer"
     return "right" if turn.reward is not None and turn.reward.value >= 1.0 else "wrong"
@@ -101,18 +119,21 @@ def breakdown(episodes: Iterable[Episode], examples: int = 0) -> Breakdown:
         cause = proposal_cause(episode)
         out.proposals[cause] += 1
         proposers = [t for t in episode.turns if t.role == "proposer"]
-        queries = {str(c.arguments.get("query", "")).strip() for t in proposers for c in t.tool_calls
-                   if c.name == "search" and c.error is None and c.arguments}
         if proposers:
-            out.distinct_queries[len(queries - {""})] += 1
+            out.distinct_queries[distinct_queries(episode, proposers)] += 1
             shown = out.examples.setdefault(cause, [])
             if len(shown) < examples:
-                turn = next((t for t in proposers if t.output is not None), proposers[-1])
+                turn = proposers[-1]
                 final = turn.generations[-1].text if turn.generations else ""
-                shown.append(f"{turn.output!r} <- {' '.join(final.split())[:160]!r}")
+                example = f"{turn.output!r} <- {' '.join(final.split())[:160]!r}"
+                if cause == "RAG check" and turn.reward is not None:  # what the checker answered instead
+                    example += f" ({turn.reward.reason.removeprefix('invalid proposal: ')})"
+                shown.append(example)
+        if "solver_attempts" in episode.metrics:  # an attempt may have a query turn: count attempts
+            out.solver.update(solver_outcomes(episode.metrics))
+        else:
+            out.solver.update(solver_outcome(t) for t in episode.turns if t.role == "solver")
         for turn in episode.turns:
-            if turn.role == "solver":
-                out.solver[solver_outcome(turn)] += 1
             if turn.reward is not None and turn.group_id:
                 rewards.setdefault((turn.role, turn.group_id), []).append(turn.reward.value)
     for (role, _), values in rewards.items():

@@ -37,7 +37,8 @@ def test_every_prompt_file_parses_and_is_used():
     texts = {f.read_text().rstrip("\n") for f in files}
     for f in files:
         ENVIRONMENT.parse(f.read_text())
-    used = {ssp.PROPOSER_SYSTEM, ssp.PROPOSER_USER, ssp.PROPOSER_WRITE, ssp.SOLVER_SYSTEM, ssp.RAG_SYSTEM, ssp.RAG_USER,
+    used = {ssp.PROPOSER_SYSTEM, ssp.PROPOSER_USER, ssp.PROPOSER_QUERY, ssp.PROPOSER_WRITE, ssp.SOLVER_SYSTEM,
+            ssp.SOLVER_QUERY, ssp.SOLVER_ANSWER, ssp.RAG_SYSTEM, ssp.RAG_USER,
             csp.PROPOSER_SYSTEM, csp.PROPOSER_USER, csp.PROPOSER_AGAIN, csp.PROPOSER_REFERENCE, csp.SOLVER_SYSTEM,
             *csp.SOLVER_USER.values(), psj.PROPOSER_SYSTEM, psj.PROPOSER_USER, psj.SOLVER_SYSTEM, psj.SOLVER_USER,
             psj.JUDGE_SYSTEM, psj.QUALITY_USER, psj.ANSWER_USER, rz.CHALLENGER_SYSTEM, rz.CHALLENGER_USER,
@@ -74,8 +75,9 @@ def test_search_rewards_read_the_checks_and_the_graded_attempts():
     assert ssp.solver_reward(turns[0], state, VIEW).reason == "r1.0"
     proposer = ssp.proposer_reward(_turn("proposer"), state, VIEW)
     assert proposer.value == pytest.approx(0.75) and proposer.components == {"solve_rate": 0.25}
-    assert ssp.metrics(state, []) == {"question_parsed": 1.0, "rules_pass": 1.0, "rag_pass": 1.0,
-                                      "valid_proposal": 1.0, "solve_rate": 0.25}
+    assert ssp.metrics(state | {"queries": ["join paths", "path parts"]}, []) == {
+        "question_parsed": 1.0, "rules_pass": 1.0, "rag_pass": 1.0, "distinct_queries": 2.0, "valid_proposal": 1.0,
+        "solve_rate": 0.25, "solver_attempts": 4.0, "solver_answered": 1.0}
     failed = state | {"rag_ok": False, "check_reason": "RAG check answered 'os.path', not the target"}
     reward = ssp.proposer_reward(_turn("proposer"), failed, VIEW)
     assert reward.value == 0.0 and reward.reason == "invalid proposal: RAG check answered 'os.path', not the target"

@@ -10,19 +10,25 @@ from _trace_checks import check_token_exact
 from agentplay.graphs import RECIPES
 from agentplay.graphs import search_selfplay_breakdown as sb
 from agentplay.graphs.search_selfplay import (
+    PROPOSER_DEMO,
+    QUERY_DEMO,
     WRITE_DEMO,
     SearchSelfPlayConfig,
     parse_answer,
     parse_question,
     proposer_reward,
     rule_check,
+    mask_name,
+    parse_query,
     search_findings,
     solver_reward,
     target_kind,
+    write_demo,
 )
 
 from agentplay import EpisodeContext, EpisodeView, resolve_model, run_episode
 from agentplay.models import DEFAULT_MODEL_SPEC
+from agentplay.tools import SearchTool, default_corpus_index
 from agentplay.traces import Episode, Generation, RewardRecord, RoleTurn, ToolCallRecord, TraceStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_search.py"
@@ -52,6 +58,14 @@ def test_parsers_and_rule_checks():
     assert parse_answer("Answer: SystemExit") == "SystemExit"
     with pytest.raises(ValueError, match="empty"):
         parse_answer("Answer: ``")
+    # a query turn's one line (the first 'Query:'; the prompt's placeholder is no query)
+    assert parse_query('Query: "json indent sort_keys"\nQuery: another') == "json indent sort_keys"
+    assert parse_query("I will search.\nquery:  join path parts  ") == "join path parts"
+    for text, match in (("json indent", "no query"), ("Query:\njson", "empty query"),
+                        ("Query: <a few words>", "empty query")):
+        with pytest.raises(ValueError, match=match):
+            parse_query(text)
+    assert parse_query("Query: " + "word " * 60) == ("word " * 24).strip()  # cut at 120 characters
     cfg = SearchSelfPlayConfig()
     assert rule_check(cfg, "Which function joins path parts?", "os.path.join", ["join paths", "path parts"]) == ""
     assert rule_check(cfg, "What does os.path.join return?", "os.path.join", ["a", "b"]) == "question leaks the answer"
@@ -61,12 +75,69 @@ def test_parsers_and_rule_checks():
         SearchSelfPlayConfig(n_solvers=0)
 
 
-async def test_episode_end_to_end_records_tool_calls_rewards_and_exact_tokens():
-    """Pinned by greedy sampling: on this target (group seed of index 0) SmolLM2 calls made-up
-    tools instead of `search` until its tool turns run out, so the write turn asks it for the
-    question alone, and it writes one; having searched 0 times, the proposal fails the rule
-    check, and (gate_solvers=False) the RAG check and both solvers still run."""
-    recipe = RECIPES["search-selfplay"](**TINY).compile()
+async def test_query_turn_episode_end_to_end_records_queries_hits_rewards_and_exact_tokens():
+    """The default protocol on greedy SmolLM2: two query turns whose `Query:` lines the recipe
+    searches, the write turn (name hidden), the RAG check over the replayed queries, and two
+    solver attempts of a query turn and an answer turn each; every turn token-exact."""
+    recipe = RECIPES["search-selfplay"](**(TINY | {"query_turns": 2})).compile()
+    episode = await run_episode(recipe, index=0, seed=0, run_id="s")
+    assert episode.status == "ok", episode.error
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    by_role: dict[str, list] = {}
+    for turn in episode.turns:
+        by_role.setdefault(turn.role, []).append(turn)
+        check_token_exact(turn, tokenizer)
+        assert not turn.tool_calls  # the recipe searched, not the model
+    first, second, writing = by_role["proposer"]
+    assert first.group_id == second.group_id == writing.group_id == "s/block0/proposer"
+    assert first.messages[1:5] == QUERY_DEMO
+    target = _last_user(first).splitlines()[0].removeprefix("Target answer: ")
+    assert target == "tarfile.TarFile.makefile"
+    # pinned (greedy): the same query twice, although the second turn asks for a different one
+    assert first.output == second.output == "makefile.TarFile.makefile(self, tarinfo, targetpath) Make a file named"
+    # the second query turn is shown the first query and what the search tool returned for it
+    hits = await SearchTool(default_corpus_index(), k=3, mode="bm25", snippet_chars=160).ainvoke({"query": first.output})
+    assert f"Your searches so far:\nQuery: {first.output}\n{hits}\n" in _last_user(second)
+    assert episode.metrics["distinct_queries"] == len({first.output, second.output})
+    # the write turn: kind and owner, the target's name nowhere in what it sees
+    shown = _last_user(writing)
+    assert shown.startswith("The target is a method of the tarfile.TarFile class. Its name is hidden: ___.\n")
+    assert target not in shown and "makefile" not in shown.lower()
+    assert writing.output == "Which function of the tarfile.TarFile class creates a tar file?"
+    # the RAG check read the documents the two queries retrieve
+    (rag,) = by_role["rag_checker"]
+    assert rag.reward is None and hits.split("\n")[0].removeprefix("[1] id: ") in _last_user(rag)
+    assert rag.output == "html.parser.HTMLParser.close"
+    # two attempts (gate_solvers=False) of two turns each; an attempt's turns share its reward
+    solvers = by_role["solver"]
+    assert len(solvers) == 4 and {t.group_id for t in solvers} == {"s/ep0/solver"}
+    queries = [t for t in solvers if _last_user(t).endswith("Query: <a few words>")]
+    answers = [t for t in solvers if t not in queries]
+    assert len(queries) == len(answers) == 2
+    for query, answer in zip(queries, answers, strict=True):
+        assert query.reward.value == answer.reward.value and query.reward.reason == answer.reward.reason
+        found = await SearchTool(default_corpus_index(), k=3, mode="bm25", snippet_chars=160).ainvoke(
+            {"query": query.output})
+        assert f"Search results:\n{found}\n" in _last_user(answer)
+    assert [t.output for t in answers] == ["tarfile.TarFile.chmod"] * 2  # pinned: the hits' name, not the target's
+    assert {t.reward.value for t in solvers} == {-0.5}
+    assert episode.metrics["solver_attempts"] == 2.0
+    for turn in by_role["proposer"]:  # one proposal, one reward
+        assert turn.reward == writing.reward
+    # the RAG check failed: -0.5 for a question that failed a check, +0.25 for its one distinct query (of 1)
+    assert writing.reward.value == -0.25
+    assert writing.reward.reason == "invalid proposal: RAG check answered 'html.parser.HTMLParser.close', not the target"
+
+
+def _last_user(turn: RoleTurn) -> str:
+    return [m for m in turn.messages if m["role"] == "user"][-1]["content"]
+
+
+async def test_tool_call_protocol_episode_records_tool_calls():
+    """Pinned by greedy sampling: under `search_protocol="tool_calls"` SmolLM2 calls a made-up
+    tool instead of `search` (why query turns are the default), then writes its question in the
+    same turn; having searched 0 times it fails the rule check. The solvers call tools too."""
+    recipe = RECIPES["search-selfplay"](**(TINY | {"search_protocol": "tool_calls"})).compile()
     episode = await run_episode(recipe, index=0, seed=0, run_id="s")
     assert episode.status == "ok", episode.error
     tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
@@ -76,85 +147,59 @@ async def test_episode_end_to_end_records_tool_calls_rewards_and_exact_tokens():
         glue = check_token_exact(turn, tokenizer)
         for call in turn.tool_calls:  # whatever the tool said sits in a mask-0 span
             assert any((call.result or call.error or "")[:60] in g for g in glue), call
-    searching, writing = by_role["proposer"]
-    assert searching.group_id == writing.group_id == "s/block0/proposer"
+    (searching,) = by_role["proposer"]  # it wrote a question: no write turn
+    assert searching.group_id == "s/block0/proposer" and searching.messages[1:7] == PROPOSER_DEMO
     assert searching.generations[0].text.startswith("<tool_call>")  # the demo taught the call format...
-    assert searching.tool_calls and all(c.name != "search" and c.error for c in searching.tool_calls)  # ...not the name
-    assert searching.output is None and "still calling tools" in searching.parse_error
-    # the write turn: a fresh prompt (its worked example, then the target and what was found), no tools
-    assert writing.messages[1:3] == WRITE_DEMO and not writing.tool_calls
-    target_line = [m for m in searching.messages if m["role"] == "user"][-1]["content"].splitlines()[0]
-    assert target_line.startswith("Target answer: ") and writing.messages[3]["content"].splitlines()[0] == target_line
-    assert writing.output == "Which function of the tarfile module creates a tarfile object?"
-    for turn in (searching, writing):  # one proposal, one reward: -0.5 for a question that failed a check
-        assert turn.reward.value == -0.5 and turn.reward.reason == \
-            "invalid proposal: searched with 0 distinct queries, need 1"
-    assert episode.metrics["question_parsed"] == 1.0 and episode.metrics["rules_pass"] == 0.0
-    assert len(by_role["rag_checker"]) == 1 and len(by_role["solver"]) == 2
-    for solver in by_role["solver"]:  # a wrong answer, not a missing one: -0.5 (AZR's format rewards)
-        assert solver.output == "json.dumps" and solver.reward.value == -0.5
+    assert [c.name for c in searching.tool_calls] == ["makefile"] and searching.tool_calls[0].error  # ...not the name
+    assert searching.output == "Which function of the make command returns a file named `targetfile.tar.bz2`?"
+    assert searching.reward.value == -0.5
+    assert searching.reward.reason == "invalid proposal: searched with 0 distinct queries, need 1"
+    assert episode.metrics["distinct_queries"] == 0.0 and episode.metrics["rules_pass"] == 0.0
+    assert len(by_role["rag_checker"]) == 1 and len(by_role["solver"]) == 2  # one turn per attempt
+    for solver in by_role["solver"]:
+        assert solver.tool_calls and solver.output == "json.dump" and solver.reward.value == -0.5
 
 
 async def test_malformed_proposal_gets_recorded_minus_one():
-    recipe = RECIPES["search-selfplay"](**(TINY | {"proposer_max_tokens": 1, "write_turn": False})).compile()
+    """Query and write turns cut at one token: no query, no question; every proposer turn gets
+    -1 with the reason, and nothing else runs."""
+    recipe = RECIPES["search-selfplay"](**(TINY | {"query_max_tokens": 1, "question_max_tokens": 1})).compile()
     episode = await run_episode(recipe, index=1, seed=1, run_id="m")
     assert episode.status == "ok", episode.error
-    (proposer,) = episode.turns  # no question, no write turn -> no checks with a model, no solvers
-    assert proposer.output is None and "no question found" in proposer.parse_error
-    assert proposer.reward.value == -1.0 and proposer.reward.reason == "invalid proposal: no question"
-    assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["question_parsed"] == 0.0
-
-
-GROUP_SEED = 1155229566  # the target block the probe found (derive_seed("group", "p", 1))
-
-
-async def test_question_reaches_rag_check_and_solvers():
-    """Greedy SmolLM2 on this target writes a question at once (found by probing seeds at these
-    budgets), so the RAG check and both solvers run and every branch's rewards are recorded."""
-    options = TINY | {"max_tool_turns": 2, "proposer_max_tokens": 96, "solver_max_tokens": 48, "rag_max_tokens": 16}
-    recipe = RECIPES["search-selfplay"](**options).compile()
-    episode = await run_episode(recipe, index=2, seed=2, run_id="q", group_seed=GROUP_SEED)
-    assert episode.status == "ok", episode.error
-    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
-    roles = [t.role for t in episode.turns]
-    assert roles.count("proposer") == 1 and roles.count("rag_checker") == 1 and roles.count("solver") == 2
-    proposer = next(t for t in episode.turns if t.role == "proposer")
-    assert proposer.output and proposer.output.endswith("?")
-    assert episode.metrics["question_parsed"] == 1.0
-    rag = next(t for t in episode.turns if t.role == "rag_checker")
-    assert rag.reward is None and not rag.tool_calls
-    assert any(proposer.output in (m.get("content") or "") for m in rag.messages)
-    solvers = [t for t in episode.turns if t.role == "solver"]
-    assert {t.group_id for t in solvers} == {"q/ep2/solver"}
-    for t in solvers:
-        check_token_exact(t, tokenizer)
-        assert t.reward is not None and t.reward.value in (1.0, -0.5, -1.0) and t.reward.reason
-        assert any(proposer.output in (m.get("content") or "") for m in t.messages)
-    rate = sum(t.reward.value == 1.0 for t in solvers) / len(solvers)
-    assert episode.metrics["solve_rate"] == pytest.approx(rate)
-    # the RAG checker copied a document's "id: text" line; the parser keeps the name
-    assert rag.output == "inspect.get_line_number"
-    # pinned (greedy): this question comes without a search, so it fails the rule check and gets
-    # -0.5 with the reason (1 - solve rate for a valid one: tests/test_recipe_rewards.py)
-    assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["rules_pass"] == 0.0
-    assert proposer.reward.value == -0.5
-    assert proposer.reward.reason == "invalid proposal: searched with 0 distinct queries, need 1"
+    assert [t.role for t in episode.turns] == ["proposer"] * 3
+    *queries, writing = episode.turns
+    assert all(t.output is None and "no query found" in t.parse_error for t in queries)
+    assert writing.output is None and "no question found" in writing.parse_error
+    for turn in episode.turns:
+        assert turn.reward.value == -1.0 and turn.reward.reason == "invalid proposal: no question"
+    assert episode.metrics["valid_proposal"] == 0.0 and episode.metrics["distinct_queries"] == 0.0
 
 
 def test_search_findings_lists_each_hit_once_for_the_write_turn():
     hits = ("[1] id: os.path.join\ntitle: os.path.join (function)\nos.path.join(a, *p) Join two or more pathname "
             "components.\n\n[2] id: os.path.split\ntitle: os.path.split (function)\nSplit a pathname.")
-    turn = RoleTurn(role="proposer", tool_calls=[
-        ToolCallRecord(call_id="a", name="search", result=hits),
-        ToolCallRecord(call_id="b", name="search", result=hits.split("\n\n")[0]),  # the same hit again
-        ToolCallRecord(call_id="c", name="search", error="bad_arguments: query is empty")])
-    assert search_findings(turn) == ("os.path.join: os.path.join(a, *p) Join two or more pathname components.\n"
-                                     "os.path.split: Split a pathname.")
-    assert search_findings(turn, chars=20) == "os.path.join: os.pat"
-    assert search_findings(RoleTurn(role="proposer")) == ""
-    # the write turn's worked example is its own template, rendered with what a search found
-    assert WRITE_DEMO[0]["content"].startswith("Target answer: json.dumps\nIts documentation: json.dumps(obj")
-    assert "Your searches found:\njson.dumps: Serialize obj" in WRITE_DEMO[0]["content"]
+    results = [hits, hits.split("\n\n")[0]]  # the same hit again in the second search
+    assert search_findings(results) == ("os.path.join: os.path.join(a, *p) Join two or more pathname components.\n"
+                                        "os.path.split: Split a pathname.")
+    assert search_findings(results, chars=20) == "os.path.join: os.pat"
+    assert search_findings([]) == "" and search_findings(["No results for 'x'. Try other words."]) == ""
+
+
+def test_write_turn_sees_the_target_described_with_its_name_hidden():
+    assert mask_name(search_findings([
+        "[1] id: os.path.join\ntitle: os.path.join (function)\nos.path.join(a, *p) Join two or more pathname "
+        "components.\n\n[2] id: os.path.joinpath\ntitle: t\nSee path.join and joined."]), "os.path.join") == (
+        "___: ___(a, *p) Join two or more pathname components.\nos.path.joinpath: See ___ and joined.")
+    # a method: its class-qualified tail and its call are hidden; a plain word "resolve" is not
+    assert mask_name("pathlib.Path.resolve(self) Path.resolve() will resolve symlinks", "pathlib.Path.resolve") == \
+        "___(self) ___() will resolve symlinks"
+    # the write turn's worked example is its own template: kind and owner, the name nowhere
+    demo = WRITE_DEMO[0]["content"]
+    assert demo.startswith("The target is a function of the json module. Its name is hidden: ___.\n"
+                           "Its documentation: ___(obj")
+    assert "Your searches found" not in demo and "json.dumps" not in demo  # write_shows_findings=False
+    assert "Your searches found:\n___: Serialize obj" in write_demo(True)[0]["content"]
+    assert "json.dumps" not in write_demo(True)[0]["content"]
     assert WRITE_DEMO[1]["content"].startswith("Question: ")
 
 
@@ -169,6 +214,11 @@ def test_format_rewards_grade_failed_proposals_and_answers():
     assert solver_reward(solver, attempts, VIEW, format_rewards=True).value == -0.5
     attempts["attempts"][0].update(answer="os.path.join", score=1.0)
     assert solver_reward(solver, attempts, VIEW, format_rewards=True).value == 1.0
+    query_turn = RoleTurn(role="solver")  # an attempt of two turns: both get its reward
+    attempts["attempts"][0]["turn_ids"] = [query_turn.turn_id, solver.turn_id]
+    assert solver_reward(query_turn, attempts, VIEW, format_rewards=True).value == 1.0
+    with pytest.raises(StopIteration):
+        solver_reward(RoleTurn(role="solver"), attempts, VIEW)
 
     proposer = RoleTurn(role="proposer")
     none = {"question": None, "queries": [], "rules_ok": False, "check_reason": "no question"}
@@ -283,3 +333,23 @@ def test_committed_search_heldout_set_is_what_the_generator_writes(learning_sear
     assert learning_search.summary_sentence("m.f", "m.f(x)\n\nReturn x twice over, as a list. More.") == \
         "Return x twice over, as a list."
     assert learning_search.summary_sentence("m.f", "no signature line here") is None
+
+
+def test_breakdown_reads_query_turn_episodes_from_their_metrics():
+    """Query turns are proposer turns with an output (the query), and a solver attempt is two
+    turns: the cause is the write turn's, searches and solver outcomes come from the metrics."""
+    queries = [_proposer("join paths"), _proposer("path parts")]
+    leaked = Episode(run_id="r", recipe="search-selfplay", turns=[
+        *queries, _proposer("What is os.path.join?", reason="invalid proposal: question leaks the answer")],
+        metrics={"valid_proposal": 0.0, "distinct_queries": 2.0})
+    solvers = [RoleTurn(role="solver", group_id="r/ep1/solver", output=o, reward=RewardRecord(value=v))
+               for o, v in (("join path", 1.0), ("os.path.join", 1.0), ("split path", -0.5), ("os.path.split", -0.5))]
+    valid = Episode(run_id="r", recipe="search-selfplay", turns=[*queries, _proposer("Which joins paths?"), *solvers],
+                    metrics={"valid_proposal": 1.0, "distinct_queries": 2.0, "solver_attempts": 2.0,
+                             "solve_rate": 0.5, "solver_answered": 1.0})
+    assert [sb.proposal_cause(e) for e in (leaked, valid)] == ["leaked answer", "valid"]
+    b = sb.breakdown([leaked, valid], examples=1)
+    assert b.distinct_queries == {2: 2} and b.solver == {"right": 1, "wrong": 1}
+    assert b.examples["leaked answer"] == ["'What is os.path.join?' <- '...'"]
+    assert sb.solver_outcomes({"solver_attempts": 4.0, "solve_rate": 0.25, "solver_answered": 0.5}) == \
+        {"right": 1, "wrong": 1, "no answer": 2}
