@@ -228,7 +228,8 @@ class ContinuousEngine(EngineBase):
     def _sample(self, rows: list[RowControl], logits: torch.Tensor) -> torch.Tensor:
         started = time.thread_time()
         sampler = RowSampler(rows, eos_ids=self.eos_ids, tokenizer=self.tokenizer, device=logits.device,
-                             logprobs_mode=self._mode)
+                             logprobs_mode=self._mode,
+                             draw="multinomial" if self.decoder.low_dtype is None else "inverse_cdf")
         chosen = sampler.pick(logits)
         self.cpu_seconds["sample"] += time.thread_time() - started
         return chosen
