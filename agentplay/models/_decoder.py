@@ -26,6 +26,9 @@ CPU milliseconds per decode step of one thread, so that the figures hold on a sh
   mean |dlogprob| 0.010 (max 0.07) and 99% greedy agreement (all-bf16 logits: 0.016 / 0.10 / 98%).
   On sampled (T=1) tokens 0.015 (max 0.14), whatever the number of fp32-recomputed logits (64 to
   1024, or an fp32 head): the rest is the bf16 weights' own rounding.
+  bf16 is used at every batch size, although at 1-2 rows it is no faster than fp32 (oneDNN's bf16
+  GEMV streams half the bytes at half the rate): switching to fp32 below some row count would make a
+  row's numerics depend on how many rows share its step, and a sample's record ambiguous.
 - int8 weights (`torch._weight_int8pack_mm`, per-channel scales, bf16 activations), measured on
   the 120 layer products alone, ms per step fp32 / bf16 / int8: 1 row 39 / 37 / 20, 4 rows
   66 / 39 / 26, 8 rows 85 / 40 / 43, 16 rows 87 / 42 / 66. It would halve a lone row's step, but
