@@ -186,6 +186,14 @@ def _llama_python(arg: str | None) -> str | None:
     return None
 
 
+def _cpu_seconds(server: tuple[object, str] | None) -> float:
+    """User + system CPU seconds of a server process (its threads included), or of this process."""
+    if server is None:
+        return time.process_time()
+    fields = open(f"/proc/{server[0].pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wanted(spec: str | None):
     """`--backends a,b`: run only the backends whose name contains one of these (default: all)."""
     parts = [p.strip() for p in (spec or "").split(",") if p.strip()]
@@ -258,16 +266,21 @@ async def workload(args: argparse.Namespace) -> None:
         peer = "llama.cpp server" if "llama.cpp server" in backends else next(iter(backends))
         print(f"\nissue #21 workload: add-game, {args.episodes} episodes x (1 writer + {args.solvers} solvers), "
               f"<= {args.max_tokens} tokens, T=0.8, {args.threads} threads per engine; ratio = {peer} s / s")
-        print(f"{'backend':<26}{'conc':>5}{'n':>3}{'requests':>9}{'wall s':>9}{'ratio':>8}")
+        print("cpu s: CPU seconds the backend spent (its server process; in-process: this whole process, "
+              "client included), a load-robust figure beside wall time on a shared machine")
+        print(f"{'backend':<26}{'conc':>5}{'n':>3}{'requests':>9}{'wall s':>9}{'ratio':>8}{'cpu s':>8}{'ratio':>8}")
         ratios: dict[tuple[str, int, int], float] = {}
         for c in (int(x) for x in args.concurrency.split(",")):
             for n in (1, args.solvers):
-                times = {}
+                times, cpu = {}, {}
                 for name, (chat, _) in backends.items():
+                    before = _cpu_seconds(servers.get(name))
                     times[name], sent = await add_game(chat, args.episodes, c, args.solvers, n)
+                    cpu[name] = _cpu_seconds(servers.get(name)) - before
                 for name, secs in times.items():
                     ratios[name, c, n] = times[peer] / secs
-                    print(f"{name:<26}{c:>5}{n:>3}{sent:>9}{secs:>9.1f}{times[peer] / secs:>7.2f}x")
+                    print(f"{name:<26}{c:>5}{n:>3}{sent:>9}{secs:>9.1f}{times[peer] / secs:>7.2f}x"
+                          f"{cpu[name]:>8.1f}{cpu[peer] / cpu[name]:>7.2f}x")
         if peer == "llama.cpp server":  # issue #21's targets, per backend: the worst ratio of each
             print("targets vs llama.cpp: >= 1x at concurrency 4, >= 2x at concurrency 8 with n > 1")
             for name in backends:
