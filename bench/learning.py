@@ -75,12 +75,14 @@ single runs above made 10-12 iterations (2.5-3 min each). So a suite costs about
 passes: with 3 seeds, 6 iterations and eval every 3, roughly 14 passes and 36 iterations,
 hours of CPU even on an idle 2-core box; the 90 minutes asked for in issue #23 do not fit.
 
-Measured so far (suite above, shared box, 2026-12-07), the untrained model on the 200:
-greedy 0.080 ± 0.019 (16 solved: 8 of the original 80, as before, and 8 of the 120 new),
-best-of-2 sampled at T 0.7 0.100 ± 0.021, one sampled answer 0.052; the greedy pass took
-1249 s wall and the 2-sample pass 995 s. A self-play iteration (4 episodes) took 7 min wall
-(rollout 335 s, train 69 s; 12% valid proposals, 69% of groups without reward variance).
-The trained arms are not measured yet: re-run the command to resume.
+Measured (suite above, 3 seeds, shared box, 2026-12-07; docs/figures/ holds the report and PNGs):
+untrained greedy 0.080 ± 0.019, best-of-2 at T 0.7 0.100 ± 0.021; selfplay 0.105 ± 0.021
+(seeds 0.105 / 0.110 / 0.100), seeds-only 0.112 ± 0.022 (0.105 / 0.115 / 0.115).
+selfplay - seeds-only -0.007 ± 0.004 (-1.64 paired SE); selfplay - best-of-2 +0.005 ± 0.021
+(+0.24 SE); selfplay - greedy +2.21 SE, seeds-only - greedy +2.65 SE. So on SmolLM2-135M the
+gain is the replayed seed programs' (59-72% of self-play's solver turns) and about what a
+second sample of the untrained model buys; the proposer adds nothing measurable yet. A
+trained job took 16-34 min of training plus ~3.5 min per greedy pass over the 200.
 
     nice -n 5 env AGENTPLAY_TORCH_THREADS=1 python bench/learning.py --suite --seeds 0,1,2 \
       --iterations 6 --eval-every 3 --output-dir runs/learning-suite   # re-run to resume
