@@ -166,7 +166,7 @@ async def test_malformed_proposal_gets_recorded_minus_one():
     recipe = RECIPES["search-selfplay"](**(TINY | {"query_max_tokens": 1, "question_max_tokens": 1})).compile()
     episode = await run_episode(recipe, index=1, seed=1, run_id="m")
     assert episode.status == "ok", episode.error
-    assert [t.role for t in episode.turns] == ["proposer"] * 3
+    assert [t.role for t in episode.turns] == ["proposer"] * 4  # query_turns=3, then the write turn
     *queries, writing = episode.turns
     assert all(t.output is None and "no query found" in t.parse_error for t in queries)
     assert writing.output is None and "no question found" in writing.parse_error
