@@ -31,9 +31,11 @@ Groups: the n solver attempts of one episode; the k proposals for one target.
 
 `python -m agentplay.graphs.search_selfplay_breakdown --store traces.db` says where
 a run's proposals fail (format, length, leaked answer, searches, RAG check). On
-SmolLM2-135M the RAG check is what fails most: as the checker it named the target for
-only 6 of 40 held-out template questions whose document it was shown, so a stronger
-`judge_model` (it also checks RAG) raises the valid-proposal rate more than any prompt.
+SmolLM2-135M the RAG check is what fails most: as the checker (greedy) it named the
+target for only 6 of 40 held-out template questions whose document it was shown (shorter
+or signature-free documents, or the question first: no better), Gemma 3 270M for 9 of 40
+(`judge_model` sets the checker); a checker that scores the shown ids by likelihood
+instead of generating one would be the next thing to try.
 
     recipe = build(n_solvers=4, group_k=4)
 """
