@@ -23,14 +23,16 @@ OpenAI-compatible server (Q4_1 GGUF, its own process) when `llama_cpp` is import
 `--llama-python` (default: this interpreter, else .venv-llama/bin/python). Ratios are the
 peer's wall time over ours (higher is better for us), all measured in this one run.
 
-Measured 13:10-13:30 UTC on the shared 2-core box (load ~3.5 from other jobs; wall times swing 2x
-run to run, so read the CPU-second ratios too), ratio vs llama.cpp wall / CPU:
-    conc 4 n=1   fp32 in-process 1.04 / 1.05   serve 1.04 / 1.05   bf16 in-process 1.78 / 1.79   serve 1.57 / 1.59
-    conc 4 n=2   fp32 in-process 2.02 / 1.33   serve 1.56 / 1.23   bf16 in-process 3.12 / 2.29   serve 1.89 / 1.69
-    conc 8 n=1   fp32 in-process 1.91 / 1.80   serve 1.70 / 1.55   bf16 in-process 2.06 / 2.31   serve 2.77 / 2.72
-    conc 8 n=2   fp32 in-process 1.47 / 1.67   serve 2.02 / 1.74   bf16 in-process 2.16 / 2.49   serve 3.15 / 2.75
-bf16 (`--decode-dtype bfloat16`) meets both issue #21 targets in both modes there; fp32 does not at
-conc 8 n=2 in-process. A quiet-machine run is the figure to quote.
+Measured on the quiet 2-core box, 2026-12-07 14:00-14:12 UTC (`--workload-only --concurrency 4,8`),
+ratio vs llama.cpp wall / CPU seconds:
+    conc 4 n=1   fp32 in-process 1.83 / 1.63   serve 1.62 / 1.43   bf16 in-process 2.11 / 2.14   serve 2.01 / 2.06
+    conc 4 n=2   fp32 in-process 1.75 / 1.54   serve 1.69 / 1.50   bf16 in-process 2.26 / 2.28   serve 1.96 / 1.99
+    conc 8 n=1   fp32 in-process 1.81 / 1.63   serve 1.77 / 1.57   bf16 in-process 2.28 / 2.36   serve 2.22 / 2.30
+    conc 8 n=2   fp32 in-process 1.81 / 1.59   serve 1.80 / 1.59   bf16 in-process 2.44 / 2.51   serve 2.56 / 2.62
+bf16 (`--decode-dtype bfloat16`) meets both issue #21 targets in both modes; fp32 meets the
+concurrency-4 one and misses 2x at concurrency 8 with n > 1 (1.8x). At concurrency 1 (13:53 UTC):
+fp32 in-process 0.82x, serve 1.02x, bf16 0.87x / 0.82x (one row: nothing to batch, and the Q4_1
+peer streams ~6x fewer weight bytes per token).
 
 Then (`--decode-profile`, also run by default) the decode step itself: CPU milliseconds of one
 thread per step of transformers' `LlamaForCausalLM.forward` with its `DynamicCache` against the
