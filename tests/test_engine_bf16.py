@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 import torch
+from _lora import save_random_lora
 
 from agentplay.models import ModelSpecError, SamplingParams, load_model, parse_model_spec
 from agentplay.models._decoder import LeanDecoder
@@ -120,14 +121,7 @@ async def test_weight_update_mid_run_reaches_the_bf16_copies_for_later_samples_o
 
 
 async def test_lora_adapter_changes_bf16_outputs_and_unloading_restores_them(bf16, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(bf16.model_dir),
-                                LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
-                                           target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"]))
-    peft_model.save_pretrained(tmp_path / "adapter")
+    save_random_lora(bf16.model_dir, tmp_path / "adapter")
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=True)
     before = await bf16.chat(STORY, sampling=sp)
     await bf16.load_lora_adapter("policy", str(tmp_path / "adapter"))

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 import torch
+from _lora import save_random_lora
 
 from agentplay.models import SamplingParams, load_model
 from agentplay.models._continuous import ContinuousEngine
@@ -179,14 +180,7 @@ async def test_static_scheduler_admits_only_between_batches():
 async def test_lora_adapter_is_folded_into_the_lean_decoder(model, tmp_path):
     """The decoder's fused weights are rebuilt with the adapter's delta on load and without it on
     unload: greedy ids and logprobs match `generate` of the model with PEFT's LoRA layers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model.model_dir),
-                                LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
-                                           target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"]))
-    peft_model.save_pretrained(tmp_path / "adapter")
+    save_random_lora(model.model_dir, tmp_path / "adapter")
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=True)
     before = await model.chat(STORY, sampling=sp)
     await model.load_lora_adapter("policy", str(tmp_path / "adapter"))

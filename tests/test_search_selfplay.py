@@ -79,15 +79,8 @@ async def test_query_turn_episode_end_to_end_records_queries_hits_rewards_and_ex
     """The default protocol on greedy SmolLM2: two query turns whose `Query:` lines the recipe
     searches, the write turn (name hidden), the RAG check over the replayed queries, and two
     solver attempts of a query turn and an answer turn each; every turn token-exact."""
-    recipe = RECIPES["search-selfplay"](**(TINY | {"query_turns": 2})).compile()
-    episode = await run_episode(recipe, index=0, seed=0, run_id="s")
-    assert episode.status == "ok", episode.error
-    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
-    by_role: dict[str, list] = {}
-    for turn in episode.turns:
-        by_role.setdefault(turn.role, []).append(turn)
-        check_token_exact(turn, tokenizer)
-        assert not turn.tool_calls  # the recipe searched, not the model
+    episode, by_role, _ = await _token_exact_episode(TINY | {"query_turns": 2})
+    assert not any(turn.tool_calls for turn in episode.turns)  # the recipe searched, not the model
     first, second, writing = by_role["proposer"]
     assert first.group_id == second.group_id == writing.group_id == "s/block0/proposer"
     assert first.messages[1:5] == QUERY_DEMO
@@ -133,20 +126,28 @@ def _last_user(turn: RoleTurn) -> str:
     return [m for m in turn.messages if m["role"] == "user"][-1]["content"]
 
 
+async def _token_exact_episode(options: dict) -> tuple[Episode, dict[str, list[RoleTurn]], dict[str, list[str]]]:
+    """One greedy search-selfplay episode run on SmolLM2 under `options`, checked `ok` and
+    token-exact turn by turn: (episode, its turns by role, each turn's mask-0 glue by turn id)."""
+    episode = await run_episode(RECIPES["search-selfplay"](**options).compile(), index=0, seed=0, run_id="s")
+    assert episode.status == "ok", episode.error
+    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
+    by_role: dict[str, list[RoleTurn]] = {}
+    glue: dict[str, list[str]] = {}
+    for turn in episode.turns:
+        by_role.setdefault(turn.role, []).append(turn)
+        glue[turn.turn_id] = check_token_exact(turn, tokenizer)
+    return episode, by_role, glue
+
+
 async def test_tool_call_protocol_episode_records_tool_calls():
     """Pinned by greedy sampling: under `search_protocol="tool_calls"` SmolLM2 calls a made-up
     tool instead of `search` (why query turns are the default), then writes its question in the
     same turn; having searched 0 times it fails the rule check. The solvers call tools too."""
-    recipe = RECIPES["search-selfplay"](**(TINY | {"search_protocol": "tool_calls"})).compile()
-    episode = await run_episode(recipe, index=0, seed=0, run_id="s")
-    assert episode.status == "ok", episode.error
-    tokenizer = (await resolve_model(DEFAULT_MODEL_SPEC)).tokenizer
-    by_role: dict[str, list] = {}
+    episode, by_role, glue = await _token_exact_episode(TINY | {"search_protocol": "tool_calls"})
     for turn in episode.turns:
-        by_role.setdefault(turn.role, []).append(turn)
-        glue = check_token_exact(turn, tokenizer)
         for call in turn.tool_calls:  # whatever the tool said sits in a mask-0 span
-            assert any((call.result or call.error or "")[:60] in g for g in glue), call
+            assert any((call.result or call.error or "")[:60] in g for g in glue[turn.turn_id]), call
     (searching,) = by_role["proposer"]  # it wrote a question: no write turn
     assert searching.group_id == "s/block0/proposer" and searching.messages[1:7] == PROPOSER_DEMO
     assert searching.generations[0].text.startswith("<tool_call>")  # the demo taught the call format...
