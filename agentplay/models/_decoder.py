@@ -241,7 +241,6 @@ class LeanDecoder:
             c.length += 1
         return self._logits(h, linear, low)
 
-
     def _qkv(self, h: torch.Tensor, layer: _Layer, cos: torch.Tensor, sin: torch.Tensor,
              linear: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.head_dim
