@@ -100,6 +100,9 @@ class Breakdown:
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)
     """role -> (groups with reward variance, groups) over groups of at least two rewarded turns."""
     examples: dict[str, list[str]] = field(default_factory=dict)
+    mixed_solver_groups: tuple[int, int] = (0, 0)
+    """(solver groups with a right and a wrong attempt, solver groups of two or more attempts):
+    the groups whose signal is about being right, not only about answering in format."""
 
     @property
     def valid_rate(self) -> float:
@@ -130,7 +133,12 @@ def breakdown(episodes: Iterable[Episode], examples: int = 0) -> Breakdown:
                     example += f" ({turn.reward.reason.removeprefix('invalid proposal: ')})"
                 shown.append(example)
         if "solver_attempts" in episode.metrics:  # an attempt may have a query turn: count attempts
-            out.solver.update(solver_outcomes(episode.metrics))
+            outcomes = solver_outcomes(episode.metrics)
+            out.solver.update(outcomes)
+            if episode.metrics["solver_attempts"] >= 2:
+                mixed, total = out.mixed_solver_groups
+                right = outcomes["right"]
+                out.mixed_solver_groups = (mixed + int(0 < right < episode.metrics["solver_attempts"]), total + 1)
         else:
             out.solver.update(solver_outcome(t) for t in episode.turns if t.role == "solver")
         for turn in episode.turns:
@@ -154,6 +162,9 @@ def format_breakdown(b: Breakdown) -> str:
     lines.append(f"solver attempts: {attempts}" + "".join(f"; {k} {v}" for k, v in b.solver.most_common()))
     for role, (varied, total) in sorted(b.groups.items()):
         lines.append(f"{role} groups with reward variance: {varied}/{total} ({b.variance_fraction(role):.0%})")
+    mixed, total = b.mixed_solver_groups
+    if total:
+        lines.append(f"solver groups with a right and a wrong attempt: {mixed}/{total} ({mixed / total:.0%})")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,10 @@ from agentplay.graphs.search_selfplay import (
     mask_name,
     parse_query,
     search_findings,
+    hit_ids,
+    rag_candidates,
+    retriever_verdict,
+    solver_answer_demo,
     solver_reward,
     target_kind,
     write_demo,
@@ -45,6 +50,9 @@ TINY = {
     "gate_solvers": False,
     "min_distinct_queries": 1,
 }
+MODEL_READS = {"rag_check": "model", "answer_format": "name", "search_mode": "bm25"}
+"""SSP's own setup, the defaults before the measured ones: the policy model reads the RAG check's
+documents and the solvers write names; BM25 search. The pinned episodes below were recorded under it."""
 
 
 def test_parsers_and_rule_checks():
@@ -79,7 +87,7 @@ async def test_query_turn_episode_end_to_end_records_queries_hits_rewards_and_ex
     """The default protocol on greedy SmolLM2: two query turns whose `Query:` lines the recipe
     searches, the write turn (name hidden), the RAG check over the replayed queries, and two
     solver attempts of a query turn and an answer turn each; every turn token-exact."""
-    episode, by_role, _ = await _token_exact_episode(TINY | {"query_turns": 2})
+    episode, by_role, _ = await _token_exact_episode(TINY | MODEL_READS | {"query_turns": 2})
     assert not any(turn.tool_calls for turn in episode.turns)  # the recipe searched, not the model
     first, second, writing = by_role["proposer"]
     assert first.group_id == second.group_id == writing.group_id == "s/block0/proposer"
@@ -122,6 +130,34 @@ async def test_query_turn_episode_end_to_end_records_queries_hits_rewards_and_ex
     assert writing.reward.reason == "invalid proposal: RAG check answered 'html.parser.HTMLParser.close', not the target"
 
 
+async def test_default_episode_checks_with_the_retriever_and_solvers_cite_their_hits():
+    """The defaults on greedy SmolLM2: hybrid search, the retriever RAG check (no model turn;
+    its verdict is the index's ranking of the replayed queries' documents) and solver answers
+    that cite a result number, read back as that result's id; every turn token-exact."""
+    options = TINY | {"query_turns": 2}
+    episode, by_role, _ = await _token_exact_episode(options)
+    cfg = SearchSelfPlayConfig(**options)
+    assert "rag_checker" not in by_role  # the retriever read the documents, not a model
+    *searches, writing = by_role["proposer"]
+    target = _last_user(searches[0]).splitlines()[0].removeprefix("Target answer: ")
+    index = default_corpus_index()
+    queries = list(dict.fromkeys(t.output for t in searches if t.output))
+    candidates = rag_candidates(index, cfg, queries, target, seed=0, rng=None)
+    verdict = retriever_verdict(index, writing.output, candidates, target, rules_ok=True)
+    assert episode.metrics["rag_pass"] == float(verdict["rag_ok"])
+    assert (verdict.get("check_reason") or "") in writing.reward.reason
+    answers = [t for t in by_role["solver"] if _last_user(t).endswith("Answer: [result number]")]
+    assert len(answers) == 2
+    for answer in answers:
+        assert answer.messages[1:3] == solver_answer_demo(cite=True)
+        cited = re.search(r"Answer:\s*\[?(\d+)", answer.generations[-1].text)
+        hits = hit_ids(_last_user(answer))
+        assert cited and answer.output == hits[int(cited.group(1))]  # the id shown under that number
+    assert [t.output for t in answers] == ["tarfile.TarFile.makeunknown"] * 2  # pinned: greedy cites the same hit
+    # pinned: the question fits another method of the class better, and the check says which
+    assert writing.reward.reason == "invalid proposal: RAG check ranked 'tarfile.TarFile.makeunknown' first, not the target"
+
+
 def _last_user(turn: RoleTurn) -> str:
     return [m for m in turn.messages if m["role"] == "user"][-1]["content"]
 
@@ -144,7 +180,7 @@ async def test_tool_call_protocol_episode_records_tool_calls():
     """Pinned by greedy sampling: under `search_protocol="tool_calls"` SmolLM2 calls a made-up
     tool instead of `search` (why query turns are the default), then writes its question in the
     same turn; having searched 0 times it fails the rule check. The solvers call tools too."""
-    episode, by_role, glue = await _token_exact_episode(TINY | {"search_protocol": "tool_calls"})
+    episode, by_role, glue = await _token_exact_episode(TINY | MODEL_READS | {"search_protocol": "tool_calls"})
     for turn in episode.turns:
         for call in turn.tool_calls:  # whatever the tool said sits in a mask-0 span
             assert any((call.result or call.error or "")[:60] in g for g in glue[turn.turn_id]), call
@@ -351,6 +387,10 @@ def test_breakdown_reads_query_turn_episodes_from_their_metrics():
     assert [sb.proposal_cause(e) for e in (leaked, valid)] == ["leaked answer", "valid"]
     b = sb.breakdown([leaked, valid], examples=1)
     assert b.distinct_queries == {2: 2} and b.solver == {"right": 1, "wrong": 1}
+    assert b.mixed_solver_groups == (1, 1)  # one right and one wrong attempt
+    assert "solver groups with a right and a wrong attempt: 1/1 (100%)" in sb.format_breakdown(b)
+    unanimous = valid.model_copy(update={"metrics": valid.metrics | {"solve_rate": 0.0}})
+    assert sb.breakdown([unanimous]).mixed_solver_groups == (0, 1)
     assert b.examples["leaked answer"] == ["'What is os.path.join?' <- '...'"]
     assert sb.solver_outcomes({"solver_attempts": 4.0, "solve_rate": 0.25, "solver_answered": 0.5}) == \
         {"right": 1, "wrong": 1, "no answer": 2}

@@ -258,6 +258,21 @@ class CorpusIndex:
     def search(self, query: str, k: int = 5, mode: SearchMode = "hybrid") -> list[Hit]:
         return self.search_batch([query], k, mode)[0]
 
+    def rank(self, query: str, doc_ids: list[str]) -> list[tuple[str, float]]:
+        """`doc_ids` ordered by the cosine of their stored embeddings with `query`'s, best
+        first: a reader that picks which of a few given documents a text is about (search
+        self-play's RAG check) rather than a search over the whole corpus."""
+        if self._emb is None:
+            raise ValueError(f"{self.path}: index was built without dense embeddings; rank() needs them")
+        from ._embed import embed
+
+        query = check_query(query, 1)
+        missing = [d for d in doc_ids if d not in self._row]
+        if missing:
+            raise KeyError(f"no document with id {missing[0]!r}")
+        sims = np.asarray(self._emb)[[self._row[d] for d in doc_ids]] @ embed([query])[0]
+        return sorted(zip(doc_ids, (float(x) for x in sims), strict=True), key=lambda kv: -kv[1])
+
     def close(self) -> None:
         self._docs.close()
         self._docs_file.close()
