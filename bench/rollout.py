@@ -33,6 +33,8 @@ from agentplay.traces import TraceStore
 
 OPTIONS = {
     "search_protocol": "tool_calls",  # the hand-written episode below makes tool calls
+    "rag_check": "model",  # ...asks the model to check the question
+    "search_mode": "bm25",  # ...and searches with BM25
     "n_solvers": 2,
     "group_k": 2,
     "max_tool_turns": 2,
