@@ -655,6 +655,9 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
     """The search self-play recipe on `index` (default: the stdlib-docs corpus)."""
     cfg = SearchSelfPlayConfig(**options)
     index = index or default_corpus_index()
+    if cfg.rag_check == "retriever" and not index.has_dense:
+        raise ValueError(f"rag_check: the retriever check ranks by the index's dense embeddings and {index.path} "
+                         "has none; rebuild it with dense=True or pass rag_check='model'")
     search = SearchTool(index, k=cfg.search_k, mode=cfg.search_mode, snippet_chars=cfg.snippet_chars)
     checker_model = cfg.judge_model or model
 

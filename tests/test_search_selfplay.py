@@ -21,6 +21,7 @@ from agentplay.graphs.search_selfplay import (
     rule_check,
     mask_name,
     parse_query,
+    build,
     search_findings,
     hit_ids,
     rag_candidates,
@@ -33,7 +34,7 @@ from agentplay.graphs.search_selfplay import (
 
 from agentplay import EpisodeContext, EpisodeView, resolve_model, run_episode
 from agentplay.models import DEFAULT_MODEL_SPEC
-from agentplay.tools import SearchTool, default_corpus_index
+from agentplay.tools import CorpusIndex, Document, SearchTool, default_corpus_index
 from agentplay.traces import Episode, Generation, RewardRecord, RoleTurn, ToolCallRecord, TraceStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_search.py"
@@ -394,3 +395,33 @@ def test_breakdown_reads_query_turn_episodes_from_their_metrics():
     assert b.examples["leaked answer"] == ["'What is os.path.join?' <- '...'"]
     assert sb.solver_outcomes({"solver_attempts": 4.0, "solve_rate": 0.25, "solver_answered": 0.5}) == \
         {"right": 1, "wrong": 1, "no answer": 2}
+
+
+def test_search_retriever_check_passes_when_the_question_picks_its_target(tmp_path):
+    """On a real dense index (MiniLM): the question must rank its target first among the
+    candidates, and the target must have been retrieved at all."""
+    docs = [Document(id="os.path.join", title="os.path.join (function)", text="Join one or more path components."),
+            Document(id="json.dumps", title="json.dumps (function)", text="Serialize an object to a JSON string."),
+            Document(id="math.sqrt", title="math.sqrt (function)", text="Return the square root of x.")]
+    index = CorpusIndex.build(docs, tmp_path / "idx", dense=True)
+    ids = ["json.dumps", "math.sqrt", "os.path.join"]
+    ranked = index.rank("Which function computes a square root?", ids)
+    assert [d for d, _ in ranked][0] == "math.sqrt" and ranked[0][1] > ranked[1][1] >= ranked[2][1]
+    assert retriever_verdict(index, "Which function computes a square root?", ids, "math.sqrt", True) == \
+        {"rag_ok": True, "rag_answer": "math.sqrt"}
+    failed = retriever_verdict(index, "Which function writes JSON text?", ids, "math.sqrt", True)
+    assert failed == {"rag_ok": False, "rag_answer": "json.dumps",
+                      "check_reason": "RAG check ranked 'json.dumps' first, not the target"}
+    unseen = retriever_verdict(index, "Which function computes a square root?", ids[:2], "os.path.join", True)
+    assert unseen["rag_ok"] is False and "never retrieved the target" in unseen["check_reason"]
+    assert "check_reason" not in retriever_verdict(index, "q?", ids, "os.path.join", rules_ok=False)
+    with pytest.raises(KeyError, match="no document with id 'nope'"):
+        index.rank("q", ["nope"])
+    index.close()
+    sparse = CorpusIndex.build(docs, tmp_path / "sparse", dense=False)
+    with pytest.raises(ValueError, match="without dense embeddings"):
+        sparse.rank("q", ids)
+    with pytest.raises(ValueError, match="rag_check: the retriever check ranks by the index's dense embeddings"):
+        build(index=sparse)  # refused when built, not in every episode
+    assert build(index=sparse, rag_check="model").name == "search-selfplay"
+    sparse.close()
