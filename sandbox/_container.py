@@ -184,3 +184,13 @@ class Container:
             except docker.errors.APIError as exc:
                 if "already in progress" not in str(exc):
                     raise
+                # Closing stdin ended the runner, so the engine's auto-remove got there
+                # first. Wait for it: returning now would leave the container listed
+                # (state "removing") after the sandbox says it is closed.
+                await asyncio.to_thread(self._wait_removed, cid)
+
+    def _wait_removed(self, cid: str) -> None:
+        try:
+            self.client.api.wait(cid, timeout=30, condition="removed")
+        except docker.errors.NotFound:
+            pass  # already gone

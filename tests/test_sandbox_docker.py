@@ -126,6 +126,30 @@ async def test_host_enforces_the_wall_clock_too(client, monkeypatch):
     assert not _ours(client)
 
 
+async def test_destroy_returns_once_the_engine_has_removed_the_container(client):
+    """Closing a container's stdin ends its runner, and the engine's auto-remove races our
+    own remove ("removal already in progress"): destroy must still return only when the
+    container is gone, or a closed sandbox leaves containers listed behind it."""
+    import docker
+
+    cfg = SandboxConfig(backend="docker", pool_min=0, pool_max=1)
+    async with open_sandbox(config=cfg) as sb:
+        # the engine's removal takes tens of ms after EOF: sweep into that window
+        for delay in (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08):
+            res = await sb.run_python("print(1)")
+            assert res.stdout == "1\n", res
+            (c,) = sb._backend._all
+            sb._backend._idle.remove(c)  # taken out of the pool, as a retiring container is
+            cid = c.id
+            c._writer.close()  # EOF on the runner's stdin: it exits, the engine starts removing
+            c._raw.close()
+            await asyncio.sleep(delay)
+            await sb._backend._discard(c)
+            with pytest.raises(docker.errors.NotFound):
+                client.api.inspect_container(cid)
+    assert not _ours(client)
+
+
 async def test_runner_death_is_sandbox_error_not_code_error(client):
     cfg = SandboxConfig(backend="docker", pool_min=1, pool_max=1)
     async with open_sandbox(config=cfg) as sb:
