@@ -22,6 +22,16 @@ of them gained. Before the defaults changed (model RAG check, answers by name, B
 "before" was 1/240. `--micro-batch` stays small: at 16 rows the learner's forward over
 prompts that show search hits took 24 GB and the OOM killer ended the run.
 
+Two 30-minute variants (same seed) did no better, so neither is the default: `--lr 2e-4 --beta 0`
+gave 0.096 (-1.22 paired SE; 13 gained, 20 lost; 13 iterations, and the proposer's valid rate
+fell from 15/40 in its first 5 iterations to 6/48 after); `--role-weights '{"proposer": 0}'`
+(solver only) gave 0.113 (-0.60 paired SE; 11 gained, 14 lost; 27 iterations, but most of its
+solver groups had no reward variance, so it trained on 0-24 rows an iteration). Both runs
+lost the same 12 questions and both learned the answer line (96% -> 99.6%). What limits it is
+solver data: 2-3 valid proposals an iteration, and on them the target was among the
+solver's hits in about a third of attempts and at [1] in under a fifth, where the model
+almost never cites [1] (greedy on the held-out set: never; citing [1] would score 0.358).
+
     python bench/learning_search.py --budget-min 30
     python bench/learning_search.py --eval-only --heldout-limit 60     # just the before figure
 """
@@ -188,7 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = TrainConfig(recipe="search-selfplay", iterations=args.max_iterations,
                       episodes_per_iteration=args.episodes, concurrency=args.episodes, store=out / "traces.db",
                       output_dir=out, run_name="learning-search", lora=True, learning_rate=args.lr,
-                      loss_type="dapo", beta=args.beta, micro_batch_size=args.micro_batch,
+                      loss_type="dapo", beta=args.beta, micro_batch_size=args.micro_batch, role_weights=args.role_weights,
                       max_completion_length=256,
                       time_budget_s=args.budget_min * 60, recipe_options=options, seed=args.seed,
                       temperature=options.get("temperature", 0.7))
@@ -238,6 +248,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=4,
                     help="rows per learner forward: at 16 the search prompts (hits shown) took 24 GB and the OOM killer")
     ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--role-weights", type=json.loads, default={},
+                    help='JSON role -> advantage weight, e.g. \'{"proposer": 0}\' trains the solver only')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe-options", default="{}", help="JSON options of the search-selfplay recipe")
     ap.add_argument("--output-dir", default="runs/learning_search")
