@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal, TypedDict
 
-from agentplay.tools import CorpusIndex, SearchMode, SearchTool, ToolError, default_corpus_index
+from agentplay.tools import CorpusIndex, SearchMode, SearchTool, ToolError, default_corpus_index, parse_hits
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field
@@ -403,12 +403,11 @@ def parse_answer(text: str) -> str:
 
 
 _CITATION = re.compile(r"^\[?(\d+)\]?(?:\W|$)")
-_HIT_ID = re.compile(r"^\[(\d+)\] id: (\S+)", re.MULTILINE)
 
 
 def hit_ids(found: str) -> dict[int, str]:
     """The search results' ids by the number they are shown under (``[2] id: json.dump``)."""
-    return {int(n): doc_id for n, doc_id in _HIT_ID.findall(found)}
+    return {n: doc_id for n, doc_id, _ in parse_hits(found)}
 
 
 def parse_cited_answer(text: str, hits: dict[int, str]) -> str:
@@ -442,10 +441,8 @@ def search_findings(results: list[str], chars: int = 600) -> str:
     line per distinct hit, cut at `chars` (shown in the write turn)."""
     lines: dict[str, str] = {}
     for result in results:
-        for hit in re.split(r"\n(?=\[\d+\] id: )", result):
-            found = re.match(r"\[\d+\] id: (\S+)\n(?:title: [^\n]*\n)?(.*)", hit, re.DOTALL)
-            if found:
-                lines.setdefault(found.group(1), f"{found.group(1)}: {_excerpt(found.group(2), 120)}")
+        for _, doc_id, snippet in parse_hits(result):
+            lines.setdefault(doc_id, f"{doc_id}: {_excerpt(snippet, 120)}")
     return "\n".join(lines.values())[:chars]
 
 
@@ -476,26 +473,26 @@ def shared_descriptions(index: CorpusIndex) -> set[str]:
 
 
 def rag_candidates(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[str], answer: str,
-                   seed: int, rng: random.Random | None) -> list[str]:
-    """The ids of the RAG check's documents: every document the proposer's queries retrieve,
-    plus `noise_docs` unrelated ones (never the target), shuffled by `rng`."""
-    seen = list(dict.fromkeys(hit.doc_id for query in queries
-                              for hit in index.search(query, cfg.search_k, cfg.search_mode)))
-    noise = [d.id for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
+                   seed: int, rng: random.Random | None) -> dict[str, str]:
+    """The RAG check's documents, id -> text in the order shown: every document the
+    proposer's queries retrieve, plus `noise_docs` unrelated ones (never the target),
+    shuffled by `rng`."""
+    seen = {hit.doc_id: hit.text for query in queries for hit in index.search(query, cfg.search_k, cfg.search_mode)}
+    noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
              if d.id not in seen and d.id != answer][: cfg.noise_docs]
-    ids = seen + noise
+    docs = list(seen.items()) + [(d.id, d.text) for d in noise]
     if rng is not None:
-        rng.shuffle(ids)
-    return ids
+        rng.shuffle(docs)
+    return dict(docs)
 
 
 def rag_documents(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[str], answer: str,
                   seed: int, rng: random.Random | None) -> str:
     """What the RAG checker model reads (`rag_check="model"`): `rag_candidates`, numbered from
     1, each starting with its id, the exact name an answer has to give."""
-    ids = rag_candidates(index, cfg, queries, answer, seed, rng)
-    return "\n".join(f"[{i}] {d}: {_excerpt(index.get(d).text, cfg.doc_chars)}"
-                     for i, d in enumerate(ids, 1)) or "(no documents)"
+    docs = rag_candidates(index, cfg, queries, answer, seed, rng)
+    return "\n".join(f"[{i}] {d}: {_excerpt(text, cfg.doc_chars)}"
+                     for i, (d, text) in enumerate(docs.items(), 1)) or "(no documents)"
 
 
 def retriever_verdict(index: CorpusIndex, question: str, candidates: list[str], answer: str,
@@ -731,7 +728,8 @@ def build(model: str = DEFAULT_MODEL_SPEC, *, index: CorpusIndex | None = None, 
         ctx = current_episode()
         seed, rng = (ctx.seed, ctx.rng) if ctx else (0, None)
         if cfg.rag_check == "retriever":
-            candidates = rag_candidates(index, cfg, state.get("queries", []), state["answer"], seed=seed, rng=rng)
+            candidates = list(rag_candidates(index, cfg, state.get("queries", []), state["answer"],
+                                             seed=seed, rng=rng))
             return retriever_verdict(index, question, candidates, state["answer"], bool(state.get("rules_ok")))
         shown = rag_documents(index, cfg, state.get("queries", []), state["answer"], seed=seed, rng=rng)
         turn = await rag_checker.run([*RAG_DEMO, _user(render_prompt(RAG_USER, documents=shown,

@@ -78,8 +78,8 @@ PUBLIC: dict[str, list[str]] = {
     "agentplay.tools": [
         "CodeTool", "CorpusIndex", "Document", "FunctionTool", "Hit", "LangChainTool", "MAX_K",
         "ReadDocumentTool", "RetrieveClient", "RetrieverServer", "SandboxedFunction", "SearchMode",
-        "SearchTool", "Tool", "ToolError", "ToolServerMisconfigured", "ToolServerUnavailable", "Toolbox", "WebSearchTool", "default_corpus_index", "format_result",
-        "load_documents", "retriever_app", "serve_retriever", "stdlib_documents", "tool"
+        "SearchTool", "Tool", "ToolError", "ToolServerMisconfigured", "ToolServerUnavailable", "Toolbox", "WebSearchTool", "default_corpus_index", "format_hits", "format_result",
+        "load_documents", "parse_hits", "retriever_app", "serve_retriever", "stdlib_documents", "tool"
     ],
     "agentplay.traces": [
         "DuplicateEpisode", "Episode", "EpisodeStatus", "Generation", "MetricPoint", "RewardRecord", "RoleTurn",

@@ -143,7 +143,7 @@ async def test_default_episode_checks_with_the_retriever_and_solvers_cite_their_
     target = _last_user(searches[0]).splitlines()[0].removeprefix("Target answer: ")
     index = default_corpus_index()
     queries = list(dict.fromkeys(t.output for t in searches if t.output))
-    candidates = rag_candidates(index, cfg, queries, target, seed=0, rng=None)
+    candidates = list(rag_candidates(index, cfg, queries, target, seed=0, rng=None))
     verdict = retriever_verdict(index, writing.output, candidates, target, rules_ok=True)
     assert episode.metrics["rag_pass"] == float(verdict["rag_ok"])
     assert (verdict.get("check_reason") or "") in writing.reward.reason

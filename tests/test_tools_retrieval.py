@@ -21,7 +21,9 @@ from agentplay.tools import (
     SearchTool,
     Toolbox,
     default_corpus_index,
+    format_hits,
     load_documents,
+    parse_hits,
     stdlib_documents,
 )
 from typer.testing import CliRunner
@@ -117,6 +119,19 @@ async def test_search_and_read_tools_on_the_default_corpus(stdlib_index):
     assert page0.result.split("\n\n", 1)[1][:200] != page2.result.split("\n\n", 1)[1][:200]
     assert beyond.error.startswith("bad_arguments: page 9 does not exist: document 'topic:assert' has")
     assert unknown.error.startswith("not_found: no document with id 'os.rmtree'")
+
+
+def test_parse_hits_reads_back_what_the_search_tool_shows(stdlib_index):
+    """Recipes read citations and findings from the text a model was shown: whatever
+    `format_hits` writes (snippets cut or whole, several hits), `parse_hits` gives back."""
+    for query, chars in (("remove a directory tree recursively", 40), ("serialize object to JSON", 2000)):
+        hits = stdlib_index.search(query, 5)
+        shown = parse_hits(format_hits(query, hits, chars))
+        assert [(n, d) for n, d, _ in shown] == [(i, h.doc_id) for i, h in enumerate(hits, 1)]
+        for (_, _, snippet), h in zip(shown, hits):
+            whole = " ".join(h.text.split())
+            assert snippet == (whole if len(whole) <= chars else whole[:chars].rstrip() + " ...")
+    assert parse_hits(format_hits("zzqx", [], 40)) == []
 
 
 def test_load_documents_accepts_folders_and_both_jsonl_shapes(tmp_path: Path):

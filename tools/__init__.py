@@ -18,7 +18,7 @@ from ._http import ToolServerMisconfigured, ToolServerUnavailable
 from ._index import MAX_K, CorpusIndex, SearchMode
 from ._retrieve import RetrieveClient, RetrieverServer, retriever_app, serve_retriever
 from ._sandboxed import SandboxedFunction
-from ._search import ReadDocumentTool, SearchTool
+from ._search import ReadDocumentTool, SearchTool, format_hits, parse_hits
 from ._stdlib import default_corpus_index, stdlib_documents
 from ._toolbox import Toolbox
 from ._web import WebSearchTool
@@ -44,8 +44,10 @@ __all__ = [
     "Toolbox",
     "WebSearchTool",
     "default_corpus_index",
+    "format_hits",
     "format_result",
     "load_documents",
+    "parse_hits",
     "retriever_app",
     "serve_retriever",
     "stdlib_documents",

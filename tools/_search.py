@@ -7,6 +7,7 @@ Search-R1-style server, so a recipe switches corpora without changing prompts.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,17 @@ def format_hits(query: str, hits: list[Hit], snippet_chars: int) -> str:
         snippet = text if len(text) <= snippet_chars else text[:snippet_chars].rstrip() + " ..."
         blocks.append(f"[{i}] id: {h.doc_id}\ntitle: {h.title}\n{snippet}")
     return "\n\n".join(blocks)
+
+
+_HIT_BLOCK = re.compile(r"^\[(\d+)\] id: (\S+)\n(?:title: [^\n]*\n)?(.*?)(?=\n\n\[\d+\] id: |\Z)",
+                        re.MULTILINE | re.DOTALL)
+
+
+def parse_hits(text: str) -> list[tuple[int, str, str]]:
+    """`format_hits` read back: ``(number, doc_id, snippet)`` per shown hit, in order. Recipes
+    that act on what a search showed a model (the result a solver cites, the hits a proposer
+    saw) read the format here, beside the code that writes it."""
+    return [(int(n), doc_id, snippet.strip()) for n, doc_id, snippet in _HIT_BLOCK.findall(text)]
 
 
 class SearchTool(Tool):
