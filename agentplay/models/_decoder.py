@@ -47,8 +47,10 @@ CPU milliseconds per decode step of one thread, so that the figures hold on a sh
   lets a killed-and-resumed run (tests/test_trainer_kill.py) re-sample exactly what it had. So it
   is on (`batch_invariant`) when the decoding thread has one intra-op thread, where it buys
   exactness, and off with more, where nothing can buy it. oneDNN's bf16 products are row-invariant
-  with one thread from 1 to 32 rows (measured), so the bf16 path splits only above 32 rows and is
-  batch-invariant too (it is not equal to fp32, but it reproduces itself).
+  with one thread from 2 to 32 rows (measured), so the bf16 path splits only above 32 rows and, on
+  a CPU with AVX512-BF16, pads one row to two (there a one-row product took another kernel and a
+  row's logprobs changed as soon as a second row joined its batch; measured on this 2-core box),
+  so it is batch-invariant too (it is not equal to fp32, but it reproduces itself).
 
 `rebuild()` re-reads the model's weights (the fused copies are not views); the engine calls it
 after every weight change (`run_exclusive`), with PEFT LoRA layers folded in as W + scale * B @ A.
@@ -307,6 +309,8 @@ every weight shape here: from 33 rows a row's bits depend on the others)."""
 
 def _low_linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = x.shape[0]
+    if rows == 1:  # as `_linear`: on AVX512-BF16 CPUs a one-row product takes a kernel of its own
+        return _low_linear(x.expand(2, -1).contiguous(), weight)[:1]
     if rows > _INVARIANT_LOW_ROWS:
         chunks = -(-rows // _INVARIANT_LOW_ROWS)
         return torch.cat([_low_linear(part, weight) for part in x.tensor_split(chunks)])
