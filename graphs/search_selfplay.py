@@ -477,7 +477,8 @@ def rag_candidates(index: CorpusIndex, cfg: SearchSelfPlayConfig, queries: list[
     """The RAG check's documents, id -> text in the order shown: every document the
     proposer's queries retrieve, plus `noise_docs` unrelated ones (never the target),
     shuffled by `rng`."""
-    seen = {hit.doc_id: hit.text for query in queries for hit in index.search(query, cfg.search_k, cfg.search_mode)}
+    seen = {hit.doc_id: hit.text
+            for query in queries for hit in index.search(query, cfg.search_k, cfg.search_mode)}
     noise = [d for d in index.sample_documents(cfg.noise_docs + len(seen) + 1, seed=seed)
              if d.id not in seen and d.id != answer][: cfg.noise_docs]
     docs = list(seen.items()) + [(d.id, d.text) for d in noise]

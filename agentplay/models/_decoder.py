@@ -283,14 +283,21 @@ _INVARIANT_ROWS = 15
 """Most rows one sgemm call multiplies (see the module docstring)."""
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _row_invariant(product: Any, max_rows: int, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`product(x, weight)` in the shapes whose rows' bits do not depend on the other rows: never
+    one row (padded to two: MKL's fp32 GEMV and, on AVX512-BF16 CPUs, oneDNN's one-row bf16 kernel
+    round differently) nor more than `max_rows` (split into near-equal chunks)."""
     rows = x.shape[0]
     if rows == 1:
-        return F.linear(x.expand(2, -1).contiguous(), weight)[:1]
-    if rows > _INVARIANT_ROWS:
-        chunks = -(-rows // _INVARIANT_ROWS)
-        return torch.cat([F.linear(part, weight) for part in x.tensor_split(chunks)])
-    return F.linear(x, weight)
+        return product(x.expand(2, -1).contiguous(), weight)[:1]
+    if rows > max_rows:
+        chunks = -(-rows // max_rows)
+        return torch.cat([product(part, weight) for part in x.tensor_split(chunks)])
+    return product(x, weight)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _row_invariant(F.linear, _INVARIANT_ROWS, x, weight)
 
 
 _EXACT_TOP = 64
@@ -308,13 +315,7 @@ every weight shape here: from 33 rows a row's bits depend on the others)."""
 
 
 def _low_linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    rows = x.shape[0]
-    if rows == 1:  # as `_linear`: on AVX512-BF16 CPUs a one-row product takes a kernel of its own
-        return _low_linear(x.expand(2, -1).contiguous(), weight)[:1]
-    if rows > _INVARIANT_LOW_ROWS:
-        chunks = -(-rows // _INVARIANT_LOW_ROWS)
-        return torch.cat([_low_linear(part, weight) for part in x.tensor_split(chunks)])
-    return _low_linear(x, weight)
+    return _row_invariant(_low_linear, _INVARIANT_LOW_ROWS, x, weight)
 
 
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
